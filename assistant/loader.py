@@ -1,0 +1,132 @@
+"""From settings to a running model: name → checked GGUF file → chosen backend → loaded engine.
+
+Every file passes the strict GGUF reader before an engine sees it; the chat template and the
+fill-in-the-middle format are read from the same header. `describe()` is what `assistant models
+info` prints, and needs no engine.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from assistant.settings import Settings
+from engine.backend import Backend
+from engine.select import BackendChoice, choose_backend, open_backend
+from models import catalog
+from models.fim import FimFormat, detect_fim
+from models.gguf import GGUFFile, read_gguf
+from models.templates import ChatTemplate
+
+# GGUF token types (llama.cpp's llama_token_type): 1 is a normal token; FIM markers are special.
+_NORMAL_TOKEN = 1
+
+
+def default_threads() -> int:
+    """Physical cores: llama.cpp and the native engine both slow down on hyper-threads."""
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+def special_tokens(gguf: GGUFFile) -> list[str]:
+    """The vocabulary's non-normal tokens (control, user-defined), where FIM markers live."""
+    tokens = gguf.get("tokenizer.ggml.tokens") or []
+    types = gguf.get("tokenizer.ggml.token_type")
+    if types is None or len(types) != len(tokens):
+        return list(tokens)
+    return [tokens[i] for i, t in enumerate(types) if int(t) != _NORMAL_TOKEN]
+
+
+def _token_text(gguf: GGUFFile, key: str) -> str:
+    tokens = gguf.get("tokenizer.ggml.tokens") or []
+    idx = gguf.get(key)
+    if isinstance(idx, int) and 0 <= idx < len(tokens):
+        return str(tokens[idx])
+    return ""
+
+
+def chat_template_of(gguf: GGUFFile) -> ChatTemplate:
+    """The model's own chat template, or ChatML when the file has none."""
+    source = gguf.get("tokenizer.chat_template")
+    bos = _token_text(gguf, "tokenizer.ggml.bos_token_id")
+    eos = _token_text(gguf, "tokenizer.ggml.eos_token_id")
+    if not source:
+        return ChatTemplate.chatml()
+    return ChatTemplate(str(source), bos_token=bos, eos_token=eos)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to answer: its file, header, engine and prompt formats."""
+
+    name: str
+    path: Path
+    gguf: GGUFFile
+    choice: BackendChoice
+    backend: Backend
+    chat_template: ChatTemplate
+    fim: FimFormat | None
+    bos_text: str
+
+    def close(self) -> None:
+        self.backend.close()
+        self.gguf.close()
+
+
+def resolve_path(settings: Settings) -> Path:
+    return catalog.resolve(settings.model, settings.models, settings.cache_dir)
+
+
+def load_model(settings: Settings) -> LoadedModel:
+    """Resolve, check and load the model the settings name (errors are for a person to read)."""
+    path = resolve_path(settings)
+    gguf = read_gguf(path)
+    choice = choose_backend(gguf, settings.backend)
+    backend = open_backend(
+        path,
+        choice,
+        n_ctx=settings.context_length,
+        n_threads=settings.threads or default_threads(),
+        architecture=gguf.architecture or "",
+    )
+    return LoadedModel(
+        name=settings.model,
+        path=path,
+        gguf=gguf,
+        choice=choice,
+        backend=backend,
+        chat_template=chat_template_of(gguf),
+        fim=detect_fim(special_tokens(gguf)),
+        bos_text=_token_text(gguf, "tokenizer.ggml.bos_token_id"),
+    )
+
+
+def describe(gguf: GGUFFile, requested_backend: str = "auto") -> dict[str, Any]:
+    """What `assistant models info` reports about a GGUF file."""
+    arch = gguf.architecture or "unknown"
+    quant = Counter(t.type_name for t in gguf.tensors.values())
+    n_params = sum(t.n_elements for t in gguf.tensors.values())
+    fim = detect_fim(special_tokens(gguf))
+    choice = choose_backend(gguf, requested_backend)
+    template = gguf.get("tokenizer.chat_template")
+    return {
+        "path": str(gguf.path),
+        "name": gguf.get("general.name"),
+        "architecture": arch,
+        "parameters": n_params,
+        "file_size": gguf.file_size,
+        "file_type": gguf.get("general.file_type"),
+        "quant_types": dict(quant.most_common()),
+        "context_length": gguf.get(f"{arch}.context_length"),
+        "layers": gguf.get(f"{arch}.block_count"),
+        "experts": gguf.get(f"{arch}.expert_count"),
+        "experts_used": gguf.get(f"{arch}.expert_used_count"),
+        "vocab_size": len(gguf.get("tokenizer.ggml.tokens") or []),
+        "chat_template": "from the file" if template else "none in the file (ChatML is used)",
+        "fim": fim.family if fim else None,
+        "backend": choice.name,
+        "backend_reason": choice.reason,
+    }
