@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from gguf import constants as gguf_constants
 
 from assistant.settings import Settings
 from engine.backend import Backend
@@ -104,6 +105,16 @@ def load_model(settings: Settings) -> LoadedModel:
     )
 
 
+def _file_type_name(value: object) -> str | None:
+    """The file's own label for its quantization (llama.cpp's LLAMA_FTYPE names)."""
+    if not isinstance(value, int):
+        return None
+    try:
+        return gguf_constants.LlamaFileType(value).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return f"unknown ({value})"
+
+
 def describe(gguf: GGUFFile, requested_backend: str = "auto") -> dict[str, Any]:
     """What `assistant models info` reports about a GGUF file."""
     arch = gguf.architecture or "unknown"
@@ -118,7 +129,7 @@ def describe(gguf: GGUFFile, requested_backend: str = "auto") -> dict[str, Any]:
         "architecture": arch,
         "parameters": n_params,
         "file_size": gguf.file_size,
-        "file_type": gguf.get("general.file_type"),
+        "file_type": _file_type_name(gguf.get("general.file_type")),
         "quant_types": dict(quant.most_common()),
         "context_length": gguf.get(f"{arch}.context_length"),
         "layers": gguf.get(f"{arch}.block_count"),

@@ -154,3 +154,15 @@ def test_usage_errors_are_one_line(cli_env, tmp_path: Path) -> None:
 def test_version(cli_env) -> None:
     """`--version` prints the version."""
     assert run(cli_env, "--version").stdout.startswith("assistant 0.1.0")
+
+
+def test_bench_reports_both_engines_and_the_ratio(cli_env, smollm2_path) -> None:
+    """`assistant bench --json` measures our backend and llama.cpp's raw loop in one run, with ratios."""
+    proc = run(cli_env, "bench", "--model", "smollm2-135m", "--threads", "2", "--prompt-tokens", "32",
+               "--gen-tokens", "8", "--runs", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for side in ("ours", "reference"):
+        assert report[side]["decode_tok_s"] > 0 and report[side]["prompt_tok_s"] > 0
+        assert report[side]["peak_rss_mb"] > 50 and report[side]["ttft_s"] > 0
+    assert report["ratio"]["decode"] == report["ours"]["decode_tok_s"] / report["reference"]["decode_tok_s"]
