@@ -89,7 +89,7 @@ def _parse_position(spec: str) -> tuple[Path, int, int]:
 
 
 def cmd_complete(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.completion import complete, split_at
+    from assistant.completion import complete, split_at, window
     from assistant.loader import load_model
     from assistant.prompts import fim_prompt
 
@@ -108,7 +108,8 @@ def cmd_complete(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"{args.position}: {e}") from None
     model = load_model(settings)
     try:
-        prompt, stops = fim_prompt(model, cur.prefix, cur.suffix, path=path.name)
+        shown = window(cur)
+        prompt, stops = fim_prompt(model, shown.prefix, shown.suffix, path=path.name)
         params = _sampling(settings, max_tokens=args.max_tokens, temperature=args.temperature or 0.0)
         params = type(params)(**{**params.__dict__, "stop": stops})
         multiline = {"auto": None, "always": True, "never": False}[args.multiline]
@@ -193,6 +194,63 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_lsp(args: argparse.Namespace, settings: Settings) -> int:
+    from lsp.server import create_server
+
+    server = create_server(settings)
+    if args.tcp:
+        host, _, port = args.tcp.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"--tcp wants HOST:PORT, got '{args.tcp}'")
+        server.start_tcp(host, int(port))
+    else:
+        server.start_io()
+    return 0
+
+
+def _workspace_root(path: Path) -> Path:
+    """The nearest parent holding .git (the workspace), else the file's own directory."""
+    for parent in [path.parent, *path.parent.parents]:
+        if (parent / ".git").exists():
+            return parent
+    return path.parent
+
+
+def cmd_context(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.completion import split_at
+    from lsp.completer import Completer, Request
+    from lsp.config import parse_config
+    from lsp.index import CodeIndex
+
+    path, line, col = _parse_position(args.position)
+    path = path.resolve()
+    try:
+        text = path.read_text(encoding="utf-8")
+        offset = len(split_at(text, line, col).prefix)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: {e}") from None
+    except ValueError as e:
+        raise UsageError(f"{args.position}: {e}") from None
+    index = CodeIndex(_workspace_root(path))
+    index.build()
+    completer = Completer(index, settings)
+    completer.config = parse_config({"context.maxTokens": args.max_tokens}).config
+    try:
+        shown = completer.show_context(Request(uri=path.as_uri(), path=path, version=None, text=text, offset=offset))
+    finally:
+        completer.close()
+    if args.json:
+        print(json.dumps(shown, indent=2))
+        return 0
+    for title, key in (("in the prompt", "kept"), ("dropped for the budget", "dropped")):
+        print(f"# {len(shown[key])} snippets {title}")
+        for s in shown[key]:
+            print(f"## {s['path']}  (score {s['score']:.2f}: {s['reason']})")
+            if key == "kept":
+                print(s["text"].rstrip())
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
     from assistant.logs import log_file
 
@@ -208,6 +266,21 @@ def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
         if field.description:
             print(f"# {field.description}")
         print(f"{key} = {json.dumps(values[key])}")
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant.sandbox import SandboxError
+    from assistant.sessions import SessionError
+    from tui.app import make_app
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("the terminal chat needs a terminal; for one answer on stdout use: assistant chat TEXT")
+    try:
+        app = make_app(settings)
+    except (SessionError, SandboxError) as e:
+        raise UsageError(str(e)) from None
+    app.run()
     return 0
 
 
@@ -267,11 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_bench)
 
+    c = sub.add_parser("lsp", help="run the language server (stdio; --tcp HOST:PORT for debugging)")
+    _model_flags(c)
+    c.add_argument("--tcp", metavar="HOST:PORT")
+    c.set_defaults(func=cmd_lsp)
+
+    c = sub.add_parser("context", help="show which definitions a completion at FILE:LINE:COL would use")
+    _model_flags(c)
+    c.add_argument("--max-tokens", type=int, default=1024, help="token budget for the context")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("position", help="FILE:LINE:COL, 1-based")
+    c.set_defaults(func=cmd_context)
+
     c = sub.add_parser("config", help="settings")
     csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = csub.add_parser("show", help="the settings in effect and where they come from")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_config_show)
+
+    c = sub.add_parser("tui", help="the terminal chat about the current directory (the default command)")
+    _model_flags(c)
+    c.set_defaults(func=cmd_tui)
     return p
 
 
@@ -290,9 +379,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # `assistant` alone opens the terminal chat
+        args = parser.parse_args(["tui"])
     try:
         settings = load_settings(**_overrides(args))
         from assistant.logs import setup_logging

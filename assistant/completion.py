@@ -42,6 +42,22 @@ def split_at(text: str, line: int, col: int) -> Cursor:
     return Cursor(text[:offset], text[offset:])
 
 
+def window(cur: Cursor, prefix_chars: int = 4000, suffix_chars: int = 256) -> Cursor:
+    """The part of the file the prompt shows: whole lines before the cursor, a little after it.
+
+    Every token of the suffix is evaluated again after each keystroke (it follows the prefix in
+    the prompt), so the suffix is kept short; the prefix is mostly reused from the KV cache.
+    """
+    prefix, suffix = cur.prefix, cur.suffix
+    if len(prefix) > prefix_chars:
+        cut = prefix.find("\n", len(prefix) - prefix_chars)
+        prefix = prefix[cut + 1 :] if cut >= 0 else prefix[-prefix_chars:]
+    if len(suffix) > suffix_chars:
+        cut = suffix.rfind("\n", 0, suffix_chars)
+        suffix = suffix[: cut + 1] if cut > 0 else suffix[:suffix_chars]
+    return Cursor(prefix, suffix)
+
+
 def wants_block(cur: Cursor) -> bool:
     """A block is wanted on an empty line, or right after a line that opens one."""
     if cur.line_after.strip():
