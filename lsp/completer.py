@@ -22,6 +22,7 @@ from assistant.loader import LoadedModel, load_model
 from assistant.prompts import fim_prompt
 from assistant.settings import Settings, load_settings
 from engine.backend import SamplingParams
+from lsp.blocks import opens_block
 from lsp.config import LspConfig
 from lsp.context import build_context, render_files
 from lsp.index import CodeIndex
@@ -42,6 +43,28 @@ class Request:
     msg_id: Any = None
 
 
+@dataclass(frozen=True)
+class _Shown:
+    """The last completion answered for a file: typing through it needs no new generation."""
+
+    path: Path
+    prefix: str
+    suffix: str
+    text: str
+
+    def continued(self, req: Request) -> str | None:
+        """What is left of the suggestion after the user typed its beginning, if they did."""
+        if req.path != self.path or req.text[req.offset :] != self.suffix:
+            return None
+        prefix = req.text[: req.offset]
+        if not prefix.startswith(self.prefix):
+            return None
+        typed = prefix[len(self.prefix) :]
+        if "\n" in typed or not self.text.startswith(typed) or len(typed) >= len(self.text):
+            return None
+        return self.text[len(typed) :]
+
+
 @dataclass
 class Stats:
     """Counters the client can read through `assistant.stats` (status bars, tests)."""
@@ -51,6 +74,7 @@ class Stats:
     finished: int = 0
     cancelled: int = 0
     failed: int = 0
+    served_from_last: int = 0
     last_latency_ms: float | None = None
     last_prompt_tokens: int | None = None
     last_reused_tokens: int | None = None
@@ -70,6 +94,7 @@ class Completer:
         self._model_key: tuple[str | None, str | None] | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assistant-model")
         self.stats = Stats()
+        self._shown: _Shown | None = None
 
     # --- model --------------------------------------------------------------------------------
 
@@ -89,6 +114,12 @@ class Completer:
             log.info("model loaded: %s on %s (%s)", self._model.path, self._model.choice.name,
                      self._model.choice.reason)
         return self._model
+
+    def forget(self) -> None:
+        """Drop what is cached between requests: the last suggestion and the model's KV prefix."""
+        self._shown = None
+        if self._model is not None:
+            self._model.backend.reset()
 
     def count_tokens(self, text: str) -> int:
         return len(self.model().backend.tokenize(text, add_special=False, parse_special=False))
@@ -112,8 +143,15 @@ class Completer:
         if req.cancel.is_set():
             self.stats.cancelled += 1
             return None
-        self.stats.started += 1
         t0 = time.perf_counter()
+        rest = self._shown.continued(req) if self._shown is not None else None
+        if rest is not None:
+            # The user is typing what the ghost text shows: the rest of it is still the answer.
+            self.stats.served_from_last += 1
+            self.stats.finished += 1
+            self.stats.last_latency_ms = (time.perf_counter() - t0) * 1000
+            return Completion(rest, None)
+        self.stats.started += 1
         model = self.model()
         cur = window(Cursor(req.text[: req.offset], req.text[req.offset :]))
         ctx = self.context_for(req)
@@ -122,13 +160,16 @@ class Completer:
         prompt, stops = fim_prompt(model, cur.prefix, cur.suffix, path=rel, files=files)
         multiline = {"auto": None, "always": True, "never": False}[self.config.completion.multiline]
         params = SamplingParams(temperature=0.0, max_tokens=self.config.completion.max_tokens, stop=stops)
-        result = complete(model.backend.generate(prompt, params, cancel=req.cancel), cur,
-                          multiline=wants_block(cur) if multiline is None else multiline)
+        if multiline is None:
+            tree_says = opens_block(req.path, cur.prefix)
+            multiline = wants_block(cur) if tree_says is None else tree_says
+        result = complete(model.backend.generate(prompt, params, cancel=req.cancel), cur, multiline=multiline)
         if req.cancel.is_set():
             self.stats.cancelled += 1
             return None
         self.stats.finished += 1
         self.stats.last_latency_ms = (time.perf_counter() - t0) * 1000
+        self._shown = _Shown(req.path, req.text[: req.offset], req.text[req.offset :], result.text)
         if result.timings is not None:
             self.stats.last_prompt_tokens = result.timings.prompt_tokens
             self.stats.last_reused_tokens = result.timings.reused_tokens
