@@ -284,6 +284,20 @@ def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
+    from assistant import service
+
+    try:
+        if args.service_command == "install":
+            lines = service.install(dry_run=args.dry_run, enable=args.enable)
+        else:
+            lines = service.uninstall(dry_run=args.dry_run)
+    except service.ServiceError as e:
+        raise UsageError(str(e)) from None
+    print("\n".join(lines))
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 
@@ -351,6 +365,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("position", help="FILE:LINE:COL, 1-based")
     c.set_defaults(func=cmd_context)
+
+    c = sub.add_parser("service", help="run the daemon (assistant serve) as a systemd user unit or a launchd agent")
+    ssub = c.add_subparsers(dest="service_command", metavar="ACTION", required=True)
+    c = ssub.add_parser("install", help="write the unit for this platform (Linux: systemd, macOS: launchd)")
+    c.add_argument("--dry-run", action="store_true", help="print what would be written and run; change nothing")
+    c.add_argument("--enable", action="store_true", help="also enable and start it now (needs systemctl or launchctl)")
+    c.set_defaults(func=cmd_service)
+    c = ssub.add_parser("uninstall", help="stop the service and remove its unit")
+    c.add_argument("--dry-run", action="store_true", help="print what would be run and removed; change nothing")
+    c.set_defaults(func=cmd_service)
 
     c = sub.add_parser("config", help="settings")
     csub = c.add_subparsers(dest="config_command", metavar="ACTION", required=True)
