@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from models.catalog import DEFAULT_MODEL
 
-BackendName = Literal["auto", "llama"]
+BackendName = Literal["auto", "llama", "native"]
 
 
 class SettingsError(Exception):
@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     """A bundled model's name, a name defined in [models], or a path to a .gguf file."""
 
     backend: BackendName = "auto"
-    """Which engine runs the model: auto picks the best one for the file; llama is llama.cpp."""
+    """Which engine runs the model: auto picks the best one for the file; llama is llama.cpp;
+    native is the project's own Numba engine."""
 
     threads: int | None = Field(default=None, ge=1, le=1024)
     """CPU threads for inference; unset means the number of physical cores."""

@@ -13,7 +13,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from engine.constrained import TokenConstraint
 
 FinishReason = Literal["stop", "length", "cancelled", "context"]
 
@@ -41,6 +44,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     # Token ids that end generation besides the model's own end-of-generation tokens.
     stop_tokens: tuple[int, ...] = ()
+    # Masks the logits before each sample (engine.constrained); it holds state, so one per call.
+    constraint: TokenConstraint | None = None
 
     def __post_init__(self) -> None:
         assert self.temperature >= 0 and self.max_tokens >= 0, (self.temperature, self.max_tokens)

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import llama_cpp as lc
+import numpy as np
 
 from engine.backend import (
     ContextOverflowError,
@@ -222,6 +223,7 @@ class LlamaBackend:
         utf8, stops = Utf8Stream(), StopMatcher(params.stop)
         stop_tokens = frozenset(params.stop_tokens) | (frozenset() if ignore_eos else self._eog)
         n_gen, t_first, finish = 0, 0.0, None
+        constraint = params.constraint
         one = (lc.llama_token * 1)()
         try:
             while finish is None:
@@ -231,7 +233,12 @@ class LlamaBackend:
                 if n_gen >= params.max_tokens:
                     finish = "length"
                     break
+                if constraint is not None:  # mask the logits in place: the sampler reads them next
+                    logits = lc.llama_get_logits_ith(self._ctx, -1)
+                    constraint.apply(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)))
                 tok = lc.llama_sampler_sample(chain, self._ctx, -1)
+                if constraint is not None:
+                    constraint.accept(tok)
                 n_gen += 1
                 if n_gen == 1:
                     t_first = time.perf_counter()

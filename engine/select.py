@@ -1,8 +1,10 @@
 """Choosing the engine that runs a GGUF file, and saying why.
 
 `assistant models info` shows the choice and its reason, and `--backend auto` (the default)
-follows it. Today the llama.cpp backend runs every file; the native engine joins the choice
-when it lands, for the architectures and quant types it supports.
+follows it. The native engine runs a file when it knows its architecture and every tensor's
+quant type (on an NVIDIA GPU when numba.cuda finds one, else on the CPU) and is asked for with
+`--backend native`; `auto` picks llama.cpp for now, because it is measured faster here, and
+says whether the native engine could run the file or why not.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from engine.backend import Backend, EngineError
 from models.gguf import GGUFFile
 
-BACKENDS = ("llama",)
+BACKENDS = ("llama", "native")
 
 
 @dataclass(frozen=True)
@@ -27,10 +29,22 @@ def choose_backend(gguf: GGUFFile, requested: str = "auto") -> BackendChoice:
     arch = gguf.architecture or "unknown"
     if requested == "llama":
         return BackendChoice("llama", "llama.cpp was asked for")
-    if requested == "auto":
-        return BackendChoice(
-            "llama", f"auto: the native engine is not built yet, so llama.cpp runs '{arch}' files"
-        )
+    if requested in ("native", "auto"):
+        from engine.native import native_device, unsupported_reason
+
+        why = unsupported_reason(gguf)
+        if why is None and requested == "native":
+            types = ", ".join(sorted({t.type_name for t in gguf.tensors.values()}))
+            return BackendChoice("native", f"native was asked for: '{arch}' with {types} tensors, "
+                                           f"on the {native_device()}")
+        if why is None:
+            # Measured (docs/benchmarks.md): native decodes at 0.55-0.71x llama.cpp on this CPU
+            # today, so auto keeps llama.cpp until the speed work makes native the faster one.
+            return BackendChoice("llama", f"auto: llama.cpp, faster than the native engine on the CPU today "
+                                          f"(the native engine can run this '{arch}' file: --backend native)")
+        if requested == "native":
+            raise EngineError(f"the native engine cannot run this file: {why}")
+        return BackendChoice("llama", f"auto: llama.cpp runs it because the native engine cannot: {why}")
     raise EngineError(f"unknown backend '{requested}'; choose one of: auto, {', '.join(BACKENDS)}")
 
 
@@ -47,4 +61,8 @@ def open_backend(
         from engine.llama import LlamaBackend
 
         return LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture)
+    if choice.name == "native":
+        from engine.native import NativeBackend
+
+        return NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture)
     raise EngineError(f"unknown backend '{choice.name}'")

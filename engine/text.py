@@ -41,22 +41,38 @@ class StopMatcher:
         if not self.stops:
             return text
         buf = self._pending + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        cut = self._first_stop(buf)
+        hold = self._open_start(buf)
+        if cut >= 0 and (hold < 0 or cut <= hold):
             self.stopped = True
             self._pending = ""
             return buf[:cut]
-        hold = 0
-        for s in self.stops:
-            # the longest suffix of buf that is a proper prefix of s
-            for k in range(min(len(s) - 1, len(buf)), 0, -1):
-                if buf.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        self._pending = buf[len(buf) - hold :] if hold else ""
-        return buf[: len(buf) - hold]
+        # a longer stop string may still complete before a shorter one found further on
+        keep = hold if hold >= 0 else len(buf)
+        self._pending = buf[keep:]
+        return buf[:keep]
 
     def flush(self) -> str:
-        """At the end of generation, what was held back is plain text after all."""
-        out, self._pending = ("" if self.stopped else self._pending), ""
-        return out
+        """At the end of generation, what was held back is text, up to any stop string in it."""
+        buf, self._pending = self._pending, ""
+        if self.stopped:
+            return ""
+        cut = self._first_stop(buf)
+        if cut >= 0:
+            self.stopped = True
+            return buf[:cut]
+        return buf
+
+    def _first_stop(self, buf: str) -> int:
+        return min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
+
+    def _open_start(self, buf: str) -> int:
+        """Where the earliest stop string that `buf` ends in the middle of begins (-1: none)."""
+        start = -1
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(buf)), 0, -1):
+                if buf.endswith(s[:k]):
+                    j = len(buf) - k
+                    start = j if start < 0 else min(start, j)
+                    break
+        return start

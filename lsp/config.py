@@ -43,7 +43,7 @@ class LspConfig(BaseModel):
     model: str | None = None
     """A model name or .gguf path; unset means the one in the assistant's settings."""
 
-    backend: Literal["auto", "llama"] | None = None
+    backend: Literal["auto", "llama", "native"] | None = None
     """Which engine runs the model; unset means the assistant's settings."""
 
     context: ContextConfig = Field(default_factory=ContextConfig)

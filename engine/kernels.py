@@ -1,0 +1,190 @@
+"""The transformer's small kernels on the CPU: RMSNorm, RoPE, windowed grouped-query attention over
+a ring-buffer KV cache, SwiGLU, and MoE routing.
+
+Each is a free function named after the maths that writes into an output array, jitted with
+Numba (`cache=True`, so a second process starts without compiling). They follow ggml-cpu's
+float order where it is cheap to do so (RMSNorm's sum of squares in float64, RoPE angles
+built by repeated float32 multiplication, softmax sums in float64), which keeps the native
+engine within float32 rounding of llama.cpp. The hot one is `attention`, whose cost grows
+with the context; the others are linear in the activations.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+# fastmath without 'nnan'/'ninf': masks and overflowing exponentials must keep their meaning
+FAST = {"reassoc", "contract", "nsz", "arcp", "afn"}
+
+
+@njit(cache=True)
+def rmsnorm(out: np.ndarray, x: np.ndarray, w: np.ndarray, eps: float) -> None:
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * w, rows of width w.shape[0] (x may be (T, H*n))."""
+    n = w.shape[0]
+    assert x.size == out.size and x.size % n == 0, (x.shape, out.shape, n)
+    xr = x.reshape(-1, n)
+    outr = out.reshape(-1, n)
+    for t in range(xr.shape[0]):
+        ss = 0.0  # ggml: float products summed in double, the mean back in float
+        for i in range(n):
+            ss += np.float64(xr[t, i] * xr[t, i])
+        mean = np.float32(ss / n)
+        scale = np.float32(1.0) / np.sqrt(mean + np.float32(eps))
+        for i in range(n):
+            outr[t, i] = (xr[t, i] * scale) * w[i]
+
+
+@njit(cache=True)
+def rope_cache(cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, n_rot: int, base: float,
+               freq_scale: float, factors: np.ndarray) -> None:
+    """cos/sin (T, n_rot/2) of each position's angles, as ggml_rope_cache_init builds them."""
+    assert cos.shape == sin.shape == (positions.shape[0], n_rot // 2), (cos.shape, positions.shape, n_rot)
+    theta_scale = np.float32(base) ** (np.float32(-2.0) / np.float32(n_rot))
+    for t in range(positions.shape[0]):
+        theta = np.float32(positions[t])
+        for i in range(n_rot // 2):
+            ff = factors[i] if factors.shape[0] else np.float32(1.0)
+            angle = np.float32(freq_scale) * (theta / ff)
+            cos[t, i] = np.cos(angle)
+            sin[t, i] = np.sin(angle)
+            theta = theta * theta_scale
+
+
+@njit(cache=True)
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, neox: bool) -> None:
+    """Rotate each head of x (T, n_heads, head_dim) in place: pairs (2i, 2i+1), or (i, i+d/2) for NeoX."""
+    n_tok, n_heads, d = x.shape
+    half = cos.shape[1]
+    assert cos.shape == sin.shape and cos.shape[0] == n_tok and 2 * half == d
+    for th in range(n_tok * n_heads):
+        t, h = th // n_heads, th % n_heads
+        v = x[t, h]
+        for i in range(half):
+            a, b = (i, i + half) if neox else (2 * i, 2 * i + 1)
+            x0, x1 = v[a], v[b]
+            v[a] = x0 * cos[t, i] - x1 * sin[t, i]
+            v[b] = x0 * sin[t, i] + x1 * cos[t, i]
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int,
+              window: int, scale: float) -> None:
+    """Causal grouped-query attention for T queries at positions pos0..pos0+T-1 (hot).
+
+    q (T, n_head, d); k_cache/v_cache (cap, n_kv, d) hold position p in slot p % cap; a query
+    at p sees keys max(0, p - window + 1)..p (all of 0..p when window is 0).
+    """
+    n_tok, n_head, d = q.shape
+    cap, n_kv = k_cache.shape[0], k_cache.shape[1]
+    assert out.shape == q.shape and v_cache.shape == k_cache.shape and k_cache.shape[2] == d
+    # every position still in the cache, or (a ring) every query's window fits in it
+    assert n_head % n_kv == 0 and (pos0 + n_tok <= cap or (window > 0 and n_tok + window - 1 <= cap))
+    group = n_head // n_kv
+    sc = np.float32(scale)
+    for th in prange(n_tok * n_head):
+        t, h = th // n_head, th % n_head
+        g = h // group
+        p = pos0 + t
+        lo = max(0, p - window + 1) if window > 0 else 0
+        n = p - lo + 1  # the caller sizes rings so that n <= cap
+        qv = q[t, h]
+        scores = np.empty(n, np.float32)
+        best = np.float32(-3.4e38)
+        for j in range(n):
+            kv = k_cache[(lo + j) % cap, g]
+            s = np.float32(0.0)
+            for i in range(d):
+                s += qv[i] * kv[i]
+            s = s * sc
+            scores[j] = s
+            best = max(best, s)
+        total = 0.0
+        for j in range(n):
+            e = np.exp(scores[j] - np.float32(best))
+            scores[j] = e
+            total += np.float64(e)
+        inv = np.float32(1.0 / total)
+        o = out[t, h]
+        o[:] = 0.0
+        for j in range(n):
+            wj = scores[j] * inv
+            vv = v_cache[(lo + j) % cap, g]
+            for i in range(d):
+                o[i] += wj * vv[i]
+
+
+@njit(fastmath=FAST, cache=True)
+def swiglu(out: np.ndarray, gate: np.ndarray, up: np.ndarray) -> None:
+    """out = silu(gate) * up, elementwise over (T, n)."""
+    assert gate.shape == up.shape == out.shape
+    g, u, o = gate.reshape(-1), up.reshape(-1), out.reshape(-1)
+    for i in range(o.shape[0]):
+        o[i] = g[i] / (np.float32(1.0) + np.exp(-g[i])) * u[i]
+
+
+@njit(cache=True)
+def softmax(out: np.ndarray, x: np.ndarray) -> None:
+    """out = exp(x - max) / sum, one row; the sum in float64 as ggml does."""
+    best = x.max()
+    total = 0.0
+    for i in range(x.shape[0]):
+        e = np.exp(x[i] - best)
+        out[i] = e
+        total += np.float64(e)
+    inv = np.float32(1.0 / total)
+    for i in range(x.shape[0]):
+        out[i] *= inv
+
+
+@njit(cache=True)
+def route_experts(selected: np.ndarray, weights: np.ndarray, logits: np.ndarray, renorm: bool,
+                  scale: float) -> None:
+    """Softmax over all experts, top-k, optional renormalisation and scale (build_moe_ffn).
+
+    logits (T, n_expert) -> selected (T, k) expert ids in decreasing probability, weights (T, k).
+    """
+    n_tok, n_expert = logits.shape
+    k = selected.shape[1]
+    probs = np.empty(n_expert, np.float32)
+    for t in range(n_tok):
+        softmax(probs, logits[t])
+        order = np.argsort(-probs, kind="mergesort")
+        total = np.float32(0.0)
+        for j in range(k):
+            selected[t, j] = order[j]
+            weights[t, j] = probs[order[j]]
+            total += weights[t, j]
+        for j in range(k):
+            if renorm:
+                weights[t, j] = weights[t, j] / total
+            if scale != 0.0:
+                weights[t, j] = weights[t, j] * np.float32(scale)
+
+
+@njit(cache=True)
+def group_by_expert(selected: np.ndarray, n_expert: int, counts: np.ndarray, order: np.ndarray) -> None:
+    """Sort the (token, slot) pairs by expert for batched MoE: counts (n_expert,) tokens per
+    expert, order (T*k,) flat pair indices t*k + slot, expert by expert, tokens ascending."""
+    n_tok, k = selected.shape
+    counts[:] = 0
+    for t in range(n_tok):
+        for j in range(k):
+            counts[selected[t, j]] += 1
+    start = np.zeros(n_expert + 1, np.int64)
+    for e in range(n_expert):
+        start[e + 1] = start[e] + counts[e]
+    fill = start[:n_expert].copy()
+    for t in range(n_tok):
+        for j in range(k):
+            e = selected[t, j]
+            order[fill[e]] = t * k + j
+            fill[e] += 1
+
+
+@njit(cache=True)
+def sigmoid(x: float) -> np.float32:
+    """1 / (1 + e^-x): the shared expert's gate."""
+    return np.float32(1.0) / (np.float32(1.0) + np.float32(math.exp(-x)))

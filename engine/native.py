@@ -1,0 +1,277 @@
+"""The native engine behind the Backend protocol: what it runs, where, and generation.
+
+`unsupported_reason` says why a file cannot run natively (engine.select turns it into the
+choice's reason), `native_device` where it runs (an NVIDIA GPU when numba.cuda finds one, else
+the CPU), and `NativeBackend` loads a file into engine.transformer's Weights and RunState and
+generates with small verbs: `prefill` (append tokens to the KV cache, in chunks), `decode_step`,
+the `Sampler`, and `generate`, which streams text deltas through engine.text, stops between two
+tokens when cancelled, applies token constraints, and reuses the cached prefix of the previous
+call. Tokens come from llama.cpp's tokenizer loaded vocabulary-only (engine.tokenizer).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from engine import quants
+from engine import transformer as T
+from engine.backend import (
+    ContextOverflowError,
+    EngineError,
+    GenerationEvent,
+    ModelSummary,
+    SamplingParams,
+    Timings,
+)
+from engine.sampler import Sampler
+from engine.text import StopMatcher, Utf8Stream
+from engine.tokenizer import Vocab
+from engine.transformer import Device
+from models import arch as A
+from models.gguf import GGUFFile, read_gguf
+
+# ======================================================================================
+# What the native engine runs, and where
+# ======================================================================================
+
+
+@functools.cache
+def cuda_present() -> bool:
+    """True when numba.cuda finds a real NVIDIA GPU (the simulator does not count)."""
+    from numba import cuda
+
+    return not numba.config.ENABLE_CUDASIM and cuda.is_available()
+
+
+def native_device() -> str:
+    """Where the native engine runs on this machine, in words."""
+    return "NVIDIA GPU (numba.cuda kernels for attention and MoE routing)" if cuda_present() else "CPU (Numba kernels)"
+
+
+def unsupported_reason(gguf: GGUFFile) -> str | None:
+    """One sentence on why `gguf` cannot run natively (architecture, tensors, quant types), or None."""
+    why = A.unsupported_reason(gguf, quants.SUPPORTED)
+    if why is not None:
+        return why
+    for info in gguf.tensors.values():
+        if len(info.shape) >= 2:
+            cant = quants.packable(info.ggml_type, info.shape[0])
+            if cant is not None:
+                return f"tensor '{info.name}' ({info.type_name}) cannot be repacked: {cant}"
+    return None
+
+
+# ======================================================================================
+# The backend
+# ======================================================================================
+
+
+class NativeBackend:
+    """One GGUF model on the native CPU engine, with a single sequence of KV cache."""
+
+    name = "native"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int = 1,
+        n_batch: int = 256,
+        architecture: str = "",
+        device: Device | None = None,
+    ) -> None:
+        """Load `path`; `device` None runs on the GPU when numba.cuda finds one, else on the CPU."""
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.gguf = read_gguf(self.path)
+        why = unsupported_reason(self.gguf)
+        if why is not None:
+            raise EngineError(f"the native engine cannot run {self.path.name}: {why}")
+        self.cfg = A.config_from_gguf(self.gguf)
+        numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
+        self.vocab = Vocab(self.path)
+        self.weights = T.load_weights(self.gguf, self.cfg)
+        self.device: Device = device or ("cuda" if cuda_present() else "cpu")
+        self.state = T.RunState(self.cfg, n_ctx, min(n_batch, n_ctx), self.device)
+        self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self.summary = ModelSummary(
+            path=self.path,
+            architecture=architecture or self.cfg.arch,
+            n_ctx=n_ctx,
+            n_ctx_train=self.cfg.n_ctx_train,
+            n_vocab=self.cfg.n_vocab,
+            eog_tokens=self.vocab.eog_tokens,
+        )
+        self._eog = frozenset(self.vocab.eog_tokens)
+
+    # --- text <-> tokens ----------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        return self.vocab.token_bytes(token, special)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return self.vocab.detokenize(tokens, special=special)
+
+    # --- evaluation verbs ---------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self._cached = []
+
+    def prefill(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
+        """Append `tokens` to the cache in chunks; the logits of the last (or of every) token."""
+        assert tokens and len(self._cached) + len(tokens) <= self.state.n_ctx
+        chunks = []
+        for i in range(0, len(tokens), self.state.n_batch):
+            chunk = np.asarray(tokens[i:i + self.state.n_batch], dtype=np.int64)
+            logits = T.forward(self.cfg, self.weights, self.state, chunk, len(self._cached), all_logits)
+            self._cached.extend(int(t) for t in chunk)
+            chunks.append(logits)
+        return np.concatenate(chunks) if all_logits else chunks[-1][0]
+
+    def decode_step(self, token: int) -> np.ndarray:
+        """Evaluate one token after the cache; its logits (n_vocab,)."""
+        return self.prefill([token])
+
+    def eval_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Teacher-forced logits (n_tokens, n_vocab) of `tokens` from an empty cache."""
+        with self._lock:
+            self.reset()
+            return self.prefill(list(tokens), all_logits=True)
+
+    def eval_layer(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """One layer on the residual stream x (n, n_embd) at positions 0..n-1, in chunks (for parity tests)."""
+        assert x.shape[0] <= self.state.n_ctx and x.shape[1] == self.cfg.n_embd, x.shape
+        out = np.empty_like(x)
+        with self._lock:
+            self.reset()
+            st, lw = self.state, self.weights.layers[layer]
+            for pos0 in range(0, x.shape[0], st.n_batch):
+                n = min(st.n_batch, x.shape[0] - pos0)
+                T.set_positions(self.cfg, self.weights, st, pos0, n)
+                st.x[:n] = x[pos0:pos0 + n]
+                T.attention_block(self.cfg, lw, st, layer, pos0, n)
+                T.ffn_block(self.cfg, lw, st, layer, n)
+                out[pos0:pos0 + n] = st.x[:n]
+        return out
+
+    def eval_head(self, x: np.ndarray) -> np.ndarray:
+        """Final norm and LM head on the residual stream x (n, n_embd): logits (n, n_vocab)."""
+        x = np.ascontiguousarray(x, np.float32)
+        step = self.state.n_batch
+        with self._lock:
+            return np.concatenate([T.head_logits(self.cfg, self.weights, self.state, x[i:i + step])
+                                   for i in range(0, x.shape[0], step)])
+
+    def _reuse_prefix(self, prompt: Sequence[int]) -> int:
+        """Keep the cached tokens shared with `prompt` while every ring still holds them; how many."""
+        n = 0
+        for a, b in zip(self._cached, prompt):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(prompt) - 1)  # the last prompt token is always evaluated, for its logits
+        for layer in range(self.cfg.n_layer):
+            window, cap = self.cfg.window(layer), self.state.k_cache[layer].shape[0]
+            if window and n > 0 and max(0, n - window + 1) <= len(self._cached) - 1 - cap:
+                n = 0  # a ring has overwritten part of the window the next token needs
+        del self._cached[n:]
+        return n
+
+    # --- generation ---------------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        *,
+        cancel: threading.Event | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[GenerationEvent]:
+        """Stream the continuation of `prompt`; see `engine.backend.Backend`."""
+        n_ctx = self.summary.n_ctx
+        if not prompt:
+            raise EngineError("the prompt is empty")
+        if len(prompt) >= n_ctx:
+            raise ContextOverflowError(
+                f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; "
+                "shorten it or raise context_length in the settings"
+            )
+        with self._lock:
+            yield from self._generate(list(prompt), params, cancel, ignore_eos)
+
+    def _generate(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        cancel: threading.Event | None,
+        ignore_eos: bool,
+    ) -> Iterator[GenerationEvent]:
+        t0 = time.perf_counter()
+        reused = self._reuse_prefix(prompt)
+        logits = self.prefill(prompt[reused:])
+        t_prompt = time.perf_counter() - t0
+        sampler = Sampler(params)
+        history = list(prompt)
+        utf8, stops = Utf8Stream(), StopMatcher(params.stop)
+        stop_tokens = frozenset(params.stop_tokens) | (frozenset() if ignore_eos else self._eog)
+        n_gen, t_first, finish = 0, 0.0, None
+        constraint = getattr(params, "constraint", None)  # engine.constrained: masks logits before each sample
+        while finish is None:
+            if cancel is not None and cancel.is_set():
+                finish = "cancelled"
+                break
+            if n_gen >= params.max_tokens:
+                finish = "length"
+                break
+            if constraint is not None:
+                constraint.apply(logits)
+            tok = sampler.sample(logits, history)
+            if constraint is not None:
+                constraint.accept(tok)
+            n_gen += 1
+            if n_gen == 1:
+                t_first = time.perf_counter()
+            if tok in stop_tokens:
+                finish = "stop"
+                break
+            text = stops.feed(utf8.feed(self.token_bytes(tok)))
+            if stops.stopped:
+                finish = "stop"
+                if text:
+                    yield GenerationEvent(text=text, token=tok)
+                break
+            yield GenerationEvent(text=text, token=tok)
+            if len(self._cached) + 1 >= self.summary.n_ctx:
+                finish = "length"
+                break
+            history.append(tok)
+            logits = self.decode_step(tok)
+        tail = stops.feed(utf8.flush()) + stops.flush()
+        t_end = time.perf_counter()
+        timings = Timings(
+            prompt_tokens=len(prompt),
+            reused_tokens=reused,
+            prompt_s=t_prompt,
+            generated_tokens=n_gen,
+            decode_s=(t_end - t_first) if n_gen else 0.0,
+            ttft_s=(t_first - t0) if n_gen else t_end - t0,
+        )
+        yield GenerationEvent(text=tail, finish_reason=finish, timings=timings)
+
+    def close(self) -> None:
+        if getattr(self, "vocab", None) is not None:
+            self.vocab.close()
+            self.vocab = None
+        if getattr(self, "gguf", None) is not None:
+            self.gguf.close()

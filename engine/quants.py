@@ -1,0 +1,383 @@
+"""GGML quant formats: bit-exact dequantisation, the repacked layouts the matmul kernels read,
+and the activation quantisation llama.cpp applies before every quantized dot product.
+
+Each format is one small unit registered in `_DEQUANT` by its GGML type, behind one
+`dequantize(data, qtype)` that matches `gguf.quants.dequantize` bit for bit (the same float32
+operations in the same order). For the kernels, `pack` repacks a tensor once at load into one of
+four families that share a single signature (`Packed`): `F32` (plain rows; F16/BF16 widened),
+`BYTE` (one uint8 per weight minus an offset, a float32 scale per 32 or 16: Q8_0, Q6_K), `NIB`
+(4-bit half-rows: byte i holds element i in its low nibble and element i+K/2 in its high one,
+float32 scale and optional min per 32: Q4_0, Q4_1, Q4_K) and `NIB5` (NIB plus a uint32 of fifth
+bits per 32: Q5_0, Q5_1, Q5_K). Sub-block scales are pre-multiplied (d*sc, -dmin*m), so every
+quant type is `w = s*(q - off) + m` per block. llama.cpp quantizes the activation to the weight's
+`vec_dot_type` (Q8_0, Q8_1, Q8_K, F16, BF16) before the dot product; `quantize_activation`
+reproduces those values exactly and hands the kernels the dequantized activation `xh` plus a
+per-32 block sum `xs` for the min term, so our float32 dot products land within rounding of it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+# GGML type ids (ggml.h)
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
+Q4_K, Q5_K, Q6_K = 12, 13, 14
+BF16 = 30
+QK_K = 256
+
+#: GGML type -> (elements per block, bytes per block), for the types the native engine runs
+BLOCKS = {
+    F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q8_0: (32, 34), Q4_0: (32, 18), Q4_1: (32, 20),
+    Q5_0: (32, 22), Q5_1: (32, 24), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210),
+}
+SUPPORTED = frozenset(BLOCKS)
+
+# Packed families and activation families (the weight's vec_dot_type in ggml-cpu)
+KIND_F32, KIND_BYTE, KIND_NIB, KIND_NIB5 = 0, 1, 2, 3
+ACT_F32, ACT_F16, ACT_BF16, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K = 0, 1, 2, 3, 4, 5
+ACT_OF = {
+    F32: ACT_F32, F16: ACT_F16, BF16: ACT_BF16, Q8_0: ACT_Q8_0, Q4_0: ACT_Q8_0, Q5_0: ACT_Q8_0,
+    Q4_1: ACT_Q8_1, Q5_1: ACT_Q8_1, Q4_K: ACT_Q8_K, Q5_K: ACT_Q8_K, Q6_K: ACT_Q8_K,
+}
+_KIND_OF = {
+    F32: KIND_F32, F16: KIND_F32, BF16: KIND_F32, Q8_0: KIND_BYTE, Q6_K: KIND_BYTE,
+    Q4_0: KIND_NIB, Q4_1: KIND_NIB, Q4_K: KIND_NIB, Q5_0: KIND_NIB5, Q5_1: KIND_NIB5, Q5_K: KIND_NIB5,
+}
+_OFFSET = {Q8_0: 128.0, Q6_K: 32.0, Q4_0: 8.0, Q5_0: 16.0}
+
+#: float16 bit pattern -> float32, the conversion every fp16 scale goes through
+F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+class Packed(NamedTuple):
+    """One weight matrix (rows, K) in a kernel layout; arrays a family does not use are empty."""
+
+    qtype: int
+    kind: int
+    act: int  # activation family the dot product quantizes x to
+    off: float  # subtracted from each stored quant
+    rows: int
+    k: int
+    w32: np.ndarray  # float32 (rows, K)            F32 family
+    q: np.ndarray  # uint8 (rows, K) or (rows, K/2)   BYTE / NIB / NIB5
+    qh: np.ndarray  # uint32 (rows, K/32)           NIB5: bit j is element j's fifth bit
+    s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K)
+    m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1, Q4_K, Q5_K)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.w32, self.q, self.qh, self.s, self.m))
+
+    def rows_slice(self, start: int, stop: int) -> Packed:
+        """Rows [start, stop) as views (one expert of a stacked expert tensor)."""
+        cut = [a[start:stop] if a.shape[0] else a for a in (self.w32, self.q, self.qh, self.s, self.m)]
+        return self._replace(rows=stop - start, w32=cut[0], q=cut[1], qh=cut[2], s=cut[3], m=cut[4])
+
+
+# --- dequantisation, bit-exact with gguf-py --------------------------------------------------
+
+
+@njit(cache=True)
+def _u16(b: np.ndarray, i: int) -> int:
+    return np.int64(b[i]) | (np.int64(b[i + 1]) << 8)
+
+
+@njit(cache=True)
+def _scale_min_k4(sc: np.ndarray, j: int) -> tuple[int, int]:
+    """The 6-bit scale and min of sub-block j from a Q4_K/Q5_K 12-byte scales field."""
+    if j < 4:
+        return np.int64(sc[j] & 63), np.int64(sc[j + 4] & 63)
+    d = (sc[j + 4] & 0xF) | ((sc[j - 4] >> 6) << 4)
+    m = (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)
+    return np.int64(d), np.int64(m)
+
+
+@njit(cache=True)
+def _dequant_block(qtype: int, b: np.ndarray, y: np.ndarray, tab: np.ndarray) -> None:
+    """One block's bytes `b` to floats `y`, in gguf-py's float32 operation order."""
+    if qtype == Q8_0:
+        d = tab[_u16(b, 0)]
+        for j in range(32):
+            v = np.int64(b[2 + j])
+            y[j] = np.float32(v - 256 if v > 127 else v) * d
+    elif qtype == Q4_0 or qtype == Q5_0:
+        d = tab[_u16(b, 0)]
+        if qtype == Q4_0:
+            for j in range(16):
+                y[j] = d * np.float32(np.int64(b[2 + j] & 0xF) - 8)
+                y[j + 16] = d * np.float32(np.int64(b[2 + j] >> 4) - 8)
+        else:
+            qh = _u16(b, 2) | (_u16(b, 4) << 16)
+            for j in range(16):
+                lo = np.int64(b[6 + j] & 0xF) | (((qh >> j) & 1) << 4)
+                hi = np.int64(b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)
+                y[j] = d * np.float32(lo - 16)
+                y[j + 16] = d * np.float32(hi - 16)
+    elif qtype == Q4_1 or qtype == Q5_1:
+        d = tab[_u16(b, 0)]
+        m = tab[_u16(b, 2)]
+        if qtype == Q4_1:
+            for j in range(16):
+                y[j] = (d * np.float32(b[4 + j] & 0xF)) + m
+                y[j + 16] = (d * np.float32(b[4 + j] >> 4)) + m
+        else:
+            qh = _u16(b, 4) | (_u16(b, 6) << 16)
+            for j in range(16):
+                lo = np.int64(b[8 + j] & 0xF) | (((qh >> j) & 1) << 4)
+                hi = np.int64(b[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)
+                y[j] = (d * np.float32(lo)) + m
+                y[j + 16] = (d * np.float32(hi)) + m
+    elif qtype == Q4_K or qtype == Q5_K:
+        d = tab[_u16(b, 0)]
+        dmin = tab[_u16(b, 2)]
+        sc = b[4:16]
+        qs = b[16:144] if qtype == Q4_K else b[48:176]
+        for j in range(8):  # sub-blocks of 32: pair p = j//2, low nibbles for even j
+            s_, m_ = _scale_min_k4(sc, j)
+            dl = d * np.float32(s_)
+            ml = dmin * np.float32(m_)
+            p, shift = j // 2, 4 * (j % 2)
+            for l in range(32):
+                q = np.int64((qs[32 * p + l] >> shift) & 0xF)
+                if qtype == Q5_K:
+                    q |= np.int64((b[16 + l] >> j) & 1) << 4
+                y[32 * j + l] = dl * np.float32(q) - ml
+    elif qtype == Q6_K:
+        d = tab[_u16(b, 208)]
+        for h in range(2):  # halves of 128
+            for l in range(128):
+                k = l // 32  # quarter within the half
+                lo = (b[64 * h + (l % 64)] >> (4 * (l // 64))) & 0xF
+                hi = (b[128 + 32 * h + (l % 32)] >> (2 * k)) & 3
+                q = np.int64(lo | (hi << 4)) - 32
+                scv = np.int64(b[192 + 8 * h + l // 16])
+                scv = scv - 256 if scv > 127 else scv
+                y[128 * h + l] = (d * np.float32(scv)) * np.float32(q)
+
+
+@njit(parallel=True, cache=True)
+def _dequant_blocks(qtype: int, blocks: np.ndarray, out: np.ndarray, tab: np.ndarray) -> None:
+    for i in prange(blocks.shape[0]):
+        _dequant_block(qtype, blocks[i], out[i], tab)
+
+
+def dequantize(data: np.ndarray, qtype: int, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Raw GGUF bytes (..., bytes per row) of `qtype` to float32 (..., elements per row)."""
+    if qtype not in BLOCKS:
+        raise ValueError(f"GGML type {qtype} is not one the native engine dequantizes")
+    block, size = BLOCKS[qtype]
+    raw = np.ascontiguousarray(data).view(np.uint8)
+    assert raw.shape[-1] % size == 0, (raw.shape, qtype)
+    out_shape = (*raw.shape[:-1], raw.shape[-1] // size * block) if shape is None else shape
+    flat = raw.reshape(-1)
+    if qtype == F32:
+        out = flat.view(np.float32).copy()
+    elif qtype == F16:
+        out = F16_TABLE[flat.view(np.uint16)]
+    elif qtype == BF16:
+        out = (flat.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    else:
+        out = np.empty((flat.size // size, block), np.float32)
+        _dequant_blocks(qtype, flat.reshape(-1, size), out, F16_TABLE)
+    return out.reshape(out_shape)
+
+
+# --- repacking into the kernel layouts -------------------------------------------------------
+
+
+@njit(parallel=True, cache=True)
+def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
+                q: np.ndarray, qh: np.ndarray, s: np.ndarray, m: np.ndarray) -> None:
+    """Decode each row's blocks to integer quants + scales, then write the family layout."""
+    rows = raw.shape[0]
+    block = 256 if qtype == Q4_K or qtype == Q5_K or qtype == Q6_K else 32
+    size = raw.shape[1] * block // k
+    half = k // 2
+    for r in prange(rows):
+        qi = np.empty(k, np.uint8)  # unsigned integer quant of each element, natural order
+        row = raw[r]
+        for bi in range(k // block):
+            b = row[bi * size:(bi + 1) * size]
+            base = bi * block
+            if qtype == Q8_0:
+                s[r, bi] = tab[_u16(b, 0)]
+                for j in range(32):
+                    qi[base + j] = (np.int64(b[2 + j]) + 128) & 0xFF
+            elif qtype == Q4_0 or qtype == Q4_1:
+                s[r, bi] = tab[_u16(b, 0)]
+                o = 2
+                if qtype == Q4_1:
+                    m[r, bi] = tab[_u16(b, 2)]
+                    o = 4
+                for j in range(16):
+                    qi[base + j] = b[o + j] & 0xF
+                    qi[base + j + 16] = b[o + j] >> 4
+            elif qtype == Q5_0 or qtype == Q5_1:
+                s[r, bi] = tab[_u16(b, 0)]
+                o = 2
+                if qtype == Q5_1:
+                    m[r, bi] = tab[_u16(b, 2)]
+                    o = 4
+                h = _u16(b, o) | (_u16(b, o + 2) << 16)
+                for j in range(16):
+                    qi[base + j] = (b[o + 4 + j] & 0xF) | (((h >> j) & 1) << 4)
+                    qi[base + j + 16] = (b[o + 4 + j] >> 4) | (((h >> (j + 16)) & 1) << 4)
+            elif qtype == Q4_K or qtype == Q5_K:
+                d = tab[_u16(b, 0)]
+                dmin = tab[_u16(b, 2)]
+                qs = b[16:144] if qtype == Q4_K else b[48:176]
+                for j in range(8):
+                    s_, m_ = _scale_min_k4(b[4:16], j)
+                    s[r, bi * 8 + j] = d * np.float32(s_)
+                    m[r, bi * 8 + j] = -(dmin * np.float32(m_))
+                    p, shift = j // 2, 4 * (j % 2)
+                    for l in range(32):
+                        v = (qs[32 * p + l] >> shift) & 0xF
+                        if qtype == Q5_K:
+                            v |= ((b[16 + l] >> j) & 1) << 4
+                        qi[base + 32 * j + l] = v
+            else:  # Q6_K
+                d = tab[_u16(b, 208)]
+                for j in range(16):
+                    scv = np.int64(b[192 + j])
+                    s[r, bi * 16 + j] = d * np.float32(scv - 256 if scv > 127 else scv)
+                for h in range(2):
+                    for l in range(128):
+                        lo = (b[64 * h + (l % 64)] >> (4 * (l // 64))) & 0xF
+                        hi = (b[128 + 32 * h + (l % 32)] >> (2 * (l // 32))) & 3
+                        qi[base + 128 * h + l] = lo | (hi << 4)
+        if qtype == Q8_0 or qtype == Q6_K:
+            q[r, :] = qi
+        else:
+            for i in range(half):
+                q[r, i] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
+            if qtype == Q5_0 or qtype == Q5_1 or qtype == Q5_K:
+                for bi in range(k // 32):
+                    bits = np.uint32(0)
+                    for j in range(32):
+                        bits |= np.uint32((qi[bi * 32 + j] >> 4) & 1) << np.uint32(j)
+                    qh[r, bi] = bits
+
+
+def packable(qtype: int, k: int) -> str | None:
+    """Why a (rows, K) tensor of `qtype` cannot be packed, or None when it can."""
+    if qtype not in BLOCKS:
+        return "its quant type is not one the native engine runs"
+    block = BLOCKS[qtype][0]
+    if k % block:
+        return f"its rows of {k} are not whole {block}-element blocks"
+    if _KIND_OF[qtype] in (KIND_NIB, KIND_NIB5) and k % 64:
+        return f"its rows of {k} elements cannot be split in two halves of whole blocks"
+    return None
+
+
+def pack(raw: np.ndarray, qtype: int, k: int) -> Packed:
+    """Repack a GGUF tensor's raw rows (rows, bytes per row), or its F32 view, for the kernels."""
+    why = packable(qtype, k)
+    if why is not None:
+        raise ValueError(f"cannot pack a {k}-column tensor of GGML type {qtype}: {why}")
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(raw.shape[0], -1)
+    rows, kind = raw.shape[0], _KIND_OF[qtype]
+    e2 = np.empty((0, 0), np.float32)
+    q, qh, s, m, w32 = np.empty((0, 0), np.uint8), np.empty((0, 0), np.uint32), e2, e2, e2
+    if kind == KIND_F32:
+        w32 = dequantize(raw, qtype).reshape(rows, k)
+    else:
+        sub = 16 if qtype == Q6_K else 32
+        q = np.empty((rows, k if kind == KIND_BYTE else k // 2), np.uint8)
+        s = np.empty((rows, k // sub), np.float32)
+        if qtype in (Q4_1, Q5_1, Q4_K, Q5_K):
+            m = np.empty((rows, k // 32), np.float32)
+        if kind == KIND_NIB5:
+            qh = np.empty((rows, k // 32), np.uint32)
+        _pack_quant(qtype, raw, k, F16_TABLE, q, qh, s, m)
+    return Packed(qtype, kind, ACT_OF[qtype], _OFFSET.get(qtype, 0.0), rows, k, w32, q, qh, s, m)
+
+
+# --- activation quantisation (ggml-cpu's from_float for each vec_dot_type) ------------------
+
+
+@njit(cache=True)
+def round_f16(x: float) -> np.float32:
+    """x rounded to the nearest float16 (ties to even, as F16C does), returned as float32."""
+    a = abs(x)
+    if not a < 65520.0:  # past 65504 rounds to infinity; inf and nan stay
+        return np.float32(x) if (a != a or a == np.inf) else np.float32(math.copysign(np.inf, x))
+    if a < 6.103515625e-05:  # float16 subnormals: a grid of 2**-24
+        return np.float32(np.rint(x * 16777216.0) * 5.9604644775390625e-08)
+    m, e = math.frexp(x)  # x = m * 2**e, 0.5 <= |m| < 1: keep 11 significant bits
+    return np.float32(math.ldexp(np.rint(math.ldexp(m, 11)), e - 11))
+
+
+@njit(cache=True)
+def _quantize_row(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
+    k = x.shape[0]
+    if act == ACT_F32:
+        xh[:] = x
+    elif act == ACT_F16:
+        for i in range(k):
+            xh[i] = round_f16(x[i])
+    elif act == ACT_BF16:
+        xu, hu = x.view(np.uint32), xh.view(np.uint32)
+        for i in range(k):
+            u = np.uint64(xu[i])
+            if (u & np.uint64(0x7FFFFFFF)) > np.uint64(0x7F800000):
+                hu[i] = np.uint32((u & np.uint64(0xFFFF0000)) | np.uint64(64 << 16))
+            else:
+                hu[i] = np.uint32(((u + np.uint64(0x7FFF) + ((u >> np.uint64(16)) & np.uint64(1))) >> np.uint64(16))
+                                  << np.uint64(16))
+    elif act == ACT_Q8_0 or act == ACT_Q8_1:
+        # quantize_row_q8_0/q8_1 (x86): d = amax/127, q = round-to-even(x * 127/amax)
+        for b in range(k // 32):
+            amax = np.float32(0.0)
+            for j in range(32):
+                amax = max(amax, abs(x[b * 32 + j]))
+            d = amax / np.float32(127.0)
+            inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
+            dh = round_f16(d)
+            total = 0
+            for j in range(32):
+                qv = np.rint(x[b * 32 + j] * inv)
+                total += np.int64(qv)
+                xh[b * 32 + j] = np.float32(qv) * dh
+            xs[b] = round_f16(d * np.float32(total)) if act == ACT_Q8_1 else dh * np.float32(total)
+    else:  # ACT_Q8_K, quantize_row_q8_K_ref: iscale = -127/max with max the signed largest |x|
+        for b in range(k // QK_K):
+            amax, vmax = np.float32(0.0), np.float32(0.0)
+            for j in range(QK_K):
+                ax = abs(x[b * QK_K + j])
+                if ax > amax:
+                    amax, vmax = ax, x[b * QK_K + j]
+            if amax == 0:
+                xh[b * QK_K:(b + 1) * QK_K] = 0.0
+                xs[b * 8:(b + 1) * 8] = 0.0
+                continue
+            iscale = np.float32(-127.0) / vmax
+            d = np.float32(1.0) / iscale
+            for sb in range(8):
+                total = 0
+                for j in range(32):
+                    i = b * QK_K + sb * 32 + j
+                    qv = min(np.int64(np.rint(iscale * x[i])), 127)
+                    total += qv
+                    xh[i] = d * np.float32(qv)
+                xs[b * 8 + sb] = d * np.float32(total)
+
+
+@njit(parallel=True, cache=True)
+def _quantize_rows(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
+    for t in prange(x.shape[0]):
+        _quantize_row(act, x[t], xh[t], xs[t])
+
+
+def quantize_activation(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
+    """Rows of x (T, K) to the values llama.cpp's dot product sees: xh (T, K) and xs (T, K/32)."""
+    assert x.shape == xh.shape and xs.shape[0] == x.shape[0] and xs.shape[1] == x.shape[1] // 32
+    if x.shape[0] == 1:  # a parallel region costs more than one row
+        _quantize_row(act, x[0], xh[0], xs[0])
+    else:
+        _quantize_rows(act, x, xh, xs)

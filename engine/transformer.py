@@ -1,0 +1,358 @@
+"""The transformer the native engine runs: its Weights, its RunState and the forward pass.
+
+Three plain containers carry a model: the frozen `Config` (models.arch) from the metadata,
+`Weights` (matrices repacked once at load by engine.quants, vectors as views into the memory
+map) and a `RunState` of preallocated activations and the KV cache. `forward` reads top to
+bottom like the paper for a chunk of tokens. Every matrix product first quantizes its input to
+the weight's `vec_dot_type` exactly as ggml-cpu does (`Activations`), so the logits agree with
+llama.cpp's on the same file to float32 rounding. The KV cache is float32; a layer with a
+sliding window keeps a ring of `window + n_batch - 1` slots, a global layer the whole context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from engine import kernels as K
+from engine import quants
+from engine.matmul import matmul_packed
+from engine.quants import Packed
+from models import arch as A
+from models.arch import Config
+from models.gguf import GGUFFile
+
+Device = Literal["cpu", "cuda"]
+
+# ======================================================================================
+# Weights: matrices repacked for the kernels, vectors as views into the memory map
+# ======================================================================================
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: np.ndarray
+    wq: Packed
+    wk: Packed
+    wv: Packed
+    wo: Packed
+    ffn_norm: np.ndarray
+    bq: np.ndarray | None = None
+    bk: np.ndarray | None = None
+    bv: np.ndarray | None = None
+    bo: np.ndarray | None = None
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
+    ffn_gate: Packed | None = None  # dense FFN
+    ffn_up: Packed | None = None
+    ffn_down: Packed | None = None
+    gate_inp: Packed | None = None  # router (n_expert, n_embd)
+    gate_exps: Packed | None = None  # experts stacked: (n_expert * n_ff_exp, n_embd)
+    up_exps: Packed | None = None
+    down_exps: Packed | None = None  # (n_expert * n_embd, n_ff_exp)
+    gate_inp_shexp: np.ndarray | None = None  # shared expert and its gate (n_embd,)
+    gate_shexp: Packed | None = None
+    up_shexp: Packed | None = None
+    down_shexp: Packed | None = None
+
+
+@dataclass(frozen=True)
+class Weights:
+    token_embd: np.ndarray  # raw rows (n_vocab, bytes per row): looked up, never multiplied
+    token_embd_type: int
+    output_norm: np.ndarray
+    output: Packed  # the LM head: output.weight, or token_embd when tied
+    rope_freqs: np.ndarray  # per-pair frequency divisors, empty when absent
+    layers: tuple[LayerWeights, ...]
+
+    @property
+    def packed_bytes(self) -> int:
+        """Memory the repacked matrices take (the vectors and the embedding stay in the file)."""
+        total = self.output.nbytes
+        for lw in self.layers:
+            total += sum(v.nbytes for v in vars(lw).values() if isinstance(v, Packed))
+        return total
+
+
+def _vector(gguf: GGUFFile, name: str) -> np.ndarray:
+    info = gguf.tensors[name]
+    if info.ggml_type == quants.F32:
+        return gguf.tensor_array(name).reshape(-1)
+    return quants.dequantize(gguf.tensor_bytes(name), info.ggml_type).reshape(-1)
+
+
+def _matrix(gguf: GGUFFile, name: str) -> Packed:
+    info = gguf.tensors[name]
+    k = info.shape[0]
+    rows = info.n_elements // k  # experts stack: (n_expert * n_out) rows
+    return quants.pack(gguf.tensor_bytes(name).reshape(rows, -1), info.ggml_type, k)
+
+
+def load_weights(gguf: GGUFFile, cfg: Config) -> Weights:
+    """Repack every matrix of `gguf` once; vectors stay views into its memory map."""
+    layers = []
+    for i in range(cfg.n_layer):
+        fields: dict[str, object] = {}
+        for field, (name, _required) in A.layer_tensors(cfg, i).items():
+            if name not in gguf.tensors:
+                continue
+            is_vector = len(gguf.tensors[name].shape) == 1
+            fields[field] = _vector(gguf, name) if is_vector else _matrix(gguf, name)
+        layers.append(LayerWeights(**fields))
+    emb = gguf.tensors["token_embd.weight"]
+    out_name = "token_embd.weight" if cfg.tied_output else "output.weight"
+    return Weights(
+        token_embd=gguf.tensor_bytes("token_embd.weight").reshape(emb.shape[1], -1),
+        token_embd_type=emb.ggml_type,
+        output_norm=_vector(gguf, "output_norm.weight"),
+        output=_matrix(gguf, out_name),
+        rope_freqs=_vector(gguf, "rope_freqs.weight") if "rope_freqs.weight" in gguf.tensors
+        else np.empty(0, np.float32),
+        layers=tuple(layers),
+    )
+
+
+# ======================================================================================
+# RunState: preallocated activations and the KV cache
+# ======================================================================================
+
+
+class Activations:
+    """One matmul input (T, K) and what it quantizes to per activation family, made on first use."""
+
+    def __init__(self, n_batch: int, k: int) -> None:
+        self.x = np.zeros((n_batch, k), np.float32)
+        self._bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._ready: set[int] = set()
+        self._n = 0
+
+    def view(self, n: int) -> np.ndarray:
+        """The first n rows to write the input into; what was quantized before is forgotten."""
+        self._n = n
+        self._ready.clear()
+        return self.x[:n]
+
+    def quantized(self, act: int) -> tuple[np.ndarray, np.ndarray]:
+        if act not in self._bufs:
+            n_batch, k = self.x.shape
+            self._bufs[act] = (np.zeros((n_batch, k), np.float32), np.zeros((n_batch, k // 32), np.float32))
+        xh, xs = self._bufs[act]
+        if act not in self._ready:
+            quants.quantize_activation(act, self.x[: self._n], xh[: self._n], xs[: self._n])
+            self._ready.add(act)
+        return xh[: self._n], xs[: self._n]
+
+
+def linear(out: np.ndarray, w: Packed, inp: Activations) -> None:
+    """out (T, rows) = inp (T, K) @ W.T, with inp quantized the way llama.cpp's dot product sees it."""
+    xh, xs = inp.quantized(w.act)
+    matmul_packed(out, w, xh, xs)
+
+
+class RunState:
+    """Buffers for up to n_batch tokens per forward call, and a KV cache of n_ctx positions."""
+
+    def __init__(self, cfg: Config, n_ctx: int, n_batch: int, device: Device = "cpu") -> None:
+        self.n_ctx, self.n_batch = n_ctx, n_batch
+        self.cuda = None  # engine.cuda_kernels.CudaOps when attention and routing run on the GPU
+        if device == "cuda":
+            from engine.cuda_kernels import CudaOps
+
+            self.cuda = CudaOps()
+        q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_head_kv * cfg.head_dim
+        f32 = np.float32
+        self.x = np.zeros((n_batch, cfg.n_embd), f32)  # the residual stream
+        self.attn_in = Activations(n_batch, cfg.n_embd)
+        self.attn_out = Activations(n_batch, q_dim)
+        self.ffn_in = Activations(n_batch, cfg.n_embd)
+        self.head_in = Activations(n_batch, cfg.n_embd)
+        self.q = np.zeros((n_batch, q_dim), f32)
+        self.k = np.zeros((n_batch, kv_dim), f32)
+        self.v = np.zeros((n_batch, kv_dim), f32)
+        self.proj = np.zeros((n_batch, cfg.n_embd), f32)
+        self._ffn: dict[int, tuple[np.ndarray, np.ndarray, Activations]] = {}
+        self.cos = np.zeros((n_batch, cfg.n_rot // 2), f32)
+        self.sin = np.zeros((n_batch, cfg.n_rot // 2), f32)
+        if cfg.is_moe:
+            k_used = cfg.n_expert_used
+            self.router = np.zeros((n_batch, cfg.n_expert), f32)
+            self.selected = np.zeros((n_batch, k_used), np.int64)
+            self.expert_w = np.zeros((n_batch, k_used), f32)
+            self.counts = np.zeros(cfg.n_expert, np.int64)
+            self.order = np.zeros(n_batch * k_used, np.int64)
+            self.expert_in = Activations(n_batch, cfg.n_embd)  # one expert's tokens, gathered
+            self.expert_out = np.zeros((n_batch, k_used, cfg.n_embd), f32)  # per (token, slot)
+            self.routed = np.zeros((cfg.n_layer, cfg.n_expert), np.int64)  # tokens per expert, since reset
+        # KV cache: a global layer holds every position, a windowed one a ring of the window plus a chunk
+        self.k_cache, self.v_cache = [], []
+        for layer in range(cfg.n_layer):
+            window = cfg.window(layer)
+            cap = min(n_ctx, window + n_batch - 1) if window else n_ctx
+            self.k_cache.append(np.zeros((cap, cfg.n_head_kv, cfg.head_dim), f32))
+            self.v_cache.append(np.zeros((cap, cfg.n_head_kv, cfg.head_dim), f32))
+
+    def ffn_buffers(self, width: int) -> tuple[np.ndarray, np.ndarray, Activations]:
+        """gate, up (n_batch, width) and the SwiGLU output for an FFN of that width (dense, expert, shared)."""
+        if width not in self._ffn:
+            n = self.n_batch
+            self._ffn[width] = (np.zeros((n, width), np.float32), np.zeros((n, width), np.float32),
+                                Activations(n, width))
+        return self._ffn[width]
+
+    @property
+    def kv_bytes(self) -> int:
+        return sum(a.nbytes for a in self.k_cache) + sum(a.nbytes for a in self.v_cache)
+
+
+# ======================================================================================
+# The forward pass
+# ======================================================================================
+
+
+def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos0: int, n: int) -> None:
+    d, n_head, n_kv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
+    x = st.x[:n]
+    # pre-norm
+    K.rmsnorm(st.attn_in.view(n), x, lw.attn_norm, cfg.rms_eps)
+    # q, k, v projections (+ biases: qwen2)
+    q, k, v = st.q[:n], st.k[:n], st.v[:n]
+    linear(q, lw.wq, st.attn_in)
+    linear(k, lw.wk, st.attn_in)
+    linear(v, lw.wv, st.attn_in)
+    for out, bias in ((q, lw.bq), (k, lw.bk), (v, lw.bv)):
+        if bias is not None:
+            out += bias
+    # q/k RMSNorm: over the whole projection (olmoe) or per head (qwen3)
+    if cfg.qk_norm != "none":
+        K.rmsnorm(q, q, lw.q_norm, cfg.rms_eps)
+        K.rmsnorm(k, k, lw.k_norm, cfg.rms_eps)
+    q3 = q.reshape(n, n_head, d)  # (n_tokens, n_head, head_dim)
+    k3 = k.reshape(n, n_kv, d)  # (n_tokens, n_kv_heads, head_dim)
+    # rotary position embedding
+    K.rope(q3, st.cos[:n], st.sin[:n], cfg.rope_neox)
+    K.rope(k3, st.cos[:n], st.sin[:n], cfg.rope_neox)
+    # store k, v at their slots (a ring for windowed layers)
+    kc, vc = st.k_cache[layer], st.v_cache[layer]
+    slots = np.arange(pos0, pos0 + n) % kc.shape[0]
+    kc[slots] = k3
+    vc[slots] = v.reshape(n, n_kv, d)
+    # softmax(q k^T / sqrt(d)) v over the window
+    att = st.attn_out.view(n).reshape(n, n_head, d)  # (n_tokens, n_head, head_dim)
+    if st.cuda is not None:
+        st.cuda.attention(att, q3, kc, vc, pos0, cfg.window(layer), 1.0 / math.sqrt(d))
+    else:
+        K.attention(att, q3, kc, vc, pos0, cfg.window(layer), 1.0 / math.sqrt(d))
+    # output projection and residual
+    o = st.proj[:n]
+    linear(o, lw.wo, st.attn_out)
+    if lw.bo is not None:
+        o += lw.bo
+    x += o
+
+
+def _swiglu_ffn(out: np.ndarray, gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activations,
+                st: RunState, n: int) -> None:
+    """out (n, n_embd) = down(silu(gate(x)) * up(x))."""
+    gate, up, mid = st.ffn_buffers(gate_w.rows)
+    linear(gate[:n], gate_w, inp)
+    linear(up[:n], up_w, inp)
+    K.swiglu(mid.view(n), gate[:n], up[:n])
+    linear(out, down_w, mid)
+
+
+def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, out: np.ndarray) -> None:
+    """out (n, n_embd) = sum over each token's top-k experts of weight * expert(x) (build_moe_ffn)."""
+    k_used, n_ff = cfg.n_expert_used, cfg.n_ff_exp
+    # route: softmax over all experts, top-k, optional renormalisation and scale
+    router = st.router[:n]
+    linear(router, lw.gate_inp, st.ffn_in)
+    selected, weights = st.selected[:n], st.expert_w[:n]
+    if st.cuda is not None:
+        selected[:], weights[:] = st.cuda.route(router, k_used, cfg.moe_renorm, cfg.expert_weights_scale)
+    else:
+        K.route_experts(selected, weights, router, cfg.moe_renorm, cfg.expert_weights_scale)
+    # group the (token, slot) pairs by expert, then one matmul per active expert
+    if st.cuda is not None:
+        st.counts[:], st.order[: n * k_used], _ = st.cuda.permute(selected, cfg.n_expert)
+    else:
+        K.group_by_expert(selected, cfg.n_expert, st.counts, st.order[: n * k_used])
+    st.routed[layer] += st.counts
+    x_all = st.ffn_in.x[:n]
+    y = st.expert_out[:n]  # (n_tokens, k, n_embd)
+    start = 0
+    for e in np.flatnonzero(st.counts):
+        c = int(st.counts[e])
+        pairs = st.order[start:start + c]
+        start += c
+        toks, slots = pairs // k_used, pairs % k_used
+        st.expert_in.view(c)[:] = x_all[toks]
+        rows = slice(e * n_ff, (e + 1) * n_ff)
+        down_rows = slice(e * cfg.n_embd, (e + 1) * cfg.n_embd)
+        ye = st.proj[:c]
+        _swiglu_ffn(ye, lw.gate_exps.rows_slice(rows.start, rows.stop), lw.up_exps.rows_slice(rows.start, rows.stop),
+                    lw.down_exps.rows_slice(down_rows.start, down_rows.stop), st.expert_in, st, c)
+        y[toks, slots] = ye * weights[toks, slots][:, None]
+    # sum the experts in slot order, as llama.cpp adds them
+    out[:] = y[:, 0]
+    for j in range(1, k_used):
+        out += y[:, j]
+    # shared expert, gated by sigmoid(w . x) (qwen2moe)
+    if cfg.shared_expert:
+        shared = np.empty((n, cfg.n_embd), np.float32)
+        _swiglu_ffn(shared, lw.gate_shexp, lw.up_shexp, lw.down_shexp, st.ffn_in, st, n)
+        gate_logit = st.ffn_in.quantized(quants.ACT_F32)[0] @ lw.gate_inp_shexp
+        for t in range(n):
+            out[t] += shared[t] * K.sigmoid(gate_logit[t])
+
+
+def ffn_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int) -> None:
+    x = st.x[:n]
+    # pre-norm
+    K.rmsnorm(st.ffn_in.view(n), x, lw.ffn_norm, cfg.rms_eps)
+    out = np.empty((n, cfg.n_embd), np.float32)
+    if cfg.is_moe:
+        _moe_block(cfg, lw, st, layer, n, out)
+    else:
+        _swiglu_ffn(out, lw.ffn_gate, lw.ffn_up, lw.ffn_down, st.ffn_in, st, n)
+    # residual
+    x += out
+
+
+def embed(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int) -> None:
+    """The residual stream's start for `tokens`, and the rotary angles of their positions."""
+    n = tokens.shape[0]
+    # token embeddings (get_rows dequantizes the rows)
+    st.x[:n] = quants.dequantize(w.token_embd[tokens], w.token_embd_type).reshape(n, cfg.n_embd)
+    set_positions(cfg, w, st, pos0, n)
+
+
+def set_positions(cfg: Config, w: Weights, st: RunState, pos0: int, n: int) -> None:
+    # rotary angles of these positions, shared by every layer
+    K.rope_cache(st.cos[:n], st.sin[:n], np.arange(pos0, pos0 + n), cfg.n_rot, cfg.rope_base,
+                 cfg.rope_freq_scale, w.rope_freqs)
+
+
+def head_logits(cfg: Config, w: Weights, st: RunState, rows: np.ndarray) -> np.ndarray:
+    """Final norm and LM head over `rows` (m, n_embd) of the residual stream: logits (m, n_vocab)."""
+    K.rmsnorm(st.head_in.view(rows.shape[0]), rows, w.output_norm, cfg.rms_eps)
+    logits = np.empty((rows.shape[0], cfg.n_vocab), np.float32)
+    linear(logits, w.output, st.head_in)
+    return logits
+
+
+def forward(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int, all_logits: bool) -> np.ndarray:
+    """Run `tokens` (n <= n_batch) at positions pos0.. through the model, filling the KV cache.
+
+    Returns the logits (n, n_vocab) of every token when `all_logits`, else (1, n_vocab) of the last.
+    """
+    n = tokens.shape[0]
+    assert 0 < n <= st.n_batch and pos0 + n <= st.n_ctx, (n, pos0, st.n_batch, st.n_ctx)
+    embed(cfg, w, st, tokens, pos0)
+    for layer, lw in enumerate(w.layers):
+        attention_block(cfg, lw, st, layer, pos0, n)
+        ffn_block(cfg, lw, st, layer, n)
+    # only the rows whose logits are wanted go through the head
+    return head_logits(cfg, w, st, st.x[:n] if all_logits else st.x[n - 1:n])

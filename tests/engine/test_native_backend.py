@@ -1,0 +1,145 @@
+"""The native backend as a Backend on a real tiny model (SmolLM2-135M): streaming, stops, cancel, reuse."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from engine.backend import Backend, ContextOverflowError, SamplingParams
+
+CHAT = "<|im_start|>user\nWrite a Python function that adds two numbers.<|im_end|>\n<|im_start|>assistant\n"
+GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
+
+
+def _run(backend, prompt, params=GREEDY, **kw):
+    events = list(backend.generate(prompt, params, **kw))
+    return "".join(e.text for e in events), events
+
+
+def test_is_a_backend(native_smollm2) -> None:
+    """The native backend satisfies the Backend protocol and describes its model."""
+    assert isinstance(native_smollm2, Backend)
+    s = native_smollm2.summary
+    assert native_smollm2.name == "native" and s.n_ctx == 1024 and s.n_vocab == 49152 and s.eog_tokens
+
+
+def test_tokenizer_is_llama_cpps(native_smollm2, smollm2) -> None:
+    """Tokens and text come from llama.cpp's vocabulary, so both backends tokenize alike."""
+    text = "def add(a, b):\n    return a + b  # naïve 🙂"
+    assert native_smollm2.tokenize(text) == smollm2.tokenize(text)
+    assert native_smollm2.detokenize(native_smollm2.tokenize(text, add_special=False)) == text
+
+
+def test_streams_one_event_per_token_then_the_end(native_smollm2) -> None:
+    """Generation yields a text delta per token and ends with one event carrying reason and timings."""
+    prompt = native_smollm2.tokenize(CHAT, add_special=False)
+    text, events = _run(native_smollm2, prompt)
+    assert [e.finish_reason for e in events[:-1]] == [None] * (len(events) - 1)
+    assert events[-1].finish_reason == "length" and events[-1].timings.generated_tokens == 24 == len(events) - 1
+    assert "def " in text
+
+
+def test_greedy_matches_llama_cpp(native_smollm2, smollm2) -> None:
+    """At temperature 0 the native engine writes what llama.cpp writes for the same prompt."""
+    prompt = native_smollm2.tokenize(CHAT, add_special=False)
+    ours, _ = _run(native_smollm2, prompt)
+    theirs, _ = _run(smollm2, prompt)
+    assert ours == theirs
+
+
+def test_seeded_sampling_is_reproducible(native_smollm2) -> None:
+    """With a seed, sampling at temperature 1 repeats exactly, and another seed differs."""
+    prompt = native_smollm2.tokenize(CHAT, add_special=False)
+    params = SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1234, max_tokens=16)
+    a, _ = _run(native_smollm2, prompt, params)
+    b, _ = _run(native_smollm2, prompt, params)
+    c, _ = _run(native_smollm2, prompt, SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=99,
+                                                       max_tokens=16))
+    assert a == b and a != c
+
+
+def test_stop_string_ends_generation_and_is_not_emitted(native_smollm2) -> None:
+    """A stop string ends the answer, and neither it nor anything after it is returned."""
+    prompt = native_smollm2.tokenize(CHAT, add_special=False)
+    full, _ = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=40))
+    stop = "return"
+    assert stop in full
+    text, events = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=40, stop=(stop,)))
+    assert text == full[: full.index(stop)] and events[-1].finish_reason == "stop"
+
+
+def test_end_of_generation_token_stops(native_smollm2) -> None:
+    """The model's end-of-turn token ends the answer with reason 'stop' before max_tokens."""
+    prompt = native_smollm2.tokenize("<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", add_special=False)
+    text, events = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=100))
+    assert events[-1].finish_reason == "stop" and events[-1].timings.generated_tokens < 100
+    assert "<|im_end|>" not in text
+
+
+def test_cancel_from_another_thread(native_smollm2) -> None:
+    """Setting the cancel event from another thread stops generation between two tokens."""
+    prompt = native_smollm2.tokenize(CHAT, add_special=False)
+    cancel, started, seen = threading.Event(), threading.Event(), []
+
+    def consume() -> None:
+        for ev in native_smollm2.generate(prompt, SamplingParams(temperature=0.0, max_tokens=500), cancel=cancel,
+                                          ignore_eos=True):
+            seen.append(ev)
+            if len(seen) == 3:
+                started.set()
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert started.wait(60)
+    cancel.set()
+    t.join(60)
+    assert not t.is_alive() and seen[-1].finish_reason == "cancelled"
+    assert 3 <= seen[-1].timings.generated_tokens < 500
+
+
+def test_prefix_reuse_evaluates_only_new_tokens_and_keeps_the_answer(native_smollm2) -> None:
+    """A call sharing a prefix with the cache evaluates only what follows it, and answers as a cold cache does."""
+    base = native_smollm2.tokenize(CHAT, add_special=False)
+    longer = base + native_smollm2.tokenize("Sure", add_special=False)
+    native_smollm2.reset()
+    cold, _ = _run(native_smollm2, longer, SamplingParams(temperature=0.0, max_tokens=8))
+    native_smollm2.reset()
+    _, ev1 = _run(native_smollm2, base, SamplingParams(temperature=0.0, max_tokens=2))
+    assert ev1[-1].timings.reused_tokens == 0
+    warm, ev2 = _run(native_smollm2, longer, SamplingParams(temperature=0.0, max_tokens=8))
+    assert ev2[-1].timings.reused_tokens == len(base) and warm == cold
+    other = base[:5] + native_smollm2.tokenize(" something else", add_special=False)
+    _, ev3 = _run(native_smollm2, other, SamplingParams(temperature=0.0, max_tokens=2))
+    assert ev3[-1].timings.reused_tokens == 5
+
+
+def test_prompt_longer_than_context_is_refused(native_smollm2) -> None:
+    """A prompt that does not fit the context raises ContextOverflowError saying both sizes."""
+    with pytest.raises(ContextOverflowError, match="1500 tokens but the context holds 1024"):
+        list(native_smollm2.generate([1] * 1500, GREEDY))
+
+
+class _Ban:
+    """A constraint that forbids one token and records what it saw."""
+
+    def __init__(self, token: int) -> None:
+        self.token, self.accepted = token, []
+
+    def apply(self, logits: np.ndarray) -> None:
+        logits[self.token] = -np.inf
+
+    def accept(self, token: int) -> None:
+        self.accepted.append(token)
+
+
+def test_constraint_masks_logits_before_each_sample(native_smollm2) -> None:
+    """A TokenConstraint in the sampling params masks every step and is told each sampled token."""
+    prompt = native_smollm2.tokenize(CHAT, add_special=False)
+    _, events = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=6))
+    first = events[0].token
+    ban = _Ban(first)
+    _, events = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=6, constraint=ban))
+    tokens = [e.token for e in events[:-1]]
+    assert first not in tokens and ban.accepted == tokens

@@ -1,0 +1,176 @@
+"""Quant formats of the native engine: bit-exact dequantisation, repacked matmuls, activation quantisation."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import gguf
+import llama_cpp
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T
+
+from engine import quants as Q
+from engine.matmul import matmul_packed, matvec_packed
+
+TYPES = sorted(Q.BLOCKS, key=lambda t: T(t).name)
+_GGUF_QUANTIZES = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.F16, Q.BF16}
+
+
+def random_tensor(qtype: int, rows: int, k: int, seed: int = 0) -> np.ndarray:
+    """Valid raw bytes (rows, bytes per row): gguf-py's quantizer where it has one, else random
+    bytes with small finite fp16 scales (the K-quants)."""
+    rng = np.random.default_rng(seed)
+    if qtype == Q.F32:
+        return rng.standard_normal((rows, k)).astype(np.float32).view(np.uint8)
+    if qtype in _GGUF_QUANTIZES:
+        return gguf.quants.quantize(rng.standard_normal((rows, k)).astype(np.float32), T(qtype))
+    block, size = Q.BLOCKS[qtype]
+    raw = rng.integers(0, 256, (rows * k // block, size), dtype=np.uint8)
+    scale = (rng.random((raw.shape[0], 1)) * 0.01 + 1e-4).astype(np.float16).view(np.uint8)
+    if qtype == Q.Q6_K:
+        raw[:, 208:210] = scale
+    else:
+        raw[:, 0:2] = scale
+        raw[:, 2:4] = (rng.random((raw.shape[0], 1)) * 0.01).astype(np.float16).view(np.uint8)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: T(t).name)
+def test_dequantize_is_bit_exact_with_gguf(qtype: int) -> None:
+    """Every supported type dequantizes to exactly the floats gguf-py's reference produces."""
+    raw = random_tensor(qtype, 16, 512)
+    want = gguf.quants.dequantize(raw, T(qtype))
+    got = Q.dequantize(raw, qtype)
+    assert got.shape == want.shape
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_dequantize_reshapes_and_rejects_unknown_types() -> None:
+    """`dequantize` returns the asked shape and refuses types outside the supported table."""
+    raw = random_tensor(Q.Q8_0, 4, 64)
+    assert Q.dequantize(raw, Q.Q8_0, (2, 2, 64)).shape == (2, 2, 64)
+    with pytest.raises(ValueError, match="GGML type 10"):
+        Q.dequantize(raw, int(T.Q2_K))
+
+
+def _reference_product(raw: np.ndarray, qtype: int, xh: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """float64 W @ xh, with the min term taken through the activation's block sums as ggml does."""
+    rows = raw.shape[0]
+    w = Q.dequantize(raw, qtype).reshape(rows, -1).astype(np.float64)
+    if qtype not in (Q.Q4_1, Q.Q5_1):
+        return xh.astype(np.float64) @ w.T
+    # Q4_1/Q5_1 dot the mins with q8_1's fp16 block sums: w = d*q + m  ->  (w - m) . x + m . s
+    mins = gguf.quants.dequantize(raw.reshape(-1, Q.BLOCKS[qtype][1])[:, :4].copy(), T.F16)[:, 1]
+    m = mins.reshape(rows, -1).astype(np.float64)
+    w_no_m = w - np.repeat(m, 32, axis=1)
+    return xh.astype(np.float64) @ w_no_m.T + xs.astype(np.float64) @ m.T
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: T(t).name)
+def test_matvec_and_matmul_match_the_dequantized_product(qtype: int) -> None:
+    """The packed kernels compute W x to float32 rounding of the float64 product of the dequantized weights."""
+    rows, k, n_tok = 48, 512, 5
+    raw = random_tensor(qtype, rows, k, seed=1)
+    w = Q.pack(raw, qtype, k)
+    x = np.random.default_rng(2).standard_normal((n_tok, k)).astype(np.float32)
+    xh, xs = np.empty_like(x), np.empty((n_tok, k // 32), np.float32)
+    Q.quantize_activation(w.act, x, xh, xs)
+    want = _reference_product(raw, qtype, xh, xs)
+    scale = np.abs(xh).astype(np.float64) @ np.abs(Q.dequantize(raw, qtype).reshape(rows, k)).T.astype(np.float64)
+    one = np.empty(rows, np.float32)
+    matvec_packed(one, w, xh[0], xs[0])
+    many = np.empty((n_tok, rows), np.float32)
+    matmul_packed(many, w, xh, xs)
+    assert np.max(np.abs(one - want[0]) / scale[0]) < 1e-6
+    assert np.max(np.abs(many - want) / scale) < 1e-6
+
+
+def test_rows_slice_is_one_expert_of_a_stack() -> None:
+    """Slicing a packed expert stack by rows gives views that multiply like the expert alone."""
+    raw = random_tensor(Q.Q4_K, 4 * 16, 256, seed=3)
+    stack = Q.pack(raw, Q.Q4_K, 256)
+    alone = Q.pack(raw[32:48], Q.Q4_K, 256)
+    part = stack.rows_slice(32, 48)
+    assert np.shares_memory(part.q, stack.q)
+    x = np.random.default_rng(4).standard_normal((1, 256)).astype(np.float32)
+    xh, xs = np.empty_like(x), np.empty((1, 8), np.float32)
+    Q.quantize_activation(Q.ACT_Q8_K, x, xh, xs)
+    a, b = np.empty(16, np.float32), np.empty(16, np.float32)
+    matvec_packed(a, part, xh[0], xs[0])
+    matvec_packed(b, alone, xh[0], xs[0])
+    assert np.array_equal(a, b)
+
+
+def test_packable_says_why_not() -> None:
+    """A 4-bit row that cannot split into two halves of whole blocks is refused with the reason."""
+    assert Q.packable(Q.Q4_0, 896) is None
+    assert "halves" in (Q.packable(Q.Q4_0, 96) or "")
+    assert "blocks" in (Q.packable(Q.Q6_K, 128) or "")
+    assert Q.packable(int(T.Q2_K), 256) is not None
+
+
+# --- activation quantisation against llama.cpp's own from_float -----------------------------
+
+_CPU = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"))
+_CPU.ggml_cpu_init()
+
+
+def _llama_quantize_row(name: str, x: np.ndarray, n_bytes: int) -> np.ndarray:
+    out = np.zeros(n_bytes, np.uint8)
+    getattr(_CPU, name)(x.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size))
+    return out
+
+
+def _decode_q8(raw: np.ndarray, block_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(dequantized values, per-32 block sums) of a row of q8_0/q8_1/q8_K blocks."""
+    if block_bytes == 292:  # q8_K: float d, 256 int8, 16 int16 sums
+        blk = raw.reshape(-1, 292)
+        d = blk[:, :4].copy().view(np.float32)[:, 0]
+        vals = (d[:, None] * blk[:, 4:260].view(np.int8).astype(np.float32)).reshape(-1)
+        bsums = blk[:, 260:].copy().view(np.int16).reshape(-1, 16).astype(np.float32)
+        return vals, (d[:, None] * (bsums[:, 0::2] + bsums[:, 1::2])).reshape(-1)
+    blk = raw.reshape(-1, block_bytes)
+    d = Q.F16_TABLE[blk[:, :2].copy().view(np.uint16)[:, 0]]
+    vals = (blk[:, block_bytes - 32:].view(np.int8).astype(np.float32) * d[:, None]).reshape(-1)
+    sums = Q.F16_TABLE[blk[:, 2:4].copy().view(np.uint16)[:, 0]] if block_bytes == 36 else None
+    return vals, sums
+
+
+@pytest.mark.parametrize(
+    ("act", "fn", "block", "block_bytes"),
+    [(Q.ACT_Q8_0, "quantize_row_q8_0", 32, 34), (Q.ACT_Q8_1, "quantize_row_q8_1", 32, 36),
+     (Q.ACT_Q8_K, "quantize_row_q8_K", 256, 292)],
+    ids=["q8_0", "q8_1", "q8_K"],
+)
+def test_activation_quantization_is_llama_cpps(act: int, fn: str, block: int, block_bytes: int) -> None:
+    """Activations quantize to the very values (and block sums) ggml-cpu's from_float gives the dot product."""
+    rng = np.random.default_rng(5)
+    k = 1024
+    x = (rng.standard_normal((24, k)) * rng.random((24, 1)) * 4).astype(np.float32)
+    x[0, :256] = 0.0  # an all-zero block
+    x[1, 7] = -50.0  # a block whose largest magnitude is negative
+    xh, xs = np.empty_like(x), np.empty((24, k // 32), np.float32)
+    Q.quantize_activation(act, x, xh, xs)
+    for t in range(x.shape[0]):
+        vals, sums = _decode_q8(_llama_quantize_row(fn, x[t], k // block * block_bytes), block_bytes)
+        assert np.array_equal(vals, xh[t]), t
+        if act == Q.ACT_Q8_1:
+            assert np.array_equal(sums, xs[t]), t
+        if act == Q.ACT_Q8_K:
+            np.testing.assert_allclose(xs[t], sums, rtol=1e-6, atol=0)
+
+
+def test_f16_and_bf16_activations_round_to_nearest_even() -> None:
+    """F16/BF16 weights see x rounded as F16C and ggml's fp32->bf16 round it, across the whole range."""
+    rng = np.random.default_rng(6)
+    x = (rng.standard_normal(50_000) * np.exp(rng.uniform(-30, 12, 50_000))).astype(np.float32)
+    x[:4] = [65504.0, 65519.0, 65520.0, 2.0**-25]
+    xh, xs = np.empty((1, x.size), np.float32), np.empty((1, x.size // 32), np.float32)
+    Q.quantize_activation(Q.ACT_F16, x[None], xh, xs)
+    with np.errstate(over="ignore"):
+        assert np.array_equal(xh[0], x.astype(np.float16).astype(np.float32))
+    Q.quantize_activation(Q.ACT_BF16, x[None], xh, xs)
+    want = gguf.quants.dequantize(gguf.quants.quantize(x, T.BF16), T.BF16)
+    assert np.array_equal(xh[0], want)
