@@ -303,7 +303,7 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
 
 def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="bundled model name, a name from your settings, or a .gguf path")
-    p.add_argument("--backend", "-b", help="auto (default) or llama")
+    p.add_argument("--backend", "-b", help="auto (default), llama or native")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     p.add_argument("--context-length", type=int, help="tokens of context (prompt plus answer)")
 
@@ -365,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("position", help="FILE:LINE:COL, 1-based")
     c.set_defaults(func=cmd_context)
+
+    from assistant.server.commands import add_commands
+
+    add_commands(sub, _model_flags)  # serve, status, stop
 
     c = sub.add_parser("service", help="run the daemon (assistant serve) as a systemd user unit or a launchd agent")
     ssub = c.add_subparsers(dest="service_command", metavar="ACTION", required=True)

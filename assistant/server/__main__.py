@@ -1,0 +1,47 @@
+"""`python -m assistant.server serve|status|stop`: the daemon's commands without the rest of the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from assistant.server.commands import add_commands
+
+log = logging.getLogger("assistant.server")
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", help="bundled model name, a name from your settings, or a .gguf path")
+    p.add_argument("--backend", "-b", help="auto (default) or llama")
+    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
+    p.add_argument("--context-length", type=int, help="tokens of context (prompt plus answer)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from assistant.cli import UsageError
+    from assistant.logs import setup_logging
+    from assistant.settings import SettingsError, load_settings
+    from engine.backend import EngineError
+    from models.catalog import ModelError
+    from models.gguf import GGUFError
+    from models.templates import TemplateError
+
+    parser = argparse.ArgumentParser(prog="assistant")
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), _model_flags)
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(**{k: getattr(args, k, None) for k in ("model", "backend", "threads",
+                                                                       "context_length")})
+        setup_logging(settings.log_level)
+        return args.func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except (SettingsError, ModelError, GGUFError, EngineError, TemplateError, UsageError) as e:
+        log.info("error: %s", e)
+        print(f"assistant: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Benchmark (not a test): aggregate decode tokens/s and time to first token at N concurrent streams,
+for `assistant serve` next to llama-cpp-python's own `llama_cpp.server` on the same GGUF.
+
+Run: python -m tests.serve.bench_serve --model PATH [--streams 1 4] [--tokens 32] [--threads 1]
+Each server gets the same streamed /v1/completions requests (temperature 0, distinct prompts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_health(port: int, path: str, headers: dict[str, str], timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path, headers=headers)
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"server on {port} did not come up")
+
+
+def stream_once(port: int, headers: dict[str, str], model: str, prompt: str, tokens: int) -> tuple[float, int, float]:
+    """(time to first token, chunks received, total seconds) for one streamed completion."""
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True})
+    t0 = time.perf_counter()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    c.request("POST", "/v1/completions", body=body, headers={**headers, "Content-Type": "application/json"})
+    r = c.getresponse()
+    assert r.status == 200, r.read()
+    ttft, n = None, 0
+    for line in r:
+        line = line.strip()
+        if not line.startswith(b"data: ") or line == b"data: [DONE]":
+            continue
+        text = json.loads(line[6:])["choices"][0].get("text")
+        if text:
+            n += 1
+            if ttft is None:
+                ttft = time.perf_counter() - t0
+    return ttft or 0.0, n, time.perf_counter() - t0
+
+
+def run_level(port, headers, model, streams: int, tokens: int) -> dict[str, float]:
+    prompts = [f"# Task {i}: write a Python function that prints the numbers from 1 to {100 + i}.\n" for i in range(streams)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(streams) as pool:
+        results = list(pool.map(lambda p: stream_once(port, headers, model, p, tokens), prompts))
+    wall = time.perf_counter() - t0
+    ttfts = sorted(r[0] for r in results)
+    return {"streams": streams, "tokens": sum(r[1] for r in results), "wall_s": round(wall, 2),
+            "aggregate_tok_s": round(sum(r[1] for r in results) / wall, 1),
+            "ttft_p50_s": round(statistics.median(ttfts), 3), "ttft_max_s": round(ttfts[-1], 3)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, help="GGUF path")
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as home:
+        run = Path(home) / "run"
+        run.mkdir(mode=0o700)
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(run), "XDG_STATE_HOME": home, "XDG_CONFIG_HOME": home}
+        ours = subprocess.Popen([sys.executable, "-m", "assistant.server", "serve", "--port", "0", "--model",
+                                 args.model, "--backend", "llama", "--threads", str(args.threads),
+                                 "--context-length", "1024"], env=env)
+        token_file = run / "assistant" / "daemon.json"
+        while not token_file.exists():
+            time.sleep(0.2)
+        info = json.loads(token_file.read_text())
+        auth = {"Authorization": f"Bearer {info['token']}", "Host": "127.0.0.1"}
+        wait_health(info["port"], "/health", auth)
+        model = info["model"]
+        for n in args.streams:
+            rows.append({"server": "assistant serve", **run_level(info["port"], auth, model, n, args.tokens)})
+        ours.send_signal(signal.SIGTERM)
+        ours.wait()
+        port = free_port()
+        ref = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", args.model, "--n_ctx", "1024",
+                                "--n_threads", str(args.threads), "--host", "127.0.0.1", "--port", str(port),
+                                # Its default interrupts the running stream when another request arrives.
+                                "--interrupt_requests", "False"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_health(port, "/v1/models", {})
+            for n in args.streams:
+                rows.append({"server": "llama_cpp.server", **run_level(port, {}, args.model, n, args.tokens)})
+        finally:
+            ref.terminate()
+            ref.wait()
+    for r in rows:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()

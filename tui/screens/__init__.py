@@ -1,0 +1,2 @@
+"""The app's screens: the chat, and the modal dialogs it opens (approval, help, model picker,
+rename and delete)."""
