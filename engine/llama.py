@@ -9,9 +9,7 @@ evaluates only the part of its prompt that differs (prefix reuse).
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -21,35 +19,13 @@ import llama_cpp as lc
 import numpy as np
 
 from engine.backend import (
-    ContextOverflowError,
     EngineError,
     GenerationEvent,
     ModelSummary,
     SamplingParams,
-    Timings,
 )
-from engine.text import StopMatcher, Utf8Stream
-
-log = logging.getLogger(__name__)
-
-# ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation. Its info is a page per load,
-# so it goes to the log only at DEBUG.
-_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
-
-
-@lc.llama_log_callback
-def _log_to_python(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-    # llama.cpp writes to stderr unless told otherwise; stdout and stderr belong to the UI.
-    msg = text.decode("utf-8", "replace").rstrip()
-    if msg:
-        log.log(_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", msg)
-
-
-@functools.cache
-def _init_llama() -> None:
-    """Set up llama.cpp once per process (safe to call again)."""
-    lc.llama_log_set(_log_to_python, ctypes.c_void_p(0))
-    lc.llama_backend_init()
+from engine.generation import check_prompt, stream_tokens
+from engine.tokenizer import Vocab, init_llama
 
 
 class LlamaBackend:
@@ -66,7 +42,7 @@ class LlamaBackend:
         n_batch: int = 512,
         architecture: str = "",
     ) -> None:
-        _init_llama()
+        init_llama()
         self._lock = threading.Lock()
         self.path = Path(path)
         mparams = lc.llama_model_default_params()
@@ -86,12 +62,12 @@ class LlamaBackend:
             lc.llama_model_free(self._model)
             raise EngineError(f"llama.cpp could not make a context of {n_ctx} tokens for {self.path}")
         self._vocab = lc.llama_model_get_vocab(self._model)
+        self.vocab = Vocab(self._vocab)
         self._mem = lc.llama_get_memory(self._ctx)
         self._n_batch = n_batch
         self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
-        self._pieces: dict[int, bytes] = {}
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
-        eog = tuple(t for t in range(self._n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
+        eog = self.vocab.eog_tokens
         self.summary = ModelSummary(
             path=self.path,
             architecture=architecture,
@@ -105,31 +81,13 @@ class LlamaBackend:
     # --- text <-> tokens ----------------------------------------------------------------------
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        cap = len(data) + 8
-        buf = (lc.llama_token * cap)()
-        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
-        if n < 0:  # more tokens than bytes can only happen with added specials; retry at the size asked
-            cap = -n
-            buf = (lc.llama_token * cap)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, parse_special)
-        return list(buf[:n])
+        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
-        key = token if not special else -1 - token
-        piece = self._pieces.get(key)
-        if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = lc.llama_token_to_piece(self._vocab, token, buf, 64, 0, special)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = lc.llama_token_to_piece(self._vocab, token, buf, -n, 0, special)
-            piece = buf.raw[:n]
-            self._pieces[key] = piece
-        return piece
+        return self.vocab.token_bytes(token, special)
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
-        return b"".join(self.token_bytes(t, special) for t in tokens).decode("utf-8", "replace")
+        return self.vocab.detokenize(tokens, special=special)
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -197,14 +155,7 @@ class LlamaBackend:
         ignore_eos: bool = False,
     ) -> Iterator[GenerationEvent]:
         """Stream the continuation of `prompt`; see `engine.backend.Backend`."""
-        n_ctx = self.summary.n_ctx
-        if not prompt:
-            raise EngineError("the prompt is empty")
-        if len(prompt) >= n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; "
-                "shorten it or raise context_length in the settings"
-            )
+        check_prompt(prompt, self.summary.n_ctx)
         with self._lock:
             yield from self._generate(list(prompt), params, cancel, ignore_eos)
 
@@ -220,60 +171,36 @@ class LlamaBackend:
         self._eval(prompt[reused:])
         t_prompt = time.perf_counter() - t0
         chain = self._sampler(params, prompt)
-        utf8, stops = Utf8Stream(), StopMatcher(params.stop)
-        stop_tokens = frozenset(params.stop_tokens) | (frozenset() if ignore_eos else self._eog)
-        n_gen, t_first, finish = 0, 0.0, None
         constraint = params.constraint
         one = (lc.llama_token * 1)()
+
+        def sample() -> int:
+            if constraint is not None:  # mask the logits in place: the sampler reads them next
+                logits = lc.llama_get_logits_ith(self._ctx, -1)
+                constraint.apply(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)))
+            tok = lc.llama_sampler_sample(chain, self._ctx, -1)
+            if constraint is not None:
+                constraint.accept(tok)
+            return tok
+
+        def advance(tok: int) -> None:
+            one[0] = tok
+            rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(one, 1))
+            if rc != 0:
+                self.reset()
+                raise EngineError(f"llama_decode failed with code {rc} at position {len(self._cached)}")
+            self._cached.append(tok)
+
         try:
-            while finish is None:
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
-                if n_gen >= params.max_tokens:
-                    finish = "length"
-                    break
-                if constraint is not None:  # mask the logits in place: the sampler reads them next
-                    logits = lc.llama_get_logits_ith(self._ctx, -1)
-                    constraint.apply(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)))
-                tok = lc.llama_sampler_sample(chain, self._ctx, -1)
-                if constraint is not None:
-                    constraint.accept(tok)
-                n_gen += 1
-                if n_gen == 1:
-                    t_first = time.perf_counter()
-                if tok in stop_tokens:
-                    finish = "stop"
-                    break
-                text = stops.feed(utf8.feed(self.token_bytes(tok)))
-                if stops.stopped:
-                    finish = "stop"
-                    if text:
-                        yield GenerationEvent(text=text, token=tok)
-                    break
-                yield GenerationEvent(text=text, token=tok)
-                if len(self._cached) + 1 >= self.summary.n_ctx:
-                    finish = "length"
-                    break
-                one[0] = tok
-                rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(one, 1))
-                if rc != 0:
-                    self.reset()
-                    raise EngineError(f"llama_decode failed with code {rc} at position {len(self._cached)}")
-                self._cached.append(tok)
+            yield from stream_tokens(
+                params=params, cancel=cancel,
+                stop_tokens=frozenset(params.stop_tokens) | (frozenset() if ignore_eos else self._eog),
+                token_bytes=self.token_bytes, sample=sample, advance=advance,
+                context_full=lambda: len(self._cached) + 1 >= self.summary.n_ctx,
+                prompt_tokens=len(prompt), reused_tokens=reused, t0=t0, t_prompt=t_prompt,
+            )
         finally:
             lc.llama_sampler_free(chain)
-        tail = stops.feed(utf8.flush()) + stops.flush()
-        t_end = time.perf_counter()
-        timings = Timings(
-            prompt_tokens=len(prompt),
-            reused_tokens=reused,
-            prompt_s=t_prompt,
-            generated_tokens=n_gen,
-            decode_s=(t_end - t_first) if n_gen else 0.0,
-            ttft_s=(t_first - t0) if n_gen else t_end - t0,
-        )
-        yield GenerationEvent(text=tail, finish_reason=finish, timings=timings)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

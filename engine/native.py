@@ -23,16 +23,14 @@ import numpy as np
 from engine import quants
 from engine import transformer as T
 from engine.backend import (
-    ContextOverflowError,
     EngineError,
     GenerationEvent,
     ModelSummary,
     SamplingParams,
-    Timings,
 )
 from engine.sampler import Sampler
-from engine.text import StopMatcher, Utf8Stream
-from engine.tokenizer import Vocab
+from engine.generation import check_prompt, stream_tokens
+from engine.tokenizer import VocabFile
 from engine.transformer import Device
 from models import arch as A
 from models.gguf import GGUFFile, read_gguf
@@ -97,7 +95,7 @@ class NativeBackend:
             raise EngineError(f"the native engine cannot run {self.path.name}: {why}")
         self.cfg = A.config_from_gguf(self.gguf)
         numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
-        self.vocab = Vocab(self.path)
+        self.vocab = VocabFile(self.path)
         self.weights = T.load_weights(self.gguf, self.cfg)
         self.device: Device = device or ("cuda" if cuda_present() else "cpu")
         self.state = T.RunState(self.cfg, n_ctx, min(n_batch, n_ctx), self.device)
@@ -199,14 +197,7 @@ class NativeBackend:
         ignore_eos: bool = False,
     ) -> Iterator[GenerationEvent]:
         """Stream the continuation of `prompt`; see `engine.backend.Backend`."""
-        n_ctx = self.summary.n_ctx
-        if not prompt:
-            raise EngineError("the prompt is empty")
-        if len(prompt) >= n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {len(prompt)} tokens but the context holds {n_ctx}; "
-                "shorten it or raise context_length in the settings"
-            )
+        check_prompt(prompt, self.summary.n_ctx)
         with self._lock:
             yield from self._generate(list(prompt), params, cancel, ignore_eos)
 
@@ -223,51 +214,28 @@ class NativeBackend:
         t_prompt = time.perf_counter() - t0
         sampler = Sampler(params)
         history = list(prompt)
-        utf8, stops = Utf8Stream(), StopMatcher(params.stop)
-        stop_tokens = frozenset(params.stop_tokens) | (frozenset() if ignore_eos else self._eog)
-        n_gen, t_first, finish = 0, 0.0, None
-        constraint = getattr(params, "constraint", None)  # engine.constrained: masks logits before each sample
-        while finish is None:
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            if n_gen >= params.max_tokens:
-                finish = "length"
-                break
+        constraint = params.constraint  # engine.constrained: masks the logits before each sample
+        state = {"logits": logits}
+
+        def sample() -> int:
             if constraint is not None:
-                constraint.apply(logits)
-            tok = sampler.sample(logits, history)
+                constraint.apply(state["logits"])
+            tok = sampler.sample(state["logits"], history)
             if constraint is not None:
                 constraint.accept(tok)
-            n_gen += 1
-            if n_gen == 1:
-                t_first = time.perf_counter()
-            if tok in stop_tokens:
-                finish = "stop"
-                break
-            text = stops.feed(utf8.feed(self.token_bytes(tok)))
-            if stops.stopped:
-                finish = "stop"
-                if text:
-                    yield GenerationEvent(text=text, token=tok)
-                break
-            yield GenerationEvent(text=text, token=tok)
-            if len(self._cached) + 1 >= self.summary.n_ctx:
-                finish = "length"
-                break
+            return tok
+
+        def advance(tok: int) -> None:
             history.append(tok)
-            logits = self.decode_step(tok)
-        tail = stops.feed(utf8.flush()) + stops.flush()
-        t_end = time.perf_counter()
-        timings = Timings(
-            prompt_tokens=len(prompt),
-            reused_tokens=reused,
-            prompt_s=t_prompt,
-            generated_tokens=n_gen,
-            decode_s=(t_end - t_first) if n_gen else 0.0,
-            ttft_s=(t_first - t0) if n_gen else t_end - t0,
+            state["logits"] = self.decode_step(tok)
+
+        yield from stream_tokens(
+            params=params, cancel=cancel,
+            stop_tokens=frozenset(params.stop_tokens) | (frozenset() if ignore_eos else self._eog),
+            token_bytes=self.token_bytes, sample=sample, advance=advance,
+            context_full=lambda: len(self._cached) + 1 >= self.summary.n_ctx,
+            prompt_tokens=len(prompt), reused_tokens=reused, t0=t0, t_prompt=t_prompt,
         )
-        yield GenerationEvent(text=tail, finish_reason=finish, timings=timings)
 
     def close(self) -> None:
         if getattr(self, "vocab", None) is not None:

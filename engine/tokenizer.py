@@ -1,35 +1,52 @@
-"""llama.cpp's tokenizer for the native engine, loaded from the GGUF file vocabulary-only.
+"""llama.cpp's tokenizer, shared by both backends.
 
 The vocabulary, merges and pre-tokenizer rules of every GGUF family already live in llama.cpp,
-so the native engine borrows them instead of carrying its own BPE: `llama_model_load_from_file`
-with `vocab_only` reads the tokenizer keys and no tensors (a few MB and milliseconds), and the
-text <-> token calls below are the ones the llama.cpp backend makes.
+so the assistant borrows them instead of carrying its own BPE. `Vocab` wraps the vocabulary of
+a loaded llama.cpp model (the llama.cpp backend's own); `VocabFile` loads a GGUF file
+vocabulary-only (`vocab_only`: the tokenizer keys and no tensors, a few MB and milliseconds)
+for the native engine. This module also sets llama.cpp up once per process and sends its log
+to Python's logging.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp as lc
 
 from engine.backend import EngineError
-from engine.llama import _init_llama
+
+log = logging.getLogger(__name__)
+
+# ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation. Its info is a page per load,
+# so it goes to the log only at DEBUG.
+_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+
+
+@lc.llama_log_callback
+def _log_to_python(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # llama.cpp writes to stderr unless told otherwise; stdout and stderr belong to the UI.
+    msg = text.decode("utf-8", "replace").rstrip()
+    if msg:
+        log.log(_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", msg)
+
+
+@functools.cache
+def init_llama() -> None:
+    """Set up llama.cpp once per process (safe to call again)."""
+    lc.llama_log_set(_log_to_python, ctypes.c_void_p(0))
+    lc.llama_backend_init()
 
 
 class Vocab:
-    """Tokenize and detokenize with the vocabulary of one GGUF file."""
+    """Tokenize and detokenize with a llama.cpp vocabulary (`llama_model_get_vocab`)."""
 
-    def __init__(self, path: str | Path) -> None:
-        _init_llama()
-        params = lc.llama_model_default_params()
-        params.vocab_only = True
-        params.n_gpu_layers = 0
-        self._model = lc.llama_model_load_from_file(str(path).encode(), params)
-        if not self._model:
-            raise EngineError(f"llama.cpp could not read the vocabulary of {path} (see the log for its reason)")
-        self._vocab = lc.llama_model_get_vocab(self._model)
+    def __init__(self, vocab: lc.llama_vocab_p) -> None:
+        self._vocab = vocab
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self.eog_tokens = tuple(t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
         self._pieces: dict[int, bytes] = {}
@@ -60,6 +77,21 @@ class Vocab:
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
         return b"".join(self.token_bytes(t, special) for t in tokens).decode("utf-8", "replace")
+
+
+
+class VocabFile(Vocab):
+    """The vocabulary of one GGUF file, loaded without its tensors."""
+
+    def __init__(self, path: str | Path) -> None:
+        init_llama()
+        params = lc.llama_model_default_params()
+        params.vocab_only = True
+        params.n_gpu_layers = 0
+        self._model = lc.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise EngineError(f"llama.cpp could not read the vocabulary of {path} (see the log for its reason)")
+        super().__init__(lc.llama_model_get_vocab(self._model))
 
     def close(self) -> None:
         if getattr(self, "_model", None):

@@ -17,7 +17,7 @@ import gguf
 import llama_cpp as lc
 import numpy as np
 
-from engine.llama import _init_llama
+from engine.tokenizer import init_llama
 
 GGML_TYPE_F32 = 0
 FLASH_ATTN_DISABLED = 0
@@ -166,7 +166,7 @@ def build_model(path: Path, shape: Shape, seed: int = 0) -> Path:
 
 def quantize_model(src: Path, dst: Path, ftype: str, n_threads: int = 2) -> Path:
     """`src` quantized to the llama.cpp file type `ftype` (a key of FTYPES) by llama.cpp itself."""
-    _init_llama()
+    init_llama()
     params = lc.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]
     params.nthread = n_threads
@@ -249,7 +249,7 @@ def llama_logits(path: Path, tokens: list[int], n_threads: int = 2, capture: tup
 
 def _open(path: Path, n_ctx: int, n_batch: int, n_threads: int, cb_eval: object = None) -> tuple[object, object]:
     """A model and a context set up as the oracle: float32 KV cache, flash attention off."""
-    _init_llama()
+    init_llama()
     mparams = lc.llama_model_default_params()
     mparams.n_gpu_layers = 0
     model = lc.llama_model_load_from_file(str(path).encode(), mparams)
