@@ -56,12 +56,13 @@ def test_expert_weight_keys_are_honoured(tmp_path: Path) -> None:
     assert cfg.expert_weights_scale == 2.5 and cfg.moe_renorm
 
 
-def test_auto_picks_native_for_what_it_runs(synthetic: Callable[..., Path]) -> None:
-    """--backend auto chooses the native engine for a supported file and says why; llama stays llama."""
+def test_auto_names_the_native_engine_for_what_it_runs(synthetic: Callable[..., Path]) -> None:
+    """For a file native can run, `native` runs it; `auto` keeps the faster llama.cpp and says native could."""
     g = read_gguf(synthetic("qwen3moe", "Q4_K_M"))
-    choice = choose_backend(g)
-    assert choice.name == "native" and "qwen3moe" in choice.reason and "Q4_K" in choice.reason
-    assert choose_backend(g, "native").name == "native"
+    native = choose_backend(g, "native")
+    assert native.name == "native" and "qwen3moe" in native.reason and "Q4_K" in native.reason
+    auto = choose_backend(g)
+    assert auto.name == "llama" and "--backend native" in auto.reason and "qwen3moe" in auto.reason
     assert choose_backend(g, "llama").name == "llama"
 
 
