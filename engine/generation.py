@@ -28,6 +28,16 @@ def check_prompt(prompt: Sequence[int], n_ctx: int) -> None:
         )
 
 
+def reusable_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many cached tokens the prompt starts with, keeping its last token to evaluate (for its logits)."""
+    n = 0
+    for a, b in zip(cached, prompt):
+        if a != b:
+            break
+        n += 1
+    return min(n, len(prompt) - 1)
+
+
 def stream_tokens(
     *,
     params: SamplingParams,

@@ -24,7 +24,7 @@ from engine.backend import (
     ModelSummary,
     SamplingParams,
 )
-from engine.generation import check_prompt, stream_tokens
+from engine.generation import check_prompt, reusable_prefix, stream_tokens
 from engine.tokenizer import Vocab, init_llama
 
 
@@ -109,12 +109,7 @@ class LlamaBackend:
 
     def _reuse_prefix(self, prompt: Sequence[int]) -> int:
         """Keep the cached tokens shared with `prompt`, drop the rest; return how many were kept."""
-        n = 0
-        for a, b in zip(self._cached, prompt):
-            if a != b:
-                break
-            n += 1
-        n = min(n, len(prompt) - 1)  # the last prompt token is always evaluated, for its logits
+        n = reusable_prefix(self._cached, prompt)
         if n < len(self._cached):
             if not lc.llama_memory_seq_rm(self._mem, 0, n, -1):
                 self.reset()

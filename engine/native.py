@@ -29,7 +29,7 @@ from engine.backend import (
     SamplingParams,
 )
 from engine.sampler import Sampler
-from engine.generation import check_prompt, stream_tokens
+from engine.generation import check_prompt, reusable_prefix, stream_tokens
 from engine.tokenizer import VocabFile
 from engine.transformer import Device
 from models import arch as A
@@ -173,12 +173,7 @@ class NativeBackend:
 
     def _reuse_prefix(self, prompt: Sequence[int]) -> int:
         """Keep the cached tokens shared with `prompt` while every ring still holds them; how many."""
-        n = 0
-        for a, b in zip(self._cached, prompt):
-            if a != b:
-                break
-            n += 1
-        n = min(n, len(prompt) - 1)  # the last prompt token is always evaluated, for its logits
+        n = reusable_prefix(self._cached, prompt)
         for layer in range(self.cfg.n_layer):
             window, cap = self.cfg.window(layer), self.state.k_cache[layer].shape[0]
             if window and n > 0 and max(0, n - window + 1) <= len(self._cached) - 1 - cap:

@@ -152,6 +152,13 @@ class AssistantServer(LanguageServer):
             log.info("no progress reporting: %s", e)
         threading.Thread(target=build, name="assistant-index", daemon=True).start()
 
+    async def complete(self, params: Any):
+        """The completion for an inline or classic request, or None (disabled, cancelled, stale, empty)."""
+        if not self.completer.config.completion.enabled:
+            return None
+        req = self.take_request(params)
+        return None if req is None else await self.run_completion(req)
+
     async def run_completion(self, req: Request):
         """Supersede the document's older request, run this one, drop it if it went stale."""
         older = self.in_flight.get(req.uri)
@@ -209,12 +216,7 @@ def create_server(settings: Settings | None = None) -> AssistantServer:
         types.InlineCompletionOptions(),
     )
     async def inline_completion(ls: AssistantServer, params: types.InlineCompletionParams):
-        if not ls.completer.config.completion.enabled:
-            return None
-        req = ls.take_request(params)
-        if req is None:
-            return None
-        result = await ls.run_completion(req)
+        result = await ls.complete(params)
         if result is None:
             return None
         at = types.Range(start=params.position, end=params.position)
@@ -222,12 +224,7 @@ def create_server(settings: Settings | None = None) -> AssistantServer:
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
     async def completion(ls: AssistantServer, params: types.CompletionParams):
-        if not ls.completer.config.completion.enabled:
-            return None
-        req = ls.take_request(params)
-        if req is None:
-            return None
-        result = await ls.run_completion(req)
+        result = await ls.complete(params)
         if result is None:
             return None
         at = types.Range(start=params.position, end=params.position)
