@@ -8,14 +8,18 @@ and a non-zero exit code, never a traceback. Everything else goes to the log fil
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from assistant import __version__
 from assistant.settings import Settings, SettingsError, config_path, load_settings
+
+if TYPE_CHECKING:
+    from assistant.tools import CodeIndexBuilder, SymbolIndex
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +273,23 @@ def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def code_index_builder() -> CodeIndexBuilder | None:
+    """What builds a workspace's code index for the chat's `find_symbol` tool: lsp's tree-sitter
+    index, None where lsp/ is not installed. This module is the composition root, the one place
+    that hands lsp/ to the chat; assistant/ and tui/ only know the SymbolIndex protocol."""
+    if importlib.util.find_spec("lsp.index") is None:
+        return None
+    return _build_code_index
+
+
+def _build_code_index(root: Path) -> SymbolIndex:
+    from lsp.index import CodeIndex
+
+    index = CodeIndex(root)
+    index.build()
+    return index
+
+
 def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
     from assistant.sandbox import SandboxError
     from assistant.sessions import SessionError
@@ -277,7 +298,7 @@ def cmd_tui(args: argparse.Namespace, settings: Settings) -> int:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError("the terminal chat needs a terminal; for one answer on stdout use: assistant chat TEXT")
     try:
-        app = make_app(settings)
+        app = make_app(settings, code_index=code_index_builder())
     except (SessionError, SandboxError) as e:
         raise UsageError(str(e)) from None
     app.run()

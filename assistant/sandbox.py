@@ -4,7 +4,9 @@ Every path a tool is given is resolved with `os.path.realpath` against the works
 (symlinks followed to their real target) and must land inside the root; `..`, absolute paths
 elsewhere and symlinks that point out are refused with a `SandboxError` whose message goes
 back to the model. Paths under a protected directory (the assistant's own settings and
-approval rules, its data) may be read by no tool and written by none. Commands run without a
+approval rules, its data) may be read by no tool and written by none. An edit is read and
+written through directory descriptors that never follow a link (`directory_of`), so a link
+swapped in between the check and the write is refused, not followed. Commands run without a
 shell, in the workspace, with stdin closed, a timeout that kills the whole process group, and
 their output capped. The walk over the workspace skips what `.gitignore` files say (pathspec's
 git semantics), version-control directories and virtualenvs.
@@ -12,16 +14,20 @@ git semantics), version-control directories and virtualenvs.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pathspec
 
@@ -145,21 +151,98 @@ def read_text(path: Path, max_bytes: int = 2_000_000) -> str:
         raise SandboxError(f"{path.name} is a directory") from None
     except PermissionError:
         raise SandboxError(f"{path.name}: permission denied") from None
+    return _decode(path.name, data)
+
+
+def _decode(name: str, data: bytes) -> str:
     if b"\x00" in data[:8192]:
-        raise SandboxError(f"{path.name} is a binary file")
+        raise SandboxError(f"{name} is a binary file")
     return data.decode("utf-8", errors="replace")
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write atomically (a temporary file renamed over the target), keeping the file's mode."""
-    tmp = path.with_name(f".{path.name}.assistant-tmp")
-    mode = path.stat().st_mode & 0o7777 if path.exists() else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
+# --- writing without following links -----------------------------------------------------------
+#
+# `Workspace.resolve` checks a path, but by the time an approved edit is written a directory on
+# the way or the file itself may have become a symbolic link out of the workspace. So an edit is
+# read and written through descriptors: each directory is opened from the root's descriptor with
+# O_NOFOLLOW, the file is read with O_NOFOLLOW, and the new text goes to a fresh temporary file
+# (O_CREAT | O_EXCL, which never follows a link) renamed over the name inside that directory
+# (a rename replaces a link; it never writes through one).
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+@contextmanager
+def directory_of(workspace: Workspace, relative: str, *, create: bool = False) -> Iterator[tuple[int, str]]:
+    """A descriptor of the directory holding `relative` (a workspace-relative path `resolve` gave,
+    free of links) and the file's name in it, reached from the root without following a link;
+    `create` makes missing directories. A missing one without `create` is FileNotFoundError."""
+    parts = PurePosixPath(relative).parts
+    if not parts or relative == "." or parts[0] == "/" or ".." in parts:
+        raise SandboxError(f"{relative!r} does not name a file inside the workspace")
+    fd = os.open(workspace.root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in parts[:-1]:
+            if create:
+                with suppress(FileExistsError):  # there already: opened (and checked) below
+                    os.mkdir(name, dir_fd=fd)
+            try:
+                inner = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise SandboxError(f"{relative}: '{name}' is no longer a directory (a symbolic link was put "
+                                       "in its place?); refused, nothing was written") from None
+                raise
+            os.close(fd)
+            fd = inner
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
+
+
+def read_text_at(dir_fd: int, name: str, max_bytes: int = 2_000_000) -> str | None:
+    """The text of the regular file `name` in the directory `dir_fd`, None when there is none;
+    a symbolic link, a device or a pipe there is refused."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SandboxError(f"{name} is a symbolic link now; refused, nothing was read or written") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise SandboxError(f"{name} is not a regular file")
+        if st.st_size > max_bytes:
+            raise SandboxError(f"{name} is {st.st_size:,} bytes, past the {max_bytes:,} a tool reads")
+        return _decode(name, f.read())
+
+
+def write_text_at(dir_fd: int, name: str, text: str) -> None:
+    """Write `name` in the directory `dir_fd` atomically, keeping the file's mode: a new temporary
+    file renamed over it. A symbolic link in its place is refused."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        mode = None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            raise SandboxError(f"{name} is not a regular file now (a symbolic link?); refused, nothing was written")
+        mode = stat.S_IMODE(st.st_mode)
+    tmp = f".{name}.{secrets.token_hex(4)}.assistant-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with suppress(FileNotFoundError):  # the rename may have happened before the failure
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
 
 
 # --- commands ---------------------------------------------------------------------------------

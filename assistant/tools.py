@@ -14,13 +14,14 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from assistant import regex_search
 from assistant.approval import (
     Approval,
     ApprovalRequest,
@@ -31,7 +32,16 @@ from assistant.approval import (
     parse_command,
 )
 from assistant.edits import EditError, FileEdit, make_edit
-from assistant.sandbox import GitIgnore, SandboxError, Workspace, read_text, run_argv, write_text
+from assistant.sandbox import (
+    GitIgnore,
+    SandboxError,
+    Workspace,
+    directory_of,
+    read_text,
+    read_text_at,
+    run_argv,
+    write_text_at,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +175,20 @@ class SymbolIndex(Protocol):
     def definitions(self, name: str) -> list[Any]: ...
 
 
+# Builds the code index of a workspace root. assistant/ never imports lsp/: the composition root
+# (`assistant.cli`) passes lsp's builder in, and the toolbox calls it once, on the first find_symbol.
+CodeIndexBuilder = Callable[[Path], SymbolIndex]
+
+
 @dataclass
 class Toolbox:
     """The tools of one workspace, its approval rules, and the limits commands run under."""
 
     workspace: Workspace
     rules: ApprovalRules
-    symbols: Callable[[], SymbolIndex] | None = None
+    symbols: CodeIndexBuilder | None = None
     command_timeout: float = 60.0
+    search_timeout: float = 10.0
     max_output: int = 16_000
     _index: SymbolIndex | None = field(default=None, repr=False)
     _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -206,7 +222,11 @@ class Toolbox:
     def _prepare_edit(self, call: ToolCall, spec: ToolSpec, args: ApplyEditArgs) -> PreparedCall:
         real = self.workspace.resolve(args.path, write=True)
         rel = self.workspace.relative(real)
-        before = read_text(real) if real.exists() else None
+        try:
+            with directory_of(self.workspace, rel) as (dir_fd, name):
+                before = read_text_at(dir_fd, name)
+        except FileNotFoundError:
+            before = None  # a directory on the way is missing too: the edit would create it
         edit = make_edit(real, rel, before, args.old, args.new)
         decision = decide_edit(rel, self.rules)
         verb = "create" if edit.creates else "change"
@@ -241,7 +261,7 @@ class Toolbox:
         if isinstance(args, ListDirArgs):
             return ToolResult(True, self.list_dir(args))
         if isinstance(args, SearchArgs):
-            return ToolResult(True, self.search(args))
+            return ToolResult(True, self.search(args, cancel))
         if isinstance(args, FindSymbolArgs):
             return ToolResult(True, self.find_symbol(args))
         if isinstance(args, ApplyEditArgs):
@@ -285,32 +305,37 @@ class Toolbox:
         rel = self.workspace.relative(real)
         return f"{rel}/ ({len(entries)} entries):\n" + "\n".join(shown) + more if entries else f"{rel}/ is empty"
 
-    def search(self, args: SearchArgs) -> str:
+    def search(self, args: SearchArgs, cancel: threading.Event | None = None) -> str:
         try:
-            regex = re.compile(args.pattern)
+            re.compile(args.pattern)
         except re.error as e:
             raise ToolError(f"the pattern {args.pattern!r} is not a valid regular expression: {e}") from None
         real = self.workspace.resolve(args.path)
-        files: Iterable[Path] = [real] if real.is_file() else self.workspace.walk(real)
-        matches: list[str] = []
-        more = False
-        for f in files:
-            try:
-                text = read_text(f, max_bytes=1_000_000)
-            except SandboxError:
-                continue  # binary or oversized: search skips it, as grep -I does
-            for n, line in enumerate(text.splitlines(), 1):
-                if regex.search(line):
-                    if len(matches) == MAX_MATCHES:
-                        more = True
-                        break
-                    matches.append(f"{self.workspace.relative(f)}:{n}: {line.strip()[:MAX_LINE_CHARS]}")
-            if more:
-                break
-        if not matches:
+        paths: Iterable[Path] = [real] if real.is_file() else self.workspace.walk(real)
+
+        def texts() -> Iterator[tuple[str, str]]:
+            for f in paths:
+                try:
+                    yield self.workspace.relative(f), read_text(f, max_bytes=1_000_000)
+                except SandboxError:
+                    continue  # binary or oversized: search skips it, as grep -I does
+
+        try:
+            found = regex_search.search(args.pattern, texts(), max_matches=MAX_MATCHES, max_chars=MAX_LINE_CHARS,
+                                        timeout=self.search_timeout, cancel=cancel)
+        except regex_search.SearchError as e:
+            raise ToolError(f"the search for {args.pattern!r} failed: {e}") from None
+        lines = [f"{m.name}:{m.line}: {m.text}" for m in found.matches]
+        if found.timed_out or found.cancelled:
+            why = (f"took longer than {self.search_timeout:g} s and was stopped; nested repetition such as "
+                   "(a+)+ can backtrack for ever on some lines: use a simpler pattern or a narrower path"
+                   if found.timed_out else "was stopped")
+            so_far = "\nmatches found before it stopped:\n" + "\n".join(lines) if lines else ""
+            raise ToolError(f"the search for {args.pattern!r} {why}{so_far}")
+        if not lines:
             return f"no matches for {args.pattern!r}"
-        tail = f"\n[more than {MAX_MATCHES} matches; narrow the pattern or the path]" if more else ""
-        return "\n".join(matches) + tail
+        tail = f"\n[more than {MAX_MATCHES} matches; narrow the pattern or the path]" if found.more else ""
+        return "\n".join(lines) + tail
 
     def find_symbol(self, args: FindSymbolArgs) -> str:
         index = self._symbol_index()
@@ -329,16 +354,23 @@ class Toolbox:
             raise ToolError("find_symbol is not available: no code index")
         with self._index_lock:
             if self._index is None:
-                self._index = self.symbols()
+                self._index = self.symbols(self.workspace.root)
             return self._index
 
     def apply_edit(self, edit: FileEdit, accepted: set[int]) -> ToolResult:
         if not accepted:
             return ToolResult(False, f"the user rejected every hunk of the edit to {edit.relative}; nothing changed")
-        current = read_text(edit.path) if edit.path.exists() else None
-        if (current is None and not edit.creates) or (current is not None and current != edit.before):
-            raise ToolError(f"{edit.relative} changed since the edit was proposed; read it again")
-        write_text(edit.path, edit.apply(accepted))
+        changed = ToolError(f"{edit.relative} changed since the edit was proposed; read it again")
+        try:
+            # Through the directory's descriptor, never the path: a link put in place of the file
+            # or of a directory on its way since the check is refused, not followed out.
+            with directory_of(self.workspace, edit.relative, create=edit.creates) as (dir_fd, name):
+                current = read_text_at(dir_fd, name)
+                if (current is None and not edit.creates) or (current is not None and current != edit.before):
+                    raise changed
+                write_text_at(dir_fd, name, edit.apply(accepted))
+        except FileNotFoundError:
+            raise changed from None
         total = len(edit.hunks)
         if len(accepted) == total:
             return ToolResult(True, f"{'created' if edit.creates else 'edited'} {edit.relative} ({total} hunk(s) applied)")

@@ -1,7 +1,8 @@
 """The Textual app and `make_app`, the one factory the CLI and the tests use.
 
 The app owns what outlives a screen: the settings, the workspace, the sessions store, the
-approval rules and the loaded model (`Runtime`). The chat screen does the rest."""
+approval rules, the code index builder and the loaded model (`Runtime`). The chat screen does
+the rest."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from assistant.loader import load_model
 from assistant.sandbox import Workspace
 from assistant.sessions import SessionStore
 from assistant.settings import Settings
+from assistant.tools import CodeIndexBuilder
 from tui.runtime import Loader, Runtime
 from tui.screens.chat import ChatScreen
 
@@ -32,7 +34,7 @@ class AssistantApp(App[None]):
     BINDINGS = [Binding("ctrl+q", "quit", "Quit", id="app.quit", priority=True)]
 
     def __init__(self, settings: Settings, *, workspace: Workspace, store: SessionStore, rules: ApprovalRules,
-                 loader: Loader, rules_error: str = "") -> None:
+                 loader: Loader, rules_error: str = "", code_index: CodeIndexBuilder | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.workspace = workspace
@@ -40,6 +42,7 @@ class AssistantApp(App[None]):
         self.rules = rules
         self.loader = loader
         self.rules_error = rules_error
+        self.code_index = code_index
         self.runtime: Runtime | None = None
         self.chat: ChatScreen | None = None
         self.sub_title = str(workspace.root)
@@ -69,8 +72,10 @@ class AssistantApp(App[None]):
 
 
 def make_app(settings: Settings, *, workspace: str | Path | None = None, loader: Loader = load_model,
-             store: SessionStore | None = None, rules: ApprovalRules | None = None) -> AssistantApp:
-    """The app for `workspace` (default: the current directory)."""
+             store: SessionStore | None = None, rules: ApprovalRules | None = None,
+             code_index: CodeIndexBuilder | None = None) -> AssistantApp:
+    """The app for `workspace` (default: the current directory); `code_index` builds the index
+    the `find_symbol` tool reads (the CLI passes lsp's; without one the tool is left out)."""
     ws = Workspace.open(workspace or os.getcwd(), protected_paths())
     rules_error = ""
     if rules is None:
@@ -80,4 +85,4 @@ def make_app(settings: Settings, *, workspace: str | Path | None = None, loader:
             rules_error = str(e)
             rules = ApprovalRules(Path(os.devnull))
     return AssistantApp(settings, workspace=ws, store=store or SessionStore(), rules=rules, loader=loader,
-                        rules_error=rules_error)
+                        rules_error=rules_error, code_index=code_index)

@@ -4,15 +4,16 @@ Built in a worker thread (loading a model and indexing its vocabulary for constr
 take seconds), then handed to the screen. A model whose chat template has no tool format
 (SmolLM2) chats without tools; a model whose vocabulary lacks the `<tool_call>` token still gets
 tools, parsed from its text but not constrained; `note` says which, for the status bar.
+
+The code index behind `find_symbol` comes in as a builder (`CodeIndexBuilder`) from whoever
+made the app: the `assistant` CLI wires lsp's tree-sitter index in, so tui/ never imports lsp/.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from assistant.agent import Agent
@@ -20,7 +21,7 @@ from assistant.approval import ApprovalRules
 from assistant.sandbox import Workspace
 from assistant.settings import Settings
 from assistant.toolcalls import ToolCallGrammar, supports_tools
-from assistant.tools import SymbolIndex, Toolbox
+from assistant.tools import CodeIndexBuilder, Toolbox
 from engine.backend import EngineError, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -46,23 +47,10 @@ def sampling(settings: Settings) -> SamplingParams:
                           max_tokens=settings.max_tokens)
 
 
-def code_index_factory(root: Path) -> Callable[[], SymbolIndex] | None:
-    """A builder of the workspace's code index (lsp's tree-sitter index), None where it is absent."""
-    if importlib.util.find_spec("lsp.index") is None:
-        return None
-
-    def build() -> SymbolIndex:
-        from lsp.index import CodeIndex  # the composition root may reach lsp/; assistant/ never does
-
-        index = CodeIndex(root)
-        index.build()
-        return index
-
-    return build
-
-
-def build_runtime(settings: Settings, workspace: Workspace, rules: ApprovalRules, loader: Loader) -> Runtime:
-    """Load the model the settings name and set up the agent for it (errors are for a person)."""
+def build_runtime(settings: Settings, workspace: Workspace, rules: ApprovalRules, loader: Loader,
+                  code_index: CodeIndexBuilder | None = None) -> Runtime:
+    """Load the model the settings name and set up the agent for it (errors are for a person);
+    without `code_index` the agent has no `find_symbol` tool."""
     model = loader(settings)
     try:
         template_source = getattr(model.chat_template, "source", "")
@@ -70,7 +58,7 @@ def build_runtime(settings: Settings, workspace: Workspace, rules: ApprovalRules
             agent = Agent(model, sampling(settings))
             log.info("%s: its chat template has no tool-call format; chat without tools", settings.model)
             return Runtime(model, agent, "chat only")
-        toolbox = Toolbox(workspace, rules, symbols=code_index_factory(workspace.root))
+        toolbox = Toolbox(workspace, rules, symbols=code_index)
         try:
             grammar: ToolCallGrammar | None = ToolCallGrammar(model)
             note = "tools"

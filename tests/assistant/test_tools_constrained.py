@@ -126,9 +126,9 @@ def make_repo(root: Path) -> Workspace:
 
 def run_suite(model: Any, grammar: ToolCallGrammar, root: Path, *, constrain: bool) -> dict[str, Any]:
     """Ask each task once; record every call emitted, whether it validates, and whether it is right."""
-    from tui.runtime import code_index_factory
+    from assistant.cli import code_index_builder
 
-    box = Toolbox(make_repo(root), ApprovalRules(root / ".no-rules.toml"), symbols=code_index_factory(root))
+    box = Toolbox(make_repo(root), ApprovalRules(root / ".no-rules.toml"), symbols=code_index_builder())
     agent = Agent(model, SamplingParams(temperature=0.0, max_tokens=96), toolbox=box, grammar=grammar,
                   constrain=constrain)
     rows = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -275,14 +276,98 @@ def test_edit_creates_a_new_file(box: Toolbox, ws: Workspace) -> None:
     assert out.startswith("created docs/new.md") and (ws.root / "docs" / "new.md").read_text() == "# New\n"
 
 
-def test_find_symbol_uses_the_code_index(ws: Workspace, tmp_path: Path) -> None:
-    """find_symbol answers from lsp's tree-sitter index of the workspace."""
-    from tui.runtime import code_index_factory
+def test_edit_keeps_the_file_mode(box: Toolbox, ws: Workspace) -> None:
+    """An approved edit replaces the file atomically and keeps its permission bits; no temporary file stays."""
+    target = ws.root / "pkg" / "mod.py"
+    target.chmod(0o750)
+    prepared = box.prepare(ToolCall("apply_edit", {"path": "pkg/mod.py", "old": "'hi'", "new": "'hello'"}))
+    assert box.run(prepared, Approval(True, frozenset({0}))).ok
+    assert "'hello'" in target.read_text() and target.stat().st_mode & 0o777 == 0o750
+    assert sorted(p.name for p in target.parent.iterdir()) == ["mod.py"]
 
-    factory = code_index_factory(ws.root)
-    if factory is None:
+
+def test_a_symlink_planted_at_the_target_after_approval_is_refused(box: Toolbox, ws: Workspace,
+                                                                   tmp_path: Path) -> None:
+    """A link put in place of the file between the check and the write is refused; its target is untouched."""
+    target = ws.root / "pkg" / "mod.py"
+    prepared = box.prepare(ToolCall("apply_edit", {"path": "pkg/mod.py", "old": "'hi'", "new": "'pwned'"}))
+    victim = tmp_path / "victim.py"
+    victim.write_text(target.read_text())  # the same text: a check of the content alone would pass
+    target.unlink()
+    target.symlink_to(victim)
+    result = box.run(prepared, Approval(True, frozenset({0})))
+    assert not result.ok and "symbolic link" in result.content
+    assert victim.read_text() == "def hello():\n    return 'hi'\n"
+    assert target.is_symlink() and sorted(p.name for p in target.parent.iterdir()) == ["mod.py"]
+
+
+@pytest.mark.parametrize("path, old, new", [("pkg/mod.py", "'hi'", "'pwned'"), ("pkg/new.py", "", "pwned = 1\n")])
+def test_a_directory_swapped_for_a_symlink_after_approval_is_refused(box: Toolbox, ws: Workspace, tmp_path: Path,
+                                                                     path: str, old: str, new: str) -> None:
+    """A directory on the edit's way replaced by a link out of the workspace is refused; nothing outside changes."""
+    prepared = box.prepare(ToolCall("apply_edit", {"path": path, "old": old, "new": new}))
+    elsewhere = tmp_path / "elsewhere"
+    (ws.root / "pkg").rename(tmp_path / "pkg-moved")
+    (tmp_path / "pkg-moved").rename(elsewhere)  # the same files, now outside the workspace
+    (ws.root / "pkg").symlink_to(elsewhere, target_is_directory=True)
+    result = box.run(prepared, Approval(True, frozenset({0})))
+    assert not result.ok and "symbolic link" in result.content
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["mod.py"]
+    assert (elsewhere / "mod.py").read_text() == "def hello():\n    return 'hi'\n"
+
+
+def test_search_with_a_catastrophic_pattern_is_stopped(box: Toolbox, ws: Workspace) -> None:
+    """A backtracking pattern on a long line is stopped at the time bound with an error the model reads,
+    and the rest of the process keeps running meanwhile (the match does not hold the GIL here)."""
+    (ws.root / "aaa.txt").write_text("a" * 5000 + "!\n")
+    box.search_timeout = 1.0
+    ticks = 0
+    done = threading.Event()
+
+    def tick() -> None:
+        nonlocal ticks
+        while not done.wait(0.01):
+            ticks += 1
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    start = time.monotonic()
+    try:
+        result = box.run(box.prepare(ToolCall("search", {"pattern": "(a+)+$"})))
+    finally:
+        done.set()
+        ticker.join()
+    elapsed = time.monotonic() - start
+    assert not result.ok
+    assert result.content.startswith("the search for '(a+)+$' took longer than 1 s and was stopped")
+    assert "simpler pattern" in result.content
+    assert 1.0 <= elapsed < 10 and ticks >= 20
+    # the bound costs nothing to a normal search: results and the match cap are as before
+    (ws.root / "many.txt").write_text("hit\n" * 60)
+    _, out = result_of(box, "search", pattern="^hit$")
+    lines = out.splitlines()
+    assert lines[0] == "many.txt:1: hit" and len(lines) == 51 and lines[-1].startswith("[more than 50 matches")
+
+
+def test_search_is_stopped_by_cancel(box: Toolbox, ws: Workspace) -> None:
+    """Stopping the turn (Esc) stops a running search too."""
+    (ws.root / "aaa.txt").write_text("a" * 5000 + "!\n")
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    start = time.monotonic()
+    result = box.run(box.prepare(ToolCall("search", {"pattern": "(a+)+$"})), cancel=cancel)
+    assert not result.ok and result.content == "the search for '(a+)+$' was stopped"
+    assert time.monotonic() - start < 5
+
+
+def test_find_symbol_uses_the_code_index(ws: Workspace, tmp_path: Path) -> None:
+    """find_symbol answers from lsp's tree-sitter index of the workspace, as the CLI wires it in."""
+    from assistant.cli import code_index_builder
+
+    build = code_index_builder()
+    if build is None:
         pytest.skip("lsp.index (the code index) is not in this tree")
-    box = Toolbox(ws, ApprovalRules(tmp_path / "r.toml"), symbols=factory)
+    box = Toolbox(ws, ApprovalRules(tmp_path / "r.toml"), symbols=build)
     _, out = result_of(box, "find_symbol", name="hello")
     assert out.startswith("pkg/mod.py:1-2 function: def hello()")
     assert "no definition" in result_of(box, "find_symbol", name="nothing_like_this")[1]

@@ -13,8 +13,10 @@ import pytest
 from assistant.approval import ApprovalRules
 from assistant.sessions import SessionStore
 from assistant.settings import load_settings
+from assistant.tools import CodeIndexBuilder
 from tests.tui.scripted import Reply, ScriptedBackend, ScriptedModel
 from tui.app import AssistantApp, make_app
+from tui.runtime import Loader
 
 
 @pytest.fixture(autouse=True)
@@ -46,12 +48,18 @@ AppFactory = Callable[..., tuple[AssistantApp, ScriptedBackend]]
 def make_scripted_app(workspace: Path, tmp_path: Path) -> AppFactory:
     """Build the app over a scripted model; the same `db` path reopens the same sessions."""
 
-    def make(replies: Sequence[Reply | str] = (), *, db: Path | None = None, **settings: Any):
+    def make(replies: Sequence[Reply | str] = (), *, db: Path | None = None, loader: Loader | None = None,
+             code_index: CodeIndexBuilder | None = None, **settings: Any):
+        """`loader` loads any model other than the settings' first one (which is the scripted one)."""
         backend = ScriptedBackend(replies)
         store = SessionStore(db or tmp_path / "sessions.sqlite3")
         rules = ApprovalRules(tmp_path / "approvals.toml")
-        app = make_app(load_settings(**settings), workspace=workspace, loader=lambda s: ScriptedModel(backend),
-                       store=store, rules=rules)
+        first = load_settings(**settings)
+
+        def load(s: Any) -> Any:
+            return ScriptedModel(backend) if loader is None or s.model == first.model else loader(s)
+
+        app = make_app(first, workspace=workspace, loader=load, store=store, rules=rules, code_index=code_index)
         return app, backend
 
     return make

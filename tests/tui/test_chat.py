@@ -306,7 +306,7 @@ def test_help_lists_every_binding_with_id_and_description(make_scripted_app) -> 
             rows = [app.screen.query_one("DataTable").get_row_at(i)
                     for i in range(app.screen.query_one("DataTable").row_count)]
             ids = {r[2] for r in rows}
-            assert {"chat.stop", "chat.regenerate", "prompt.send", "approval.approve", "app.quit"} <= ids
+            assert {"chat.stop", "chat.regenerate", "prompt.send", "code.copy", "approval.approve", "app.quit"} <= ids
             assert all(r[2] and r[3] for r in rows)
             await pilot.press("escape")
             assert isinstance(app.screen, ChatScreen)
@@ -360,9 +360,10 @@ def test_bindings_have_ids_and_descriptions() -> None:
     from tui.screens.approval import ApprovalScreen as A
     from tui.screens.dialogs import ConfirmScreen, RenameScreen
     from tui.screens.models import ModelPicker
+    from tui.widgets.code_block import CodeBlock
 
     for owner in (AssistantApp, ChatScreen, PromptInput, A, HelpScreen, RenameScreen, ConfirmScreen, ModelPicker,
-                  SessionList):
+                  SessionList, CodeBlock):
         for b in owner.__dict__["BINDINGS"]:
             assert b.id and b.description, (owner.__name__, b.key)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from assistant.approval import ApprovalRules
+from assistant.cli import code_index_builder
 from assistant.sessions import SessionStore
 from assistant.settings import load_settings
 from tests.tui.scripted import Reply, ScriptedBackend, ScriptedModel, tool_call, wait_for
@@ -34,9 +35,11 @@ def snapshot_workspace() -> Path:
 
 
 def scripted_app(replies, workspace: Path, tmp_path: Path):
+    """The app as the CLI makes it (with the code index, so the prompt and its size are the same), over a script."""
     backend = ScriptedBackend(replies)
     return make_app(load_settings(), workspace=workspace, loader=lambda s: ScriptedModel(backend),
-                    store=SessionStore(tmp_path / "s.sqlite3"), rules=ApprovalRules(tmp_path / "r.toml"))
+                    store=SessionStore(tmp_path / "s.sqlite3"), rules=ApprovalRules(tmp_path / "r.toml"),
+                    code_index=code_index_builder())
 
 
 def asking(text: str):

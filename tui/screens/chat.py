@@ -36,6 +36,7 @@ from tui.screens.approval import ApprovalScreen
 from tui.screens.dialogs import ConfirmScreen, RenameScreen
 from tui.screens.help import HelpScreen
 from tui.screens.models import ModelPicker
+from tui.widgets.code_block import CodeBlock
 from tui.widgets.message import MessageView
 from tui.widgets.prompt import PromptInput
 from tui.widgets.session_list import SessionList
@@ -132,7 +133,7 @@ class ChatScreen(Screen[None]):
         app = cast(Any, self.app)
         self._post(self._set_state, f"loading {settings.model}…")
         try:
-            runtime = build_runtime(settings, app.workspace, app.rules, app.loader)
+            runtime = build_runtime(settings, app.workspace, app.rules, app.loader, app.code_index)
         except _PERSON_ERRORS as e:
             log.info("model load failed: %s", e)
             self._post(self._load_failed, str(e))
@@ -555,19 +556,26 @@ class ChatScreen(Screen[None]):
         self.app.push_screen(ModelPicker(app.settings, str(app.settings.model)), callback=picked)
 
     def action_copy_code(self) -> None:
-        answers = [v for v in self.log_view.query(MessageView) if v.role == "assistant" and v.code_blocks()]
-        if not answers:
+        """Copy the code block that has the focus, else the last one of the chat."""
+        if isinstance(self.focused, CodeBlock):
+            self.focused.action_copy()
+            return
+        blocks = [b for v in self.log_view.query(MessageView) if v.role == "assistant" for b in v.code_blocks()]
+        if not blocks:
             self.notify("no code block to copy yet", severity="warning")
             return
-        code = answers[-1].code_blocks()[-1]
-        self.app.copy_to_clipboard(code)
-        self.notify(f"copied the last code block ({len(code.splitlines())} lines)")
+        blocks[-1].action_copy()
+
+    @on(CodeBlock.Copied)
+    def _copied(self, event: CodeBlock.Copied) -> None:
+        self.notify(f"copied the code block ({len(event.code.splitlines())} lines)")
 
     def action_help(self) -> None:
         from tui.app import AssistantApp
 
         groups = [("anywhere", AssistantApp.BINDINGS), ("chat", ChatScreen.BINDINGS),
-                  ("prompt", PromptInput.BINDINGS), ("approval dialog", ApprovalScreen.BINDINGS),
+                  ("prompt", PromptInput.BINDINGS), ("code block", CodeBlock.BINDINGS),
+                  ("approval dialog", ApprovalScreen.BINDINGS),
                   ("chats list", SessionList.BINDINGS), ("help", HelpScreen.BINDINGS)]
         self.app.push_screen(HelpScreen(groups))  # type: ignore[arg-type]
 

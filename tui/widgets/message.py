@@ -1,17 +1,15 @@
 """One chat message: the user's words, or the assistant's answer streamed as Markdown (code
-blocks highlighted). An answer that stopped early (Esc, or the app quit or crashed while it
-streamed) carries a note saying so."""
+blocks highlighted, each with its own copy button: `tui.widgets.code_block`). An answer that
+stopped early (Esc, or the app quit or crashed while it streamed) carries a note saying so."""
 
 from __future__ import annotations
-
-import re
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Markdown
 from textual.widgets.markdown import MarkdownStream
 
-_FENCE = re.compile(r"```[^\n]*\n(.*?)```", re.DOTALL)
+from tui.widgets.code_block import ChatMarkdown, CodeBlock
 
 
 class MessageView(Vertical):
@@ -26,7 +24,7 @@ class MessageView(Vertical):
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
-        yield Markdown(self.text, classes="body")
+        yield ChatMarkdown(self.text, classes="body")
         yield Label(self.note, classes="note")
 
     def on_mount(self) -> None:
@@ -62,5 +60,6 @@ class MessageView(Vertical):
         label.update(note)
         label.display = bool(note)
 
-    def code_blocks(self) -> list[str]:
-        return [m.group(1) for m in _FENCE.finditer(self.text)]
+    def code_blocks(self) -> list[CodeBlock]:
+        """The message's code blocks as shown (a streaming answer's may lag its text a little)."""
+        return list(self.query(CodeBlock))
