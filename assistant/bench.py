@@ -1,10 +1,18 @@
-"""`assistant bench`: prompt and decode speed of a backend next to llama.cpp's raw eval loop.
+"""`assistant bench`: our backend next to llama.cpp on the same file, same threads, same prompt.
 
 Each measurement runs in a fresh process (so peak RSS is that engine's own and no cache is
 shared), our backend and the reference alternate, and the median of the runs is reported.
 The prompt is real code: the start of a standard-library module, cut to the asked length.
 The reference is llama-cpp-python's `Llama.eval` called one token at a time: pure llama.cpp
 decoding with no sampling, the ceiling for any backend built on llama.cpp.
+
+Workloads: `decode` (a prompt, then `gen_tokens` decoded; its prompt speed is the prefill
+figure at that length), `prefill-2048` (a 2048-token prompt), and `batch-8` (8 sequences
+decoded together, for backends that can). Around them the report puts what bounds decode on
+this machine: the read bandwidth measured in the same run and the fraction of it each engine
+reaches (bytes of weights one decoded token reads × tokens/s ÷ bandwidth), peak resident
+memory against the file plus the KV cache, and with `--cold-start` the time to a first token
+with Numba's on-disk cache empty and warm.
 """
 
 from __future__ import annotations
@@ -17,15 +25,18 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from assistant.settings import Settings
 
+WORKLOADS = ("decode", "prefill-2048", "batch-8")
+
 
 def prompt_text() -> str:
-    """A few thousand tokens of real Python source (the standard library's `argparse`)."""
+    """Tens of thousands of tokens of real Python source (the standard library's `argparse`)."""
     import argparse as mod
 
     return Path(mod.__file__).read_text(encoding="utf-8")
@@ -33,6 +44,12 @@ def prompt_text() -> str:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _since_process_start() -> float:
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
 
 
 # --- workers (run in their own process) ------------------------------------------------------
@@ -49,16 +66,23 @@ def _worker_ours(a: argparse.Namespace) -> dict[str, Any]:
     prompt = model.backend.tokenize(prompt_text(), add_special=True, parse_special=False)[: a.prompt_tokens]
     params = SamplingParams(temperature=0.0, max_tokens=a.gen_tokens)
     timings = None
+    started = _since_process_start()
     for ev in model.backend.generate(prompt, params, ignore_eos=True):
         timings = ev.timings or timings
     assert timings is not None and timings.generated_tokens == a.gen_tokens, timings
-    return {
+    out = {
         "load_s": load_s,
         "prompt_tok_s": timings.prompt_tok_s,
         "decode_tok_s": timings.decode_tok_s,
         "ttft_s": timings.ttft_s,
+        "start_to_first_token_s": started + timings.ttft_s,
         "peak_rss_mb": _peak_rss_mb(),
     }
+    backend = model.backend
+    if hasattr(backend, "decode_bytes_per_token"):
+        out["weight_bytes_per_token"] = backend.decode_bytes_per_token()
+        out["kv_bytes"] = backend.state.kv_bytes
+    return out
 
 
 def _worker_reference(a: argparse.Namespace) -> dict[str, Any]:
@@ -71,6 +95,7 @@ def _worker_reference(a: argparse.Namespace) -> dict[str, Any]:
     )
     load_s = time.perf_counter() - t0
     prompt = llm.tokenize(prompt_text().encode(), add_bos=True, special=False)[: a.prompt_tokens]
+    started = _since_process_start()
     t0 = time.perf_counter()
     llm.eval(prompt)
     t1 = time.perf_counter()
@@ -80,36 +105,66 @@ def _worker_reference(a: argparse.Namespace) -> dict[str, Any]:
     return {
         "load_s": load_s,
         "prompt_tok_s": len(prompt) / (t1 - t0),
-        "decode_tok_s": (a.gen_tokens - 1) / (t2 - t1),
+        "decode_tok_s": (a.gen_tokens - 1) / (t2 - t1) if a.gen_tokens > 1 else 0.0,
         "ttft_s": t1 - t0,
+        "start_to_first_token_s": started + (t1 - t0),
         "peak_rss_mb": _peak_rss_mb(),
     }
 
 
+def _worker_bandwidth(a: argparse.Namespace) -> dict[str, Any]:
+    """Read bandwidth of this machine with `threads` threads: the best of a few passes over 1 GiB."""
+    import numba
+    import numpy as np
+    from numba import njit, prange
+
+    @njit(parallel=True, fastmath=True)
+    def read_all(x: np.ndarray, sums: np.ndarray) -> None:
+        for r in prange(x.shape[0]):
+            row = x[r]
+            acc = np.float32(0.0)
+            for i in range(row.shape[0]):
+                acc += row[i]
+            sums[r] = acc
+
+    numba.set_num_threads(max(1, min(a.threads, numba.config.NUMBA_NUM_THREADS)))
+    x = np.ones((1 << 18, 1 << 10), np.float32)  # 1 GiB, rows of 4 KiB
+    sums = np.zeros(x.shape[0], np.float32)
+    read_all(x[:8], sums)
+    best = min(_timed(read_all, x, sums) for _ in range(5))
+    return {"read_gbs": x.nbytes / best / 1e9}
+
+
+def _timed(fn: Any, *args: Any) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
 def _worker_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("engine", choices=("ours", "reference"))
-    p.add_argument("--path", required=True)
+    p.add_argument("engine", choices=("ours", "reference", "bandwidth"))
+    p.add_argument("--path", default="")
     p.add_argument("--backend", default="auto")
     p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--n-ctx", type=int, required=True)
-    p.add_argument("--prompt-tokens", type=int, required=True)
-    p.add_argument("--gen-tokens", type=int, required=True)
+    p.add_argument("--n-ctx", type=int, default=0)
+    p.add_argument("--prompt-tokens", type=int, default=0)
+    p.add_argument("--gen-tokens", type=int, default=0)
     a = p.parse_args(argv)
-    result = _worker_ours(a) if a.engine == "ours" else _worker_reference(a)
-    sys.stdout.write(json.dumps(result) + "\n")
+    worker = {"ours": _worker_ours, "reference": _worker_reference, "bandwidth": _worker_bandwidth}[a.engine]
+    sys.stdout.write(json.dumps(worker(a)) + "\n")
     return 0
 
 
 # --- the driver ----------------------------------------------------------------------------
 
 
-def _run_worker(engine: str, common: list[str]) -> dict[str, Any]:
+def _run_worker(engine: str, args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     from engine.backend import EngineError
 
     proc = subprocess.run(
-        [sys.executable, "-m", "assistant.bench", engine, *common],
-        capture_output=True, text=True, timeout=1800,
+        [sys.executable, "-m", "assistant.bench", engine, *args],
+        capture_output=True, text=True, timeout=1800, env=env,
     )
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
@@ -121,6 +176,28 @@ def _median(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+def reference_bytes_per_token(path: Path) -> int:
+    """Bytes of weights llama.cpp reads to decode one token of the file at `path`: every matrix
+    but the embedding (looked up, unless it is also the output), the routed experts in the
+    proportion a token uses them."""
+    from models.gguf import read_gguf
+
+    with read_gguf(path) as g:
+        arch = g.get("general.architecture", "")
+        n_expert = int(g.get(f"{arch}.expert_count", 0) or 0)  # type: ignore[call-overload]
+        n_used = int(g.get(f"{arch}.expert_used_count", 0) or 0)  # type: ignore[call-overload]
+        tied = "output.weight" not in g.tensors
+        total = 0
+        for info in g.tensors.values():
+            if len(info.shape) < 2 or (info.name == "token_embd.weight" and not tied):
+                continue
+            size = info.n_bytes
+            if "_exps." in info.name and n_expert:
+                size = size * n_used // n_expert
+            total += size
+        return total
+
+
 def run_bench(
     settings: Settings,
     *,
@@ -128,8 +205,11 @@ def run_bench(
     gen_tokens: int = 128,
     runs: int = 3,
     reference: bool = True,
+    workloads: tuple[str, ...] = ("decode",),
+    cold_start: bool = False,
 ) -> dict[str, Any]:
-    """Measure `runs` times, alternating our backend and the reference; report medians and ratios."""
+    """Measure `runs` times per workload, alternating our backend and the reference; report
+    medians, ratios and what bounds decode on this machine."""
     from assistant.loader import default_threads, resolve_path
     from engine.select import choose_backend
     from models.gguf import read_gguf
@@ -137,15 +217,26 @@ def run_bench(
     path = resolve_path(settings)
     with read_gguf(path) as gguf:
         choice = choose_backend(gguf, settings.backend)
+        file_bytes = gguf.file_size
     threads = settings.threads or default_threads()
-    n_ctx = max(settings.context_length, prompt_tokens + gen_tokens + 16)
-    common = ["--path", str(path), "--backend", choice.name, "--threads", str(threads), "--n-ctx", str(n_ctx),
-              "--prompt-tokens", str(prompt_tokens), "--gen-tokens", str(gen_tokens)]
-    ours, ref = [], []
-    for _ in range(runs):
-        ours.append(_run_worker("ours", common))
+
+    def common(prompt: int, gen: int) -> list[str]:
+        n_ctx = max(settings.context_length, prompt + gen + 16)
+        return ["--path", str(path), "--backend", choice.name, "--threads", str(threads), "--n-ctx", str(n_ctx),
+                "--prompt-tokens", str(prompt), "--gen-tokens", str(gen)]
+
+    def measure(prompt: int, gen: int) -> dict[str, Any]:
+        ours, ref = [], []
+        for _ in range(runs):
+            ours.append(_run_worker("ours", common(prompt, gen)))
+            if reference:
+                ref.append(_run_worker("reference", common(prompt, gen)))
+        row: dict[str, Any] = {"prompt_tokens": prompt, "gen_tokens": gen, "ours": _median(ours), "ours_runs": ours}
         if reference:
-            ref.append(_run_worker("reference", common))
+            row["reference"] = {"name": "llama.cpp raw eval loop (llama-cpp-python Llama.eval)", **_median(ref)}
+            row["reference_runs"] = ref
+        return row
+
     report: dict[str, Any] = {
         "model": settings.model,
         "path": str(path),
@@ -155,17 +246,63 @@ def run_bench(
         "gen_tokens": gen_tokens,
         "runs": runs,
         "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
-        "ours": _median(ours),
-        "ours_runs": ours,
+        "date": time.strftime("%Y-%m-%d"),
+        "workloads": {},
     }
+    # decode (and prefill at the prompt's length) is always measured: the headline figures
+    decode = measure(prompt_tokens, gen_tokens)
+    report.update(ours=decode["ours"], ours_runs=decode["ours_runs"])
     if reference:
-        report["reference"] = {"name": "llama.cpp raw eval loop (llama-cpp-python Llama.eval)", **_median(ref)}
-        report["reference_runs"] = ref
+        report.update(reference=decode["reference"], reference_runs=decode["reference_runs"])
         report["ratio"] = {
-            "decode": report["ours"]["decode_tok_s"] / report["reference"]["decode_tok_s"],
-            "prompt": report["ours"]["prompt_tok_s"] / report["reference"]["prompt_tok_s"],
+            "decode": decode["ours"]["decode_tok_s"] / decode["reference"]["decode_tok_s"],
+            "prompt": decode["ours"]["prompt_tok_s"] / decode["reference"]["prompt_tok_s"],
+        }
+    report["workloads"][f"decode after {prompt_tokens}"] = _workload(decode, "decode_tok_s", reference)
+    report["workloads"][f"prefill {prompt_tokens}"] = _workload(decode, "prompt_tok_s", reference)
+    if "prefill-2048" in workloads:
+        report["workloads"]["prefill 2048"] = _workload(measure(2048, 2), "prompt_tok_s", reference)
+    if "batch-8" in workloads:
+        report["workloads"]["8 sequences decoded together"] = {
+            "skipped": f"the {choice.name} backend decodes one sequence at a time"
+        }
+
+    bandwidth = _run_worker("bandwidth", ["--threads", str(threads)])["read_gbs"]
+    report["bandwidth"] = {"read_gbs": bandwidth}
+    sides = [("ours", decode["ours"].get("weight_bytes_per_token"))]
+    if reference:
+        sides.append(("reference", reference_bytes_per_token(path)))
+    for side, per_token in sides:
+        if per_token:
+            gbs = per_token * decode[side]["decode_tok_s"] / 1e9
+            report["bandwidth"][side] = {"weight_bytes_per_token": per_token, "achieved_gbs": gbs,
+                                         "fraction_of_bound": gbs / bandwidth}
+    kv = decode["ours"].get("kv_bytes", 0)
+    rss = decode["ours"]["peak_rss_mb"] * 2**20
+    report["memory"] = {"file_bytes": file_bytes, "kv_bytes": kv, "ours_peak_rss_bytes": rss,
+                        "ours_vs_file_plus_kv": rss / (file_bytes + kv)}
+    if reference:
+        report["memory"]["reference_peak_rss_bytes"] = decode["reference"]["peak_rss_mb"] * 2**20
+
+    if cold_start:
+        with tempfile.TemporaryDirectory(prefix="numba-cold-") as cache:
+            env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+            cold = _run_worker("ours", common(32, 2), env)  # compiles every kernel into the empty cache
+            warm = _run_worker("ours", common(32, 2), env)  # the same cache, now full
+        report["cold_start"] = {
+            "first_token_cache_empty_s": cold["start_to_first_token_s"],
+            "first_token_cache_warm_s": warm["start_to_first_token_s"],
+            "compile_s": cold["start_to_first_token_s"] - warm["start_to_first_token_s"],
         }
     return report
+
+
+def _workload(row: dict[str, Any], key: str, reference: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {"ours_tok_s": row["ours"][key]}
+    if reference:
+        out["reference_tok_s"] = row["reference"][key]
+        out["ratio"] = row["ours"][key] / row["reference"][key]
+    return out
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -183,6 +320,27 @@ def format_report(r: dict[str, Any]) -> str:
             f"first token {x['ttft_s'] * 1000:6.0f} ms   peak RSS {x['peak_rss_mb']:7.1f} MB   load {x['load_s']:.2f} s"
         )
         lines.append(f"  ratio ours/reference: decode {r['ratio']['decode']:.3f}, prompt {r['ratio']['prompt']:.3f}")
+    lines.append("  workloads:")
+    for name, w in r["workloads"].items():
+        if "skipped" in w:
+            lines.append(f"    {name:32s} not measured: {w['skipped']}")
+        elif "ratio" in w:
+            lines.append(f"    {name:32s} ours {w['ours_tok_s']:8.1f} tok/s   llama.cpp {w['reference_tok_s']:8.1f} tok/s"
+                         f"   ratio {w['ratio']:.2f}")
+        else:
+            lines.append(f"    {name:32s} ours {w['ours_tok_s']:8.1f} tok/s")
+    bw = r["bandwidth"]
+    lines.append(f"  read bandwidth {bw['read_gbs']:.1f} GB/s; decode reaches "
+                 + ", ".join(f"{side} {bw[side]['fraction_of_bound']:.0%} ({bw[side]['achieved_gbs']:.1f} GB/s over "
+                             f"{bw[side]['weight_bytes_per_token'] / 1e6:.0f} MB of weights per token)"
+                             for side in ("ours", "reference") if side in bw))
+    m = r["memory"]
+    lines.append(f"  memory: peak RSS {m['ours_peak_rss_bytes'] / 2**20:.0f} MB = {m['ours_vs_file_plus_kv']:.2f}x "
+                 f"(file {m['file_bytes'] / 2**20:.0f} MB + KV cache {m['kv_bytes'] / 2**20:.0f} MB)")
+    if "cold_start" in r:
+        c = r["cold_start"]
+        lines.append(f"  first token from process start: {c['first_token_cache_warm_s']:.1f} s with Numba's cache warm, "
+                     f"{c['first_token_cache_empty_s']:.1f} s with it empty (compiling {c['compile_s']:.1f} s)")
     return "\n".join(lines)
 
 

@@ -185,14 +185,20 @@ def cmd_models_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from assistant.bench import format_report, run_bench
+    from assistant.bench import WORKLOADS, format_report, run_bench
 
+    workloads = tuple(w.strip() for w in args.workloads.split(",") if w.strip())
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    if unknown:
+        raise UsageError(f"unknown workload {unknown[0]!r} (choose from {', '.join(WORKLOADS)})")
     report = run_bench(
         settings,
         prompt_tokens=args.prompt_tokens,
         gen_tokens=args.gen_tokens,
         runs=args.runs,
-        reference=not args.no_reference,
+        reference=not args.no_reference and args.vs != "none",
+        workloads=workloads,
+        cold_start=args.cold_start,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
@@ -371,7 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prompt-tokens", type=int, default=512)
     c.add_argument("--gen-tokens", type=int, default=128)
     c.add_argument("--runs", type=int, default=3)
-    c.add_argument("--no-reference", action="store_true", help="skip the reference measurement")
+    c.add_argument("--vs", choices=("llama", "none"), default="llama",
+                   help="the reference measured in the same run: llama.cpp's raw eval loop (default), or none")
+    c.add_argument("--no-reference", action="store_true", help="the same as --vs none")
+    c.add_argument("--workloads", default="decode", metavar="LIST",
+                   help="comma-separated: decode (always), prefill-2048, batch-8")
+    c.add_argument("--cold-start", action="store_true",
+                   help="also time the first token with Numba's on-disk cache empty and warm")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_bench)
 

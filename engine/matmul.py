@@ -1,26 +1,25 @@
 """Quantized matrix-vector and matrix-matrix products over the packed layouts of `engine.quants`.
 
 `matvec` is the decode hot path: one long float32 loop per row that decodes each weight in a
-register and multiplies it by the activation llama.cpp's dot product would see (`xh`), with
-the block scale read once per 32 weights and the min term folded in per block through the
-activation's block sums (`xs`). fastmath lets LLVM reassociate these float32 sums into SIMD
-lanes; integer-valued partial sums stay exact, so the result is within float32 rounding of
-ggml's integer dot products. `matmul` (prefill, expert batches) decodes a tile of rows into a
-float32 scratch once and reuses it for every token. Both take a `Packed`'s fields as plain
-arguments so they can be called from other jitted code; `matvec_packed`/`matmul_packed` are the
-Python-side conveniences.
+register, scales it and multiplies it by the activation llama.cpp's dot product would see
+(`xh`); the min term is folded in per block through the activation's block sums (`xs`).
+fastmath lets LLVM keep these sums in SIMD lanes, so the result is within float32 rounding of
+ggml's integer dot products. Several tokens at once (prefill, expert groups) go through
+`matmul_packed`: the rows are dequantized to float32 a tile at a time (`dequantize_rows`) and
+multiplied by every token in one BLAS SGEMM. The jitted kernels take a `Packed`'s fields as
+plain arguments so that other jitted code can call them.
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from engine.kernels import FAST
-from engine.quants import KIND_BYTE, KIND_F32, KIND_NIB, KIND_NIB5, Packed
-
-_TILE = 8  # rows decoded together by matmul
-
+from engine.quants import KIND_BYTE, KIND_F32, Packed
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -35,194 +34,254 @@ def _dot_f32(w: np.ndarray, xh: np.ndarray) -> np.float32:
 
 
 @njit(fastmath=FAST, cache=True)
-def _dot_byte(q: np.ndarray, s: np.ndarray, off: np.float32, xh: np.ndarray) -> np.float32:
-    """One BYTE row: sum over blocks of s[b] * sum_j (q[j] - off) * x[j]."""
-    sub = xh.shape[0] // s.shape[0]
+def _dot_byte32(q: np.ndarray, s: np.ndarray, off: np.float32, xh: np.ndarray) -> np.float32:
+    """sum_i s[i / 32] * (q[i] - off) * x[i]: one long loop with the scale read per weight.
+
+    LLVM keeps every partial sum in SIMD lanes to the end; reducing per block instead costs a
+    horizontal add every 32 weights (2.5x slower, measured). The shift must be a constant.
+    """
     acc = np.float32(0.0)
-    for b in range(s.shape[0]):
-        qb = q[b * sub:(b + 1) * sub]
-        xb = xh[b * sub:(b + 1) * sub]
-        a = np.float32(0.0)
-        for j in range(sub):
-            a += (np.float32(qb[j]) - off) * xb[j]
-        acc += s[b] * a
+    for i in range(xh.shape[0]):
+        acc += s[i >> 5] * ((np.float32(q[i]) - off) * xh[i])
     return acc
 
 
 @njit(fastmath=FAST, cache=True)
-def _dot_nib(q: np.ndarray, s: np.ndarray, m: np.ndarray, off: np.float32, xh: np.ndarray,
-             xs: np.ndarray) -> np.float32:
-    """One NIB row: low nibbles pair with x[:K/2], high nibbles with x[K/2:]."""
+def _dot_byte16(q: np.ndarray, s: np.ndarray, off: np.float32, xh: np.ndarray) -> np.float32:
+    """`_dot_byte32` with a scale per 16 weights (Q6_K)."""
+    acc = np.float32(0.0)
+    for i in range(xh.shape[0]):
+        acc += s[i >> 4] * ((np.float32(q[i]) - off) * xh[i])
+    return acc
+
+
+@njit(fastmath=FAST, cache=True)
+def _dot_nib4(q: np.ndarray, s: np.ndarray, off: np.float32, xh: np.ndarray) -> np.float32:
+    """One NIB row without the min term: low nibbles pair with x[:K/2], high ones with x[K/2:].
+
+    As in `_dot_byte32`, one long loop with the scales read per weight; the two halves' scales
+    and activations as separate slices (indexing s[(i >> 5) + K/64] instead runs 5x slower).
+    """
     half = q.shape[0]
-    nbh = half // 32
-    acc = np.float32(0.0)
-    for bb in range(nbh):
-        base = bb * 32
-        qb = q[base:base + 32]
-        xl = xh[base:base + 32]
-        xu = xh[half + base:half + base + 32]
-        lo = np.float32(0.0)
-        hi = np.float32(0.0)
-        for j in range(32):
-            # float arithmetic splits the byte exactly and keeps the loop in float32 lanes
-            fb = np.float32(qb[j])
-            h = np.float32(np.floor(fb * np.float32(0.0625)))
-            lo += (fb - np.float32(16.0) * h - off) * xl[j]
-            hi += (h - off) * xu[j]
-        acc += s[bb] * lo + s[bb + nbh] * hi
-    for b in range(m.shape[0]):
-        acc += m[b] * xs[b]
-    return acc
+    nbh = half >> 5
+    sl, sh = s[:nbh], s[nbh:]
+    xl, xu = xh[:half], xh[half:]
+    lo = np.float32(0.0)
+    hi = np.float32(0.0)
+    for i in range(half):
+        # float arithmetic splits the byte exactly and keeps the loop in float32 lanes
+        fb = np.float32(q[i])
+        h = np.float32(np.floor(fb * np.float32(0.0625)))
+        lo += sl[i >> 5] * ((fb - np.float32(16.0) * h - off) * xl[i])
+        hi += sh[i >> 5] * ((h - off) * xu[i])
+    return lo + hi
 
 
 @njit(fastmath=FAST, cache=True)
-def _dot_nib5(q: np.ndarray, qh: np.ndarray, s: np.ndarray, m: np.ndarray, off: np.float32, xh: np.ndarray,
-              xs: np.ndarray) -> np.float32:
-    """One NIB5 row: as `_dot_nib`, plus bit j of qh[block] as the fifth bit of element j."""
-    half = q.shape[0]
-    nbh = half // 32
-    acc = np.float32(0.0)
-    for bb in range(nbh):
-        base = bb * 32
-        qb = q[base:base + 32]
-        xl = xh[base:base + 32]
-        xu = xh[half + base:half + base + 32]
-        hl = qh[bb]
-        hh = qh[bb + nbh]
-        lo = np.float32(0.0)
-        hi = np.float32(0.0)
-        for j in range(32):
-            fb = np.float32(qb[j])
-            h = np.float32(np.floor(fb * np.float32(0.0625)))
-            bl = np.float32((hl >> np.uint32(j)) & np.uint32(1))
-            bh = np.float32((hh >> np.uint32(j)) & np.uint32(1))
-            lo += (fb - np.float32(16.0) * h + np.float32(16.0) * bl - off) * xl[j]
-            hi += (h + np.float32(16.0) * bh - off) * xu[j]
-        acc += s[bb] * lo + s[bb + nbh] * hi
-    for b in range(m.shape[0]):
-        acc += m[b] * xs[b]
-    return acc
+def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: np.ndarray, s: np.ndarray,
+                 m: np.ndarray, xh: np.ndarray, xs: np.ndarray, r0: int, r1: int, base: int = 0) -> None:
+    """out[r - base] = W[r] . x for rows r0..r1-1.
+
+    One loop per layout, each calling its row kernel directly: behind a per-row dispatch LLVM
+    vectorizes the BYTE loop at about half the speed (measured).
+    """
+    if kind == KIND_F32:
+        for r in range(r0, r1):
+            out[r - base] = _dot_f32(w32[r], xh)
+        return
+    if kind == KIND_BYTE and s.shape[1] * 32 == xh.shape[0]:
+        for r in range(r0, r1):
+            out[r - base] = _dot_byte32(q[r], s[r], o, xh)
+    elif kind == KIND_BYTE:
+        for r in range(r0, r1):
+            out[r - base] = _dot_byte16(q[r], s[r], o, xh)
+    else:
+        for r in range(r0, r1):
+            out[r - base] = _dot_nib4(q[r], s[r], o, xh)
+    if m.shape[0]:
+        for r in range(r0, r1):
+            mr = m[r]
+            acc = out[r - base]
+            for b in range(mr.shape[0]):
+                acc += mr[b] * xs[b]
+            out[r - base] = acc
 
 
 @njit(fastmath=FAST, cache=True)
-def _matvec_rows(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray, qh: np.ndarray,
-                 s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray, r0: int, r1: int) -> None:
-    o = np.float32(off)
-    no_m = np.empty(0, np.float32)
-    for r in range(r0, r1):
-        if kind == KIND_F32:
-            out[r] = _dot_f32(w32[r], xh)
-        elif kind == KIND_BYTE:
-            out[r] = _dot_byte(q[r], s[r], o, xh)
-        elif kind == KIND_NIB:
-            out[r] = _dot_nib(q[r], s[r], m[r] if m.shape[0] else no_m, o, xh, xs)
-        else:
-            out[r] = _dot_nib5(q[r], qh[r], s[r], m[r] if m.shape[0] else no_m, o, xh, xs)
-
-
-@njit(fastmath=FAST, cache=True)
-def matvec_serial(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray, qh: np.ndarray,
+def matvec_serial(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray,
                   s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
     """`matvec` on one thread, for matrices too small to pay for a parallel region."""
-    _matvec_rows(out, kind, off, w32, q, qh, s, m, xh, xs, 0, out.shape[0])
+    _matvec_rows(out, kind, np.float32(off), w32, q, s, m, xh, xs, 0, out.shape[0])
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray, qh: np.ndarray,
-           s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
-    """out[r] = W[r] . x for every row (hot: one call per weight matrix per decoded token)."""
-    o = np.float32(off)
-    if kind == KIND_F32:
-        for r in prange(out.shape[0]):
-            out[r] = _dot_f32(w32[r], xh)
-    elif kind == KIND_BYTE:
-        for r in prange(out.shape[0]):
-            out[r] = _dot_byte(q[r], s[r], o, xh)
-    elif kind == KIND_NIB:
-        no_m = np.empty(0, np.float32)
-        if m.shape[0]:
-            for r in prange(out.shape[0]):
-                out[r] = _dot_nib(q[r], s[r], m[r], o, xh, xs)
-        else:
-            for r in prange(out.shape[0]):
-                out[r] = _dot_nib(q[r], s[r], no_m, o, xh, xs)
-    else:
-        no_m = np.empty(0, np.float32)
-        if m.shape[0]:
-            for r in prange(out.shape[0]):
-                out[r] = _dot_nib5(q[r], qh[r], s[r], m[r], o, xh, xs)
-        else:
-            for r in prange(out.shape[0]):
-                out[r] = _dot_nib5(q[r], qh[r], s[r], no_m, o, xh, xs)
+def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray,
+           s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
+    """out[r] = W[r] . x for every row (hot: one call per weight matrix per decoded token), in
+    work items of `chunk` rows (small items cost a call each, see `work_chunk`)."""
+    rows = out.shape[0]
+    for c in prange((rows + chunk - 1) // chunk):
+        _matvec_rows(out, kind, np.float32(off), w32, q, s, m, xh, xs, c * chunk, min(rows, (c + 1) * chunk))
+
+
+# --- one token through a SwiGLU FFN, or through the experts a router picked ------------------------
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def experts_swiglu(mid: np.ndarray, up: np.ndarray, sel: np.ndarray,
+                   g_kind: int, g_off: float, g_w32: np.ndarray, g_q: np.ndarray, g_s: np.ndarray, g_m: np.ndarray,
+                   u_kind: int, u_off: float, u_w32: np.ndarray, u_q: np.ndarray, u_s: np.ndarray, u_m: np.ndarray,
+                   g_xh: np.ndarray, g_xs: np.ndarray, u_xh: np.ndarray, u_xs: np.ndarray, chunk: int) -> None:
+    """mid[j] = silu(gate_e . x) * (up_e . x) for each selected expert e = sel[j], one token.
+
+    gate/up are stacks of experts of mid.shape[1] rows each (a dense FFN is a stack of one, sel
+    [0]); `up` is scratch of mid's shape. One parallel region covers every expert's rows, so a
+    top-8 MoE layer pays for one launch, not sixteen."""
+    k, n_ff = mid.shape
+    per = (n_ff + chunk - 1) // chunk
+    for it in prange(k * per):
+        j, c = it // per, it % per
+        a, b = c * chunk, min(n_ff, (c + 1) * chunk)
+        r0 = sel[j] * n_ff
+        _matvec_rows(mid[j], g_kind, np.float32(g_off), g_w32, g_q, g_s, g_m, g_xh, g_xs, r0 + a, r0 + b, r0)
+        _matvec_rows(up[j], u_kind, np.float32(u_off), u_w32, u_q, u_s, u_m, u_xh, u_xs, r0 + a, r0 + b, r0)
+        g, u = mid[j], up[j]
+        for i in range(a, b):
+            g[i] = g[i] / (np.float32(1.0) + np.exp(-g[i])) * u[i]
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def experts_down(y: np.ndarray, sel: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray,
+                 s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
+    """y[j] = down_e . xh[j] for each selected expert e = sel[j] (y.shape[1] rows per expert)."""
+    k, n_out = y.shape
+    per = (n_out + chunk - 1) // chunk
+    for it in prange(k * per):
+        j, c = it // per, it % per
+        a, b = c * chunk, min(n_out, (c + 1) * chunk)
+        r0 = sel[j] * n_out
+        _matvec_rows(y[j], kind, np.float32(off), w32, q, s, m, xh[j], xs[j], r0 + a, r0 + b, r0)
 
 
 @njit(fastmath=FAST, cache=True)
-def _decode_row(kind: int, off: np.float32, w32: np.ndarray, q: np.ndarray, qh: np.ndarray, s: np.ndarray,
-                r: int, y: np.ndarray) -> None:
-    """Row r as float32 weights without the min term (that one goes through the block sums)."""
-    k = y.shape[0]
-    if kind == KIND_F32:
-        y[:] = w32[r]
-    elif kind == KIND_BYTE:
-        sub = k // s.shape[1]
-        for i in range(k):
-            y[i] = s[r, i // sub] * (np.float32(q[r, i]) - off)
-    else:
-        half = k // 2
-        for i in range(half):
-            byte = np.int64(q[r, i])
-            lo, hi = byte & 15, byte >> 4
-            if kind == KIND_NIB5:
-                lo |= ((np.int64(qh[r, i >> 5]) >> (i & 31)) & 1) << 4
-                hi |= ((np.int64(qh[r, (i + half) >> 5]) >> (i & 31)) & 1) << 4
-            y[i] = s[r, i >> 5] * (np.float32(lo) - off)
-            y[i + half] = s[r, (i + half) >> 5] * (np.float32(hi) - off)
+def _deq_byte32(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None:
+    for i in range(y.shape[0]):
+        y[i] = s[i >> 5] * (np.float32(q[i]) - o)
 
 
-@njit(parallel=True, fastmath=FAST, cache=True)
-def matmul(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray, qh: np.ndarray,
-           s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
-    """out[t, r] = W[r] . x[t] for a batch of tokens x (T, K): prefill and expert groups."""
-    n_tok, rows = out.shape
-    k = xh.shape[1]
-    assert xh.shape[0] == n_tok and xs.shape[0] == n_tok
+@njit(fastmath=FAST, cache=True)
+def _deq_byte16(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None:
+    for i in range(y.shape[0]):
+        y[i] = s[i >> 4] * (np.float32(q[i]) - o)
+
+
+@njit(fastmath=FAST, cache=True)
+def _deq_nib(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None:
+    half = q.shape[0]
+    nbh = half >> 5
+    sl, sh = s[:nbh], s[nbh:]
+    yl, yh = y[:half], y[half:]
+    for i in range(half):
+        fb = np.float32(q[i])
+        h = np.float32(np.floor(fb * np.float32(0.0625)))
+        yl[i] = sl[i >> 5] * (fb - np.float32(16.0) * h - o)
+        yh[i] = sh[i >> 5] * (h - o)
+
+
+@njit(nogil=True, fastmath=FAST, cache=True)
+def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, r0: int) -> None:
+    """y[j] = rows r0+j of a BYTE or NIB matrix as float32, without the min term (that one goes
+    through the activation's block sums): the weights a prefill GEMM multiplies. As in `matvec`,
+    one loop per layout (a branch inside the loop runs several times slower, measured)."""
     o = np.float32(off)
-    n_tiles = (rows + _TILE - 1) // _TILE
-    for tile in prange(n_tiles):
-        r0 = tile * _TILE
-        r1 = min(r0 + _TILE, rows)
-        buf = np.empty((_TILE, k), np.float32)
-        for r in range(r0, r1):
-            _decode_row(kind, o, w32, q, qh, s, r, buf[r - r0])
-        for t in range(n_tok):
-            x = xh[t]
-            for r in range(r0, r1):
-                w = buf[r - r0]
-                acc = np.float32(0.0)
-                for i in range(k):
-                    acc += w[i] * x[i]
-                if m.shape[0]:
-                    mr = m[r]
-                    xst = xs[t]
-                    for b in range(mr.shape[0]):
-                        acc += mr[b] * xst[b]
-                out[t, r] = acc
+    if kind == KIND_BYTE and s.shape[1] * 32 == y.shape[1]:
+        for j in range(y.shape[0]):
+            _deq_byte32(y[j], q[r0 + j], s[r0 + j], o)
+    elif kind == KIND_BYTE:
+        for j in range(y.shape[0]):
+            _deq_byte16(y[j], q[r0 + j], s[r0 + j], o)
+    else:
+        for j in range(y.shape[0]):
+            _deq_nib(y[j], q[r0 + j], s[r0 + j], o)
 
 
 _SERIAL_WEIGHTS = 1 << 18  # below this many weights one thread is faster than a parallel region
 
 
+def work_chunk(rows: int) -> int:
+    """Rows per parallel work item: a few per thread, never tiny (each costs a call)."""
+    return max(64, -(-rows // (4 * get_num_threads())))
+
+
 def matvec_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) -> None:
     """`matvec` over a Packed weight; xh/xs must come from w.act's activation quantisation."""
     assert out.shape == (w.rows,) and xh.shape == (w.k,), (out.shape, xh.shape, w.rows, w.k)
-    run = matvec_serial if w.rows * w.k < _SERIAL_WEIGHTS else matvec
-    run(out, w.kind, w.off, w.w32, w.q, w.qh, w.s, w.m, xh, xs)
+    if w.rows * w.k < _SERIAL_WEIGHTS:
+        matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs)
+    else:
+        matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs, work_chunk(w.rows))
+
+
+_GEMM_TILE = 1 << 20  # weights one thread dequantizes per SGEMM call (4 MB of float32 scratch)
 
 
 def matmul_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) -> None:
-    """`matmul` over a Packed weight for T tokens: out (T, rows), xh (T, K), xs (T, K/32)."""
+    """out (T, rows) = xh (T, K) @ W.T for T tokens, W a Packed weight; xs (T, K/32) the block sums.
+
+    One token is a `matvec`. More go through BLAS: each engine thread takes a share of the rows,
+    dequantizes them to float32 a tile at a time and multiplies the tile by all T activation rows
+    in one single-threaded SGEMM, so the decode cost of the weights is shared by the batch
+    (prefill, expert groups, batched decode). One BLAS thread per engine thread: OpenBLAS's own
+    workers spin after each call and starve the next dequantization (measured: 2x slower).
+    """
     assert out.shape == (xh.shape[0], w.rows) and xh.shape[1] == w.k, (out.shape, xh.shape, w.rows, w.k)
     if xh.shape[0] == 1:
         matvec_packed(out[0], w, xh[0], xs[0])
+        return
+    if w.kind == KIND_F32:
+        np.matmul(xh, w.w32.T, out=out)
+        return
+    n = max(1, min(get_num_threads(), w.rows // 64))
+    bounds = [w.rows * i // n for i in range(n + 1)]
+    if n == 1:
+        _gemm_rows(out, w, xh, 0, w.rows)
     else:
-        matmul(out, w.kind, w.off, w.w32, w.q, w.qh, w.s, w.m, xh, xs)
+        list(_pool(n).map(lambda i: _gemm_rows(out, w, xh, bounds[i], bounds[i + 1]), range(n)))
+    if w.m.shape[0]:
+        out += xs @ w.m.T
+
+
+def _gemm_rows(out: np.ndarray, w: Packed, xh: np.ndarray, r0: int, r1: int) -> None:
+    tile = max(1, min(r1 - r0, _GEMM_TILE // w.k))
+    buf = _scratch(tile * w.k).reshape(tile, w.k)
+    for a in range(r0, r1, tile):
+        b = min(r1, a + tile)
+        y = buf[: b - a]
+        dequantize_rows(y, w.kind, w.off, w.q, w.s, a)
+        out[:, a:b] = xh @ y.T
+
+
+_local = threading.local()
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _scratch(n: int) -> np.ndarray:
+    """This thread's float32 buffer of at least n elements, kept for the next call."""
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.shape[0] < n:
+        buf = _local.buf = np.empty(n, np.float32)
+    return buf[:n]
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    if n not in _pools:
+        _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="engine-gemm")
+    return _pools[n]
+
+
+def single_threaded_blas() -> None:
+    """Limit BLAS to one thread per caller for the rest of the process (the engine's threads
+    split the work themselves; see `matmul_packed`)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")

@@ -30,6 +30,7 @@ from engine.backend import (
 )
 from engine.sampler import Sampler
 from engine.generation import check_prompt, reusable_prefix, stream_tokens
+from engine.matmul import single_threaded_blas
 from engine.tokenizer import VocabFile
 from engine.transformer import Device
 from models import arch as A
@@ -95,6 +96,7 @@ class NativeBackend:
             raise EngineError(f"the native engine cannot run {self.path.name}: {why}")
         self.cfg = A.config_from_gguf(self.gguf)
         numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
+        single_threaded_blas()
         self.vocab = VocabFile(self.path)
         self.weights = T.load_weights(self.gguf, self.cfg)
         self.device: Device = device or ("cuda" if cuda_present() else "cpu")
@@ -120,6 +122,10 @@ class NativeBackend:
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
         return self.vocab.detokenize(tokens, special=special)
+
+    def decode_bytes_per_token(self) -> int:
+        """Bytes of weights one decoded token reads (for the bandwidth bound of `assistant bench`)."""
+        return self.weights.decode_bytes(self.cfg)
 
     # --- evaluation verbs ---------------------------------------------------------------------
 

@@ -4,11 +4,12 @@ and the activation quantisation llama.cpp applies before every quantized dot pro
 Each format is one small unit registered in `_DEQUANT` by its GGML type, behind one
 `dequantize(data, qtype)` that matches `gguf.quants.dequantize` bit for bit (the same float32
 operations in the same order). For the kernels, `pack` repacks a tensor once at load into one of
-four families that share a single signature (`Packed`): `F32` (plain rows; F16/BF16 widened),
-`BYTE` (one uint8 per weight minus an offset, a float32 scale per 32 or 16: Q8_0, Q6_K), `NIB`
-(4-bit half-rows: byte i holds element i in its low nibble and element i+K/2 in its high one,
-float32 scale and optional min per 32: Q4_0, Q4_1, Q4_K) and `NIB5` (NIB plus a uint32 of fifth
-bits per 32: Q5_0, Q5_1, Q5_K). Sub-block scales are pre-multiplied (d*sc, -dmin*m), so every
+three families that share a single signature (`Packed`): `F32` (plain rows; F16/BF16 widened),
+`BYTE` (one uint8 per weight minus an offset, a float32 scale per 32 or 16 and optional min per
+32: Q8_0, Q6_K and the 5-bit Q5_0, Q5_1, Q5_K) and `NIB` (4-bit half-rows: byte i holds element
+i in its low nibble and element i+K/2 in its high one, float32 scale and optional min per 32:
+Q4_0, Q4_1, Q4_K). 5-bit weights take a whole byte because the decode kernel reads bytes about
+three times faster than it can reassemble five bits (docs/engine.md). Sub-block scales are pre-multiplied (d*sc, -dmin*m), so every
 quant type is `w = s*(q - off) + m` per block. llama.cpp quantizes the activation to the weight's
 `vec_dot_type` (Q8_0, Q8_1, Q8_K, F16, BF16) before the dot product; `quantize_activation`
 reproduces those values exactly and hands the kernels the dequantized activation `xh` plus a
@@ -37,7 +38,7 @@ BLOCKS = {
 SUPPORTED = frozenset(BLOCKS)
 
 # Packed families and activation families (the weight's vec_dot_type in ggml-cpu)
-KIND_F32, KIND_BYTE, KIND_NIB, KIND_NIB5 = 0, 1, 2, 3
+KIND_F32, KIND_BYTE, KIND_NIB = 0, 1, 2
 ACT_F32, ACT_F16, ACT_BF16, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K = 0, 1, 2, 3, 4, 5
 ACT_OF = {
     F32: ACT_F32, F16: ACT_F16, BF16: ACT_BF16, Q8_0: ACT_Q8_0, Q4_0: ACT_Q8_0, Q5_0: ACT_Q8_0,
@@ -45,7 +46,7 @@ ACT_OF = {
 }
 _KIND_OF = {
     F32: KIND_F32, F16: KIND_F32, BF16: KIND_F32, Q8_0: KIND_BYTE, Q6_K: KIND_BYTE,
-    Q4_0: KIND_NIB, Q4_1: KIND_NIB, Q4_K: KIND_NIB, Q5_0: KIND_NIB5, Q5_1: KIND_NIB5, Q5_K: KIND_NIB5,
+    Q4_0: KIND_NIB, Q4_1: KIND_NIB, Q4_K: KIND_NIB, Q5_0: KIND_BYTE, Q5_1: KIND_BYTE, Q5_K: KIND_BYTE,
 }
 _OFFSET = {Q8_0: 128.0, Q6_K: 32.0, Q4_0: 8.0, Q5_0: 16.0}
 
@@ -63,19 +64,18 @@ class Packed(NamedTuple):
     rows: int
     k: int
     w32: np.ndarray  # float32 (rows, K)            F32 family
-    q: np.ndarray  # uint8 (rows, K) or (rows, K/2)   BYTE / NIB / NIB5
-    qh: np.ndarray  # uint32 (rows, K/32)           NIB5: bit j is element j's fifth bit
+    q: np.ndarray  # uint8 (rows, K) or (rows, K/2)   BYTE / NIB
     s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K)
     m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1, Q4_K, Q5_K)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.w32, self.q, self.qh, self.s, self.m))
+        return sum(a.nbytes for a in (self.w32, self.q, self.s, self.m))
 
     def rows_slice(self, start: int, stop: int) -> Packed:
         """Rows [start, stop) as views (one expert of a stacked expert tensor)."""
-        cut = [a[start:stop] if a.shape[0] else a for a in (self.w32, self.q, self.qh, self.s, self.m)]
-        return self._replace(rows=stop - start, w32=cut[0], q=cut[1], qh=cut[2], s=cut[3], m=cut[4])
+        cut = [a[start:stop] if a.shape[0] else a for a in (self.w32, self.q, self.s, self.m)]
+        return self._replace(rows=stop - start, w32=cut[0], q=cut[1], s=cut[2], m=cut[3])
 
 
 # --- dequantisation, bit-exact with gguf-py --------------------------------------------------
@@ -191,7 +191,7 @@ def dequantize(data: np.ndarray, qtype: int, shape: tuple[int, ...] | None = Non
 
 @njit(parallel=True, cache=True)
 def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
-                q: np.ndarray, qh: np.ndarray, s: np.ndarray, m: np.ndarray) -> None:
+                q: np.ndarray, s: np.ndarray, m: np.ndarray) -> None:
     """Decode each row's blocks to integer quants + scales, then write the family layout."""
     rows = raw.shape[0]
     block = 256 if qtype == Q4_K or qtype == Q5_K or qtype == Q6_K else 32
@@ -250,17 +250,11 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
                         lo = (b[64 * h + (l % 64)] >> (4 * (l // 64))) & 0xF
                         hi = (b[128 + 32 * h + (l % 32)] >> (2 * (l // 32))) & 3
                         qi[base + 128 * h + l] = lo | (hi << 4)
-        if qtype == Q8_0 or qtype == Q6_K:
+        if q.shape[1] == k:  # BYTE
             q[r, :] = qi
         else:
             for i in range(half):
                 q[r, i] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
-            if qtype == Q5_0 or qtype == Q5_1 or qtype == Q5_K:
-                for bi in range(k // 32):
-                    bits = np.uint32(0)
-                    for j in range(32):
-                        bits |= np.uint32((qi[bi * 32 + j] >> 4) & 1) << np.uint32(j)
-                    qh[r, bi] = bits
 
 
 def packable(qtype: int, k: int) -> str | None:
@@ -270,7 +264,7 @@ def packable(qtype: int, k: int) -> str | None:
     block = BLOCKS[qtype][0]
     if k % block:
         return f"its rows of {k} are not whole {block}-element blocks"
-    if _KIND_OF[qtype] in (KIND_NIB, KIND_NIB5) and k % 64:
+    if _KIND_OF[qtype] == KIND_NIB and k % 64:
         return f"its rows of {k} elements cannot be split in two halves of whole blocks"
     return None
 
@@ -283,7 +277,7 @@ def pack(raw: np.ndarray, qtype: int, k: int) -> Packed:
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(raw.shape[0], -1)
     rows, kind = raw.shape[0], _KIND_OF[qtype]
     e2 = np.empty((0, 0), np.float32)
-    q, qh, s, m, w32 = np.empty((0, 0), np.uint8), np.empty((0, 0), np.uint32), e2, e2, e2
+    q, s, m, w32 = np.empty((0, 0), np.uint8), e2, e2, e2
     if kind == KIND_F32:
         w32 = dequantize(raw, qtype).reshape(rows, k)
     else:
@@ -292,10 +286,8 @@ def pack(raw: np.ndarray, qtype: int, k: int) -> Packed:
         s = np.empty((rows, k // sub), np.float32)
         if qtype in (Q4_1, Q5_1, Q4_K, Q5_K):
             m = np.empty((rows, k // 32), np.float32)
-        if kind == KIND_NIB5:
-            qh = np.empty((rows, k // 32), np.uint32)
-        _pack_quant(qtype, raw, k, F16_TABLE, q, qh, s, m)
-    return Packed(qtype, kind, ACT_OF[qtype], _OFFSET.get(qtype, 0.0), rows, k, w32, q, qh, s, m)
+        _pack_quant(qtype, raw, k, F16_TABLE, q, s, m)
+    return Packed(qtype, kind, ACT_OF[qtype], _OFFSET.get(qtype, 0.0), rows, k, w32, q, s, m)
 
 
 # --- activation quantisation (ggml-cpu's from_float for each vec_dot_type) ------------------

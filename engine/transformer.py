@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from engine import kernels as K
+from engine import matmul as M
 from engine import quants
 from engine.matmul import matmul_packed
 from engine.quants import Packed
@@ -76,6 +77,17 @@ class Weights:
             total += sum(v.nbytes for v in vars(lw).values() if isinstance(v, Packed))
         return total
 
+    def decode_bytes(self, cfg: Config) -> int:
+        """Bytes of packed weights one decoded token reads: every matrix and the LM head, the
+        routed experts in the proportion a token uses them (the memory-bandwidth bound's numerator)."""
+        total = self.output.nbytes
+        for lw in self.layers:
+            for name, v in vars(lw).items():
+                if isinstance(v, Packed):
+                    routed = name.endswith("_exps")
+                    total += v.nbytes * cfg.n_expert_used // cfg.n_expert if routed else v.nbytes
+        return total
+
 
 def _vector(gguf: GGUFFile, name: str) -> np.ndarray:
     info = gguf.tensors[name]
@@ -88,7 +100,9 @@ def _matrix(gguf: GGUFFile, name: str) -> Packed:
     info = gguf.tensors[name]
     k = info.shape[0]
     rows = info.n_elements // k  # experts stack: (n_expert * n_out) rows
-    return quants.pack(gguf.tensor_bytes(name).reshape(rows, -1), info.ggml_type, k)
+    packed = quants.pack(gguf.tensor_bytes(name).reshape(rows, -1), info.ggml_type, k)
+    gguf.release(name)  # the file's copy leaves resident memory (a looked-up row faults back in from the page cache)
+    return packed
 
 
 def load_weights(gguf: GGUFFile, cfg: Config) -> Weights:
@@ -174,6 +188,7 @@ class RunState:
         self.v = np.zeros((n_batch, kv_dim), f32)
         self.proj = np.zeros((n_batch, cfg.n_embd), f32)
         self._ffn: dict[int, tuple[np.ndarray, np.ndarray, Activations]] = {}
+        self._one: dict[tuple[int, int, int], tuple[np.ndarray, ...]] = {}
         self.cos = np.zeros((n_batch, cfg.n_rot // 2), f32)
         self.sin = np.zeros((n_batch, cfg.n_rot // 2), f32)
         if cfg.is_moe:
@@ -193,6 +208,16 @@ class RunState:
             cap = min(n_ctx, window + n_batch - 1) if window else n_ctx
             self.k_cache.append(np.zeros((cap, cfg.n_head_kv, cfg.head_dim), f32))
             self.v_cache.append(np.zeros((cap, cfg.n_head_kv, cfg.head_dim), f32))
+
+    def one_token_buffers(self, k: int, width: int, n_out: int) -> tuple[np.ndarray, ...]:
+        """For one token through k experts (or one dense FFN) of that width: mid, up scratch, mid
+        quantized (xh, xs) and the experts' outputs (k, n_out)."""
+        key = (k, width, n_out)
+        if key not in self._one:
+            f32 = np.float32
+            self._one[key] = (np.zeros((k, width), f32), np.zeros((k, width), f32), np.zeros((k, width), f32),
+                              np.zeros((k, width // 32), f32), np.zeros((k, n_out), f32))
+        return self._one[key]
 
     def ffn_buffers(self, width: int) -> tuple[np.ndarray, np.ndarray, Activations]:
         """gate, up (n_batch, width) and the SwiGLU output for an FFN of that width (dense, expert, shared)."""
@@ -253,9 +278,32 @@ def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos
     x += o
 
 
+def _experts_one_token(gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activations, st: RunState,
+                       sel: np.ndarray, width: int) -> np.ndarray:
+    """One token through the experts `sel` of stacks of `width`-row experts (a dense FFN is the
+    stack of one, sel [0]): their outputs (k, n_out), in two parallel regions."""
+    k, n_out = sel.shape[0], down_w.rows // (gate_w.rows // width)  # rows per expert of the down stack
+    mid, up, mid_h, mid_s, y = st.one_token_buffers(k, width, n_out)
+    g_xh, g_xs = inp.quantized(gate_w.act)
+    u_xh, u_xs = inp.quantized(up_w.act)
+    M.experts_swiglu(mid, up, sel, gate_w.kind, gate_w.off, gate_w.w32, gate_w.q, gate_w.s, gate_w.m,
+                     up_w.kind, up_w.off, up_w.w32, up_w.q, up_w.s, up_w.m, g_xh[0], g_xs[0], u_xh[0], u_xs[0],
+                     min(width, M.work_chunk(k * width)))
+    quants.quantize_activation(down_w.act, mid, mid_h, mid_s)
+    M.experts_down(y, sel, down_w.kind, down_w.off, down_w.w32, down_w.q, down_w.s, down_w.m, mid_h, mid_s,
+                   min(n_out, M.work_chunk(k * n_out)))
+    return y
+
+
+_DENSE = np.zeros(1, np.int64)  # a dense FFN: expert 0 of a stack of one
+
+
 def _swiglu_ffn(out: np.ndarray, gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activations,
                 st: RunState, n: int) -> None:
     """out (n, n_embd) = down(silu(gate(x)) * up(x))."""
+    if n == 1 and st.cuda is None:
+        out[0] = _experts_one_token(gate_w, up_w, down_w, inp, st, _DENSE, gate_w.rows)[0]
+        return
     gate, up, mid = st.ffn_buffers(gate_w.rows)
     linear(gate[:n], gate_w, inp)
     linear(up[:n], up_w, inp)
@@ -274,14 +322,38 @@ def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, 
         selected[:], weights[:] = st.cuda.route(router, k_used, cfg.moe_renorm, cfg.expert_weights_scale)
     else:
         K.route_experts(selected, weights, router, cfg.moe_renorm, cfg.expert_weights_scale)
-    # group the (token, slot) pairs by expert, then one matmul per active expert
+    y = st.expert_out[:n]  # (n_tokens, k, n_embd)
+    if n == 1 and st.cuda is None:
+        # one token: every selected expert's rows in two parallel regions
+        st.routed[layer, selected[0]] += 1
+        y[0] = _experts_one_token(lw.gate_exps, lw.up_exps, lw.down_exps, st.ffn_in, st, selected[0], n_ff)
+        y[0] *= weights[0][:, None]
+    else:
+        _experts_grouped(cfg, lw, st, layer, n, y)
+    # sum the experts in slot order, as llama.cpp adds them
+    out[:] = y[:, 0]
+    for j in range(1, k_used):
+        out += y[:, j]
+    # shared expert, gated by sigmoid(w . x) (qwen2moe)
+    if cfg.shared_expert:
+        shared = np.empty((n, cfg.n_embd), np.float32)
+        _swiglu_ffn(shared, lw.gate_shexp, lw.up_shexp, lw.down_shexp, st.ffn_in, st, n)
+        gate_logit = st.ffn_in.quantized(quants.ACT_F32)[0] @ lw.gate_inp_shexp
+        for t in range(n):
+            out[t] += shared[t] * K.sigmoid(gate_logit[t])
+
+
+def _experts_grouped(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, y: np.ndarray) -> None:
+    """y[t, j] = weight * expert(x_t) for several tokens: one matmul per active expert over its tokens."""
+    k_used, n_ff = cfg.n_expert_used, cfg.n_ff_exp
+    selected, weights = st.selected[:n], st.expert_w[:n]
+    # group the (token, slot) pairs by expert
     if st.cuda is not None:
         st.counts[:], st.order[: n * k_used], _ = st.cuda.permute(selected, cfg.n_expert)
     else:
         K.group_by_expert(selected, cfg.n_expert, st.counts, st.order[: n * k_used])
     st.routed[layer] += st.counts
     x_all = st.ffn_in.x[:n]
-    y = st.expert_out[:n]  # (n_tokens, k, n_embd)
     start = 0
     for e in np.flatnonzero(st.counts):
         c = int(st.counts[e])
@@ -295,17 +367,6 @@ def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, 
         _swiglu_ffn(ye, lw.gate_exps.rows_slice(rows.start, rows.stop), lw.up_exps.rows_slice(rows.start, rows.stop),
                     lw.down_exps.rows_slice(down_rows.start, down_rows.stop), st.expert_in, st, c)
         y[toks, slots] = ye * weights[toks, slots][:, None]
-    # sum the experts in slot order, as llama.cpp adds them
-    out[:] = y[:, 0]
-    for j in range(1, k_used):
-        out += y[:, j]
-    # shared expert, gated by sigmoid(w . x) (qwen2moe)
-    if cfg.shared_expert:
-        shared = np.empty((n, cfg.n_embd), np.float32)
-        _swiglu_ffn(shared, lw.gate_shexp, lw.up_shexp, lw.down_shexp, st.ffn_in, st, n)
-        gate_logit = st.ffn_in.quantized(quants.ACT_F32)[0] @ lw.gate_inp_shexp
-        for t in range(n):
-            out[t] += shared[t] * K.sigmoid(gate_logit[t])
 
 
 def ffn_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int) -> None:

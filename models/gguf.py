@@ -112,6 +112,18 @@ class GGUFFile:
         rows = info.n_elements // info.shape[0]
         return raw.reshape(rows, info.n_bytes // rows)  # (rows, bytes_per_row)
 
+    def release(self, name: str) -> None:
+        """Tell the kernel the tensor's pages are not needed now (it was copied elsewhere): they
+        leave resident memory and are read from disk again if touched. Whole pages only."""
+        if self._data is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        info = self.tensors[name]
+        page = mmap.PAGESIZE
+        start = -(-info.offset // page) * page
+        end = (info.offset + info.n_bytes) // page * page
+        if end > start:
+            self._data._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)  # type: ignore[attr-defined]
+
     def get(self, key: str, default: object = None) -> object:
         return self.metadata.get(key, default)
 

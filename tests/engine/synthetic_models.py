@@ -73,15 +73,18 @@ def default_shape(arch: str, **kw: object) -> Shape:
     return Shape(arch=arch, **kw)  # type: ignore[arg-type]
 
 
-def build_model(path: Path, shape: Shape, seed: int = 0) -> Path:
-    """Write an F32 GGUF of `shape` with random weights at `path`."""
+def build_model(path: Path, shape: Shape, seed: int = 0, dtype: type = np.float32) -> Path:
+    """Write a GGUF of `shape` with random weights at `path`: matrices in `dtype` (float32, or
+    float16 for the large files of the MoE benchmark), vectors in float32."""
     rng = np.random.default_rng(seed)
     a, s = shape.arch, shape
     d = s.n_embd // s.n_head
     q_dim, kv_dim = s.n_head * d, s.n_head_kv * d
 
     def mat(rows: int, cols: int, *lead: int) -> np.ndarray:
-        return (rng.standard_normal((*lead, rows, cols)) / np.sqrt(cols)).astype(np.float32)
+        if dtype == np.float32:
+            return (rng.standard_normal((*lead, rows, cols)) / np.sqrt(cols)).astype(np.float32)
+        return (rng.standard_normal((*lead, rows, cols), np.float32) / np.float32(np.sqrt(cols))).astype(dtype)
 
     def norm(n: int) -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
@@ -96,7 +99,7 @@ def build_model(path: Path, shape: Shape, seed: int = 0) -> Path:
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_freq_base(s.rope_base)
     w.add_vocab_size(s.n_vocab)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == np.float32 else gguf.LlamaFileType.MOSTLY_F16)
     if s.n_expert:
         w.add_expert_count(s.n_expert)
         w.add_expert_used_count(s.n_expert_used)
@@ -121,7 +124,7 @@ def build_model(path: Path, shape: Shape, seed: int = 0) -> Path:
             w.add_uint32(key, int(value))  # type: ignore[arg-type]
     w.add_tokenizer_model("no_vocab")
 
-    w.add_tensor("token_embd.weight", rng.standard_normal((s.n_vocab, s.n_embd)).astype(np.float32))
+    w.add_tensor("token_embd.weight", rng.standard_normal((s.n_vocab, s.n_embd)).astype(np.float32).astype(dtype))
     w.add_tensor("output_norm.weight", norm(s.n_embd))
     if not s.tied:
         w.add_tensor("output.weight", mat(s.n_vocab, s.n_embd))

@@ -29,7 +29,10 @@ CASES = [(a, t) for a in ARCHS for t in MAIN_TYPES] + [("llama", t) for t in EXT
 TOKENS = np.random.default_rng(1).integers(0, 384, 64).tolist()
 # end-to-end bounds on the median and largest per-position relative error, by file type
 E2E = {"F32": (1e-5, 1e-5), "F16": (1e-3, 1e-3), "BF16": (1e-2, 1e-2)}
-E2E_QUANT = (1e-2, 3e-1)  # one routing flip in a MoE moves a position by up to ~0.2
+# Quantized files end to end: the noise of activation quantization once a rounding flips, which
+# is also how far llama.cpp's batched and token-by-token paths are apart (1.7e-2 on SmolLM2,
+# docs/engine.md); one routing flip in a MoE moves a position by up to ~0.2.
+E2E_QUANT = (2e-2, 3e-1)
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> np.ndarray:
