@@ -42,6 +42,18 @@ def prompt_text() -> str:
     return Path(mod.__file__).read_text(encoding="utf-8")
 
 
+def prompt_tokens(path: str, tokenize: Any, n: int) -> list[int]:
+    """The first n tokens of `prompt_text()`; for a file without a tokenizer (token ids only, as
+    the MoE benchmark's synthetic files), its bytes taken as ids below the vocabulary size."""
+    from models.gguf import read_gguf
+
+    with read_gguf(path) as g:
+        if g.get("tokenizer.ggml.model") == "no_vocab":
+            n_vocab = int(g.get(f"{g.architecture}.vocab_size", 256))  # type: ignore[call-overload]
+            return [1 + b % (n_vocab - 1) for b in prompt_text().encode()[:n]]
+    return tokenize(prompt_text())[:n]
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -63,7 +75,8 @@ def _worker_ours(a: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     model = load_model(settings)
     load_s = time.perf_counter() - t0
-    prompt = model.backend.tokenize(prompt_text(), add_special=True, parse_special=False)[: a.prompt_tokens]
+    prompt = prompt_tokens(a.path, lambda t: model.backend.tokenize(t, add_special=True, parse_special=False),
+                           a.prompt_tokens)
     params = SamplingParams(temperature=0.0, max_tokens=a.gen_tokens)
     timings = None
     started = _since_process_start()
@@ -94,7 +107,7 @@ def _worker_reference(a: argparse.Namespace) -> dict[str, Any]:
         n_batch=512, n_ubatch=512, verbose=False,
     )
     load_s = time.perf_counter() - t0
-    prompt = llm.tokenize(prompt_text().encode(), add_bos=True, special=False)[: a.prompt_tokens]
+    prompt = prompt_tokens(a.path, lambda t: llm.tokenize(t.encode(), add_bos=True, special=False), a.prompt_tokens)
     started = _since_process_start()
     t0 = time.perf_counter()
     llm.eval(prompt)

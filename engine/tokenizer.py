@@ -48,10 +48,16 @@ class Vocab:
     def __init__(self, vocab: lc.llama_vocab_p) -> None:
         self._vocab = vocab
         self.n_vocab = lc.llama_vocab_n_tokens(self._vocab)
+        # a "no_vocab" file (token ids only, as test and benchmark models are) has no tokenizer:
+        # llama.cpp aborts the process if asked to tokenize with it
+        self.has_tokenizer = lc.llama_vocab_type(self._vocab) != lc.LLAMA_VOCAB_TYPE_NONE
         self.eog_tokens = tuple(t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
         self._pieces: dict[int, bytes] = {}
 
     def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        if not self.has_tokenizer:
+            raise EngineError("this model file has no tokenizer (tokenizer.ggml.model is 'no_vocab'): "
+                              "it takes token ids, not text")
         data = text.encode("utf-8")
         cap = len(data) + 8
         buf = (lc.llama_token * cap)()
@@ -63,6 +69,8 @@ class Vocab:
         return list(buf[:n])
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
+        if not self.has_tokenizer:
+            return b""  # token ids only: no text to show
         key = token if not special else -1 - token
         piece = self._pieces.get(key)
         if piece is None:

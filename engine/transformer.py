@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from engine import fused as F
 from engine import kernels as K
 from engine import matmul as M
 from engine import quants
@@ -189,6 +190,9 @@ class RunState:
         self.proj = np.zeros((n_batch, cfg.n_embd), f32)
         self._ffn: dict[int, tuple[np.ndarray, np.ndarray, Activations]] = {}
         self._one: dict[tuple[int, int, int], tuple[np.ndarray, ...]] = {}
+        widest = max(cfg.n_embd, q_dim)
+        self.one_xh, self.one_xs = np.zeros(widest, f32), np.zeros(widest // 32, f32)  # one token's quantized input
+        self.chunks: dict[int, np.ndarray] = {}  # per layer: parallel work-item sizes of wq, wk, wv, wo
         self.cos = np.zeros((n_batch, cfg.n_rot // 2), f32)
         self.sin = np.zeros((n_batch, cfg.n_rot // 2), f32)
         if cfg.is_moe:
@@ -237,7 +241,30 @@ class RunState:
 # ======================================================================================
 
 
+_EMPTY = np.zeros(0, np.float32)  # an absent bias or norm, for the jitted one-token path
+_QK_MODE = {"none": F.QK_NONE, "head": F.QK_HEAD, "full": F.QK_FULL}
+
+
+def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos: int) -> None:
+    """The attention block for one token on the CPU, in one jitted call (engine.fused)."""
+    chunks = st.chunks.get(layer)
+    if chunks is None:
+        chunks = st.chunks[layer] = np.array([M.work_chunk(w.rows) for w in (lw.wq, lw.wk, lw.wv, lw.wo)])
+    e = _EMPTY
+    F.attention_one_token(
+        st.x[0], lw.attn_norm, cfg.rms_eps, lw.wq, lw.wk, lw.wv, lw.wo,
+        e if lw.bq is None else lw.bq, e if lw.bk is None else lw.bk, e if lw.bv is None else lw.bv,
+        e if lw.bo is None else lw.bo, e if lw.q_norm is None else lw.q_norm, e if lw.k_norm is None else lw.k_norm,
+        _QK_MODE[cfg.qk_norm], st.cos[:1], st.sin[:1], cfg.rope_neox,
+        st.k_cache[layer], st.v_cache[layer], pos, cfg.window(layer), 1.0 / math.sqrt(cfg.head_dim),
+        st.attn_in.x[0], st.q[0], st.k[0], st.v[0], st.attn_out.x[0], st.proj[0], st.one_xh, st.one_xs, chunks,
+    )
+
+
 def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos0: int, n: int) -> None:
+    if n == 1 and st.cuda is None:
+        _attention_one_token(cfg, lw, st, layer, pos0)
+        return
     d, n_head, n_kv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
     x = st.x[:n]
     # pre-norm
@@ -286,12 +313,9 @@ def _experts_one_token(gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activa
     mid, up, mid_h, mid_s, y = st.one_token_buffers(k, width, n_out)
     g_xh, g_xs = inp.quantized(gate_w.act)
     u_xh, u_xs = inp.quantized(up_w.act)
-    M.experts_swiglu(mid, up, sel, gate_w.kind, gate_w.off, gate_w.w32, gate_w.q, gate_w.s, gate_w.m,
-                     up_w.kind, up_w.off, up_w.w32, up_w.q, up_w.s, up_w.m, g_xh[0], g_xs[0], u_xh[0], u_xs[0],
-                     min(width, M.work_chunk(k * width)))
+    M.experts_swiglu(mid, up, sel, gate_w, up_w, g_xh[0], g_xs[0], u_xh[0], u_xs[0], min(width, M.work_chunk(k * width)))
     quants.quantize_activation(down_w.act, mid, mid_h, mid_s)
-    M.experts_down(y, sel, down_w.kind, down_w.off, down_w.w32, down_w.q, down_w.s, down_w.m, mid_h, mid_s,
-                   min(n_out, M.work_chunk(k * n_out)))
+    M.experts_down(y, sel, down_w, mid_h, mid_s, min(n_out, M.work_chunk(k * n_out)))
     return y
 
 

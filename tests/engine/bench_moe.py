@@ -7,7 +7,7 @@ each a dense file of the same total size (one FFN as wide as all the experts tog
 speed next to its dense twin's: when cost follows the active parameters, the MoE file decodes
 about total/active times faster than the dense one.
 
-    .venv/bin/python tests/engine/bench_moe.py [--layers 2] [--runs 3] [--dir /tmp/moe-bench]
+    .venv/bin/python -m tests.engine.bench_moe [--layers 2] [--runs 3] [--dir /tmp/moe-bench]
 
 The random weights come from tests/engine/synthetic_models.py, quantized by llama.cpp's own
 quantize. Qwen3-30B-A3B's attention (32 heads of 128 over a 2048-wide stream) is written as 16

@@ -143,3 +143,19 @@ def test_constraint_masks_logits_before_each_sample(native_smollm2) -> None:
     _, events = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=6, constraint=ban))
     tokens = [e.token for e in events[:-1]]
     assert first not in tokens and ban.accepted == tokens
+
+
+def test_a_file_without_tokenizer_takes_token_ids(synthetic) -> None:
+    """A "no_vocab" file (token ids only) says it cannot tokenize text instead of letting llama.cpp
+    abort the process, and still generates from token ids, each token with no text."""
+    from engine.backend import EngineError
+    from engine.native import NativeBackend
+
+    native = NativeBackend(synthetic("qwen2"), n_ctx=64, n_threads=1, n_batch=16)
+    try:
+        with pytest.raises(EngineError, match="no tokenizer"):
+            native.tokenize("def f():")
+        events = list(native.generate([1, 2, 3, 4], SamplingParams(temperature=0.0, max_tokens=5), ignore_eos=True))
+        assert events[-1].timings.generated_tokens == 5 and "".join(e.text for e in events) == ""
+    finally:
+        native.close()
