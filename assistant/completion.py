@@ -50,12 +50,27 @@ def window(cur: Cursor, prefix_chars: int = 4000, suffix_chars: int = 256) -> Cu
     """
     prefix, suffix = cur.prefix, cur.suffix
     if len(prefix) > prefix_chars:
-        cut = prefix.find("\n", len(prefix) - prefix_chars)
-        prefix = prefix[cut + 1 :] if cut >= 0 else prefix[-prefix_chars:]
+        prefix = prefix[_stable_cut(prefix, prefix_chars):]
     if len(suffix) > suffix_chars:
         cut = suffix.rfind("\n", 0, suffix_chars)
         suffix = suffix[: cut + 1] if cut > 0 else suffix[:suffix_chars]
     return Cursor(prefix, suffix)
+
+
+_CUT_LINES = 32  # the prefix's first line moves in steps of this many lines
+
+
+def _stable_cut(prefix: str, prefix_chars: int) -> int:
+    """Where the prefix's window starts: a line start at most `prefix_chars` before the cursor,
+    on a line whose number is a multiple of _CUT_LINES (as few as needed past that), so that the
+    start stays put while the user types and every keystroke reuses the cached prompt up to the
+    cursor (a window sliding one character per keystroke would change the prompt's first tokens)."""
+    starts = [0] + [i + 1 for i, ch in enumerate(prefix) if ch == "\n"]
+    first = next((n for n, at in enumerate(starts) if len(prefix) - at <= prefix_chars), None)
+    if first is None:  # the cursor's own line is longer than the window
+        return len(prefix) - prefix_chars
+    snapped = -(-first // _CUT_LINES) * _CUT_LINES
+    return starts[snapped] if snapped < len(starts) else starts[first]
 
 
 def wants_block(cur: Cursor) -> bool:

@@ -83,32 +83,41 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run_latency(index: CodeIndex, lines: int, seed: int, reuse: bool) -> dict[str, Any]:
+def run_latency(index: CodeIndex, lines: int, seed: int, reuse: bool, stride: int = 1) -> dict[str, Any]:
+    """Type `lines` lines again keystroke by keystroke; time every `stride`-th keystroke's completion."""
     completer = _completer(index, cross_file=True)
     cases = cross_file_cases(index, lines, seed)
     latencies: list[float] = []
+    model_runs: list[float] = []  # the keystrokes the last suggestion did not already answer
     try:
         completer.model()  # load outside the timings
         for case in cases:
-            for k in range(len(case.expected) + 1):
+            for k in range(0, len(case.expected) + 1, stride):
                 text = case.text[: case.offset] + case.expected[:k] + case.text[case.offset :]
                 req = Request(uri=case.path.as_uri(), path=case.path, version=k, text=text, offset=case.offset + k)
                 if not reuse:
                     completer.forget()
+                served = completer.stats.served_from_last
                 t0 = time.perf_counter()
                 completer.complete(req)
                 latencies.append((time.perf_counter() - t0) * 1000)
+                if completer.stats.served_from_last == served:
+                    model_runs.append(latencies[-1])
     finally:
         completer.close()
     return {
         "keystrokes": len(latencies),
         "lines": len(cases),
         "prefix_reuse": reuse,
+        "every_nth_keystroke": stride,
         "p50_ms": _pct(latencies, 0.5),
         "p95_ms": _pct(latencies, 0.95),
         "mean_ms": statistics.fmean(latencies),
         "served_from_last_suggestion": completer.stats.served_from_last,
         "model_runs": completer.stats.started,
+        "model_run_p50_ms": _pct(model_runs, 0.5) if model_runs else None,
+        "model_run_p95_ms": _pct(model_runs, 0.95) if model_runs else None,
+        "drafts": dict(getattr(completer.model().backend, "drafts", {})),
     }
 
 
@@ -136,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lsp.bench")
     p.add_argument("what", choices=("latency", "quality"))
     p.add_argument("--package", default="jinja2", help="an installed multi-file package to work on")
-    p.add_argument("--lines", type=int, default=12, help="latency: lines typed again")
+    p.add_argument("--lines", type=int, default=8, help="latency: lines typed again")
+    p.add_argument("--cold-stride", type=int, default=4,
+                   help="latency without prefix reuse: time every N-th keystroke (each one evaluates the whole prompt)")
     p.add_argument("--cases", type=int, default=200, help="quality: cases cut from the package")
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args(argv)
@@ -147,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"package": a.package, "files": len(index), "index_s": time.perf_counter() - t0}
     if a.what == "latency":
         report["with_reuse"] = run_latency(index, a.lines, a.seed, reuse=True)
-        report["without_reuse"] = run_latency(index, a.lines, a.seed, reuse=False)
+        report["without_reuse"] = run_latency(index, a.lines, a.seed, reuse=False, stride=a.cold_stride)
     else:
         report.update(run_quality(index, a.cases, a.seed))
     sys.stdout.write(json.dumps(report, indent=2) + "\n")

@@ -95,6 +95,7 @@ class Completer:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="assistant-model")
         self.stats = Stats()
         self._shown: _Shown | None = None
+        self._last_context: tuple[Any, int, Any] | None = None  # (cursor key, index generation, context)
 
     # --- model --------------------------------------------------------------------------------
 
@@ -118,6 +119,7 @@ class Completer:
     def forget(self) -> None:
         """Drop what is cached between requests: the last suggestion and the model's KV prefix."""
         self._shown = None
+        self._last_context = None
         if self._model is not None:
             self._model.backend.reset()
 
@@ -130,13 +132,26 @@ class Completer:
         return self._worker.submit(fn, *args)
 
     def context_for(self, req: Request) -> Any:
+        """The dependency context at the request's cursor. While the user types on one line (the
+        text before that line and after the cursor unchanged, no other file changed in the index)
+        the previous request's context is kept: the prompt's start then stays the same and the
+        model reuses its KV cache for all of it."""
         if self.index is None or not self.config.context.cross_file or self.config.context.max_tokens == 0:
             return None
+        line_start = req.text.rfind("\n", 0, req.offset) + 1
+        key = (req.path, req.text[:line_start], req.text[req.offset:], self.config.context.max_tokens)
+        last = self._last_context
+        unchanged = last is not None and last[0] == key and last[1] == self.index.generation
         self.index.update_file(req.path, req.text)
-        return build_context(
-            self.index, req.path, req.text, req.offset,
-            max_tokens=self.config.context.max_tokens, count_tokens=self.count_tokens,
-        )
+        if unchanged:
+            ctx = last[2]
+        else:
+            ctx = build_context(
+                self.index, req.path, req.text, req.offset,
+                max_tokens=self.config.context.max_tokens, count_tokens=self.count_tokens,
+            )
+        self._last_context = (key, self.index.generation, ctx)
+        return ctx
 
     def complete(self, req: Request) -> Completion | None:
         """Run one completion; None when cancelled before or during generation."""

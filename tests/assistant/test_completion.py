@@ -59,3 +59,26 @@ def test_never_repeats_the_text_after_the_cursor() -> None:
     assert trim_overlap("hello", "") == "hello"
     out = complete(_events("1, 2)\n"), Cursor("foo(", ")\n"))
     assert out.text == "1, 2"
+
+
+def test_prefix_window_start_stays_put_while_typing() -> None:
+    """The prompt's window into a long file starts at a line start that does not move while the
+    user types (so the cached prompt is reused up to the cursor), keeps at most the asked size,
+    and moves in steps of whole blocks of lines as the cursor goes down the file."""
+    from assistant.completion import window
+
+    lines = [f"line_{i:04d} = {i}\n" for i in range(600)]  # 16 characters each
+    text = "".join(lines)
+    starts = set()
+    for typed in ("", "v", "va", "val", "value = compute("):
+        cur = window(Cursor(text + typed, "\n"), prefix_chars=4000)
+        assert cur.prefix.endswith(typed) and len(cur.prefix) <= 4000
+        assert cur.prefix.startswith("line_")
+        starts.add(cur.prefix.split("\n", 1)[0])
+    assert len(starts) == 1
+    # a line further down moves the start by a whole block of lines, or not at all
+    later = window(Cursor(text + "".join(f"more_{i:04d} = {i}\n" for i in range(10)), "\n"), prefix_chars=4000)
+    first = later.prefix.split("\n", 1)[0]
+    assert first in starts or int(first[5:9]) % 32 == 0
+    # a file shorter than the window is kept whole
+    assert window(Cursor("a = 1\nb = 2\n", "")).prefix == "a = 1\nb = 2\n"
