@@ -9,7 +9,6 @@ evaluates only the part of its prompt that differs (prefix reuse).
 
 from __future__ import annotations
 
-import collections
 import functools
 import threading
 import time
@@ -27,23 +26,6 @@ from engine.backend import (
 )
 from engine.generation import check_prompt, reusable_prefix, stream_tokens
 from engine.tokenizer import Vocab, init_llama
-
-
-DRAFT_TOKENS = 8  # prompt-lookup draft length (greedy generation only)
-
-
-def lookup_draft(history: Sequence[int], n_draft: int, max_ngram: int = 4, min_ngram: int = 2) -> list[int]:
-    """Prompt lookup: the tokens that followed the latest earlier occurrence of the history's last
-    n-gram (the longest n that occurs), up to n_draft of them. Code repeats itself (names,
-    signatures, argument lists), so these are often what the model writes next."""
-    for n in range(max_ngram, min_ngram - 1, -1):
-        if len(history) <= n:
-            continue
-        tail = history[-n:]
-        for start in range(len(history) - n - 1, -1, -1):
-            if history[start:start + n] == tail:
-                return list(history[start + n:start + n + n_draft])
-    return []
 
 
 class LlamaBackend:
@@ -85,7 +67,6 @@ class LlamaBackend:
         self._n_batch = n_batch
         self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
-        self.drafts = {"proposed": 0, "accepted": 0}  # prompt-lookup drafts since load
         eog = self.vocab.eog_tokens
         self.summary = ModelSummary(
             path=self.path,
@@ -160,38 +141,6 @@ class LlamaBackend:
                 lc.llama_sampler_accept(chain, t)
         return chain
 
-    def _verify(self, tok: int, draft: list[int]) -> list[tuple[int, bool]]:
-        """Evaluate `tok` and the drafted tokens after it in one batch; keep the drafted tokens the
-        model would have chosen greedily (their K/V stays), drop the rest from the cache, and
-        return the greedy tokens now known: the accepted drafts (cached) and the model's own next
-        token after them (not cached yet)."""
-        toks = [tok, *draft]
-        n, pos0 = len(toks), len(self._cached)
-        batch = lc.llama_batch_init(n, 0, 1)
-        try:
-            for i, t in enumerate(toks):
-                batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, pos0 + i, 1
-                batch.seq_id[i][0], batch.logits[i] = 0, 1
-            batch.n_tokens = n
-            rc = lc.llama_decode(self._ctx, batch)
-        finally:
-            lc.llama_batch_free(batch)
-        if rc != 0:
-            self.reset()
-            raise EngineError(f"llama_decode failed with code {rc} at position {pos0}")
-        best = [int(np.argmax(np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, i), shape=(self._n_vocab,))))
-                for i in range(n)]
-        accepted = 0
-        while accepted < len(draft) and best[accepted] == draft[accepted]:
-            accepted += 1
-        self.drafts["proposed"] += len(draft)
-        self.drafts["accepted"] += accepted
-        self._cached.extend(toks[: 1 + accepted])
-        if accepted < len(draft) and not lc.llama_memory_seq_rm(self._mem, 0, pos0 + 1 + accepted, -1):
-            self.reset()
-            raise EngineError("llama.cpp could not drop the rejected draft tokens from its cache")
-        return [(t, True) for t in draft[:accepted]] + [(best[accepted], False)]
-
     def generate(
         self,
         prompt: Sequence[int],
@@ -219,17 +168,8 @@ class LlamaBackend:
         chain = self._sampler(params, prompt)
         constraint = params.constraint
         one = (lc.llama_token * 1)()
-        # Greedy and unconstrained: draft the next tokens from the prompt (prompt lookup) and
-        # verify them in one batch; `verified` holds greedy tokens already known, each with
-        # whether its K/V is in the cache yet.
-        drafts = DRAFT_TOKENS if params.temperature <= 0 and params.repeat_penalty == 1.0 and constraint is None else 0
-        history = list(prompt)
-        verified: collections.deque[tuple[int, bool]] = collections.deque()
 
         def sample() -> int:
-            if verified:
-                tok, in_cache = verified[0]
-                return tok
             if constraint is not None:  # mask the logits in place: the sampler reads them next
                 logits = lc.llama_get_logits_ith(self._ctx, -1)
                 constraint.apply(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)))
@@ -239,15 +179,6 @@ class LlamaBackend:
             return tok
 
         def advance(tok: int) -> None:
-            history.append(tok)
-            if verified:
-                _, in_cache = verified.popleft()
-                if in_cache:
-                    return
-            draft = lookup_draft(history, drafts) if drafts else []
-            if draft:
-                verified.extend(self._verify(tok, draft))
-                return
             one[0] = tok
             rc = lc.llama_decode(self._ctx, lc.llama_batch_get_one(one, 1))
             if rc != 0:

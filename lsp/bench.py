@@ -117,7 +117,6 @@ def run_latency(index: CodeIndex, lines: int, seed: int, reuse: bool, stride: in
         "model_runs": completer.stats.started,
         "model_run_p50_ms": _pct(model_runs, 0.5) if model_runs else None,
         "model_run_p95_ms": _pct(model_runs, 0.95) if model_runs else None,
-        "drafts": dict(getattr(completer.model().backend, "drafts", {})),
     }
 
 

@@ -151,32 +151,3 @@ def _broken(b: bytes) -> bool:
         return True
     return False
 
-
-def test_lookup_draft_continues_the_latest_repeat() -> None:
-    """Prompt lookup proposes what followed the latest earlier occurrence of the last n-gram."""
-    from engine.llama import lookup_draft
-
-    history = [1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 1, 2, 3]
-    assert lookup_draft(history, 3) == [7, 8, 1]  # the latest earlier "1 2 3" was followed by 7 8 1
-    assert lookup_draft(history, 1) == [7]
-    assert lookup_draft([5, 6, 7, 8], 4) == []  # nothing repeats
-    assert lookup_draft([4, 1, 2, 9, 1, 2], 2) == [9, 1]  # a bigram when no longer n-gram repeats
-
-
-def test_drafted_greedy_generation_equals_plain_greedy(smollm2, monkeypatch) -> None:
-    """Verifying drafted tokens in batches changes how fast greedy text comes, never which text:
-    on repetitive code (where most drafts are accepted) and on prose (where most are rejected)."""
-    import engine.llama
-
-    code = "".join(f"    def visit_{n}(self, node: nodes.{n}, frame: Frame) -> None:\n        self.write('{n}')\n\n"
-                   for n in ("Name", "Const", "Call", "Getattr", "Filter"))
-    prompts = ["class Visitor:\n" + code + "    def visit_", "The weather today is"]
-    params = SamplingParams(temperature=0.0, max_tokens=48)
-    before = dict(smollm2.drafts)
-    drafted = [_run(smollm2, smollm2.tokenize(p), params)[0] for p in prompts]
-    assert smollm2.drafts["accepted"] - before["accepted"] >= 8  # the batched path did run and kept drafts
-    assert smollm2.drafts["proposed"] - before["proposed"] > smollm2.drafts["accepted"] - before["accepted"]
-    monkeypatch.setattr(engine.llama, "DRAFT_TOKENS", 0)
-    smollm2.reset()
-    plain = [_run(smollm2, smollm2.tokenize(p), params)[0] for p in prompts]
-    assert drafted == plain and "def visit_" in drafted[0]
