@@ -28,9 +28,9 @@ def _linear(out: np.ndarray, w: Packed, x: np.ndarray, xh: np.ndarray, xs: np.nd
     """out = W . x for one token: x quantized to the weight's activation family first."""
     _quantize_row(w.act, x, xh, xs)
     if w.rows * w.k < _SERIAL_WEIGHTS:
-        matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, w.sc, w.mc, xh, xs)
+        matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs)
     else:
-        matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, w.sc, w.mc, xh, xs, chunk)
+        matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs, chunk)
 
 
 @njit(cache=True)

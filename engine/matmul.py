@@ -19,7 +19,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from engine.kernels import FAST
-from engine.quants import KIND_BYTE, KIND_F32, Packed, row_scales
+from engine.quants import KIND_BYTE, KIND_F32, Packed
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -79,33 +79,28 @@ def _dot_nib4(q: np.ndarray, s: np.ndarray, off: np.float32, xh: np.ndarray) -> 
 
 @njit(fastmath=FAST, cache=True)
 def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: np.ndarray, s: np.ndarray,
-                 m: np.ndarray, sc: np.ndarray, mc: np.ndarray, xh: np.ndarray, xs: np.ndarray, r0: int, r1: int,
-                 base: int = 0) -> None:
+                 m: np.ndarray, xh: np.ndarray, xs: np.ndarray, r0: int, r1: int, base: int = 0) -> None:
     """out[r - base] = W[r] . x for rows r0..r1-1.
 
     One loop per layout, each calling its row kernel directly: behind a per-row dispatch LLVM
-    vectorizes the BYTE loop at about half the speed (measured). K-quant rows first expand their
-    scale codes into a small buffer (`row_scales`), then run the same kernel.
+    vectorizes the BYTE loop at about half the speed (measured).
     """
     if kind == KIND_F32:
         for r in range(r0, r1):
             out[r - base] = _dot_f32(w32[r], xh)
         return
-    n_sub = sc.shape[1] if sc.shape[0] else s.shape[1]
-    sb = np.empty(sc.shape[1], np.float32)
-    if kind == KIND_BYTE and n_sub * 32 == xh.shape[0]:
+    if kind == KIND_BYTE and s.shape[1] * 32 == xh.shape[0]:
         for r in range(r0, r1):
-            out[r - base] = _dot_byte32(q[r], row_scales(s, sc, r, sb), o, xh)
+            out[r - base] = _dot_byte32(q[r], s[r], o, xh)
     elif kind == KIND_BYTE:
         for r in range(r0, r1):
-            out[r - base] = _dot_byte16(q[r], row_scales(s, sc, r, sb), o, xh)
+            out[r - base] = _dot_byte16(q[r], s[r], o, xh)
     else:
         for r in range(r0, r1):
-            out[r - base] = _dot_nib4(q[r], row_scales(s, sc, r, sb), o, xh)
+            out[r - base] = _dot_nib4(q[r], s[r], o, xh)
     if m.shape[0]:
-        mb = np.empty(mc.shape[1], np.float32)
         for r in range(r0, r1):
-            mr = row_scales(m, mc, r, mb)
+            mr = m[r]
             acc = out[r - base]
             for b in range(mr.shape[0]):
                 acc += mr[b] * xs[b]
@@ -113,27 +108,29 @@ def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: 
 
 
 @njit(fastmath=FAST, cache=True)
-def matvec_serial(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray, s: np.ndarray,
-                  m: np.ndarray, sc: np.ndarray, mc: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
+def matvec_serial(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray,
+                  s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
     """`matvec` on one thread, for matrices too small to pay for a parallel region."""
-    _matvec_rows(out, kind, np.float32(off), w32, q, s, m, sc, mc, xh, xs, 0, out.shape[0])
+    _matvec_rows(out, kind, np.float32(off), w32, q, s, m, xh, xs, 0, out.shape[0])
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray, s: np.ndarray,
-           m: np.ndarray, sc: np.ndarray, mc: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
+def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray,
+           s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
     """out[r] = W[r] . x for every row (hot: one call per weight matrix per decoded token), in
     work items of `chunk` rows (small items cost a call each, see `work_chunk`)."""
     rows = out.shape[0]
     for c in prange((rows + chunk - 1) // chunk):
-        _matvec_rows(out, kind, np.float32(off), w32, q, s, m, sc, mc, xh, xs, c * chunk, min(rows, (c + 1) * chunk))
+        _matvec_rows(out, kind, np.float32(off), w32, q, s, m, xh, xs, c * chunk, min(rows, (c + 1) * chunk))
 
 
 # --- one token through a SwiGLU FFN, or through the experts a router picked ------------------------
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def experts_swiglu(mid: np.ndarray, up: np.ndarray, sel: np.ndarray, gate: Packed, up_w: Packed,
+def experts_swiglu(mid: np.ndarray, up: np.ndarray, sel: np.ndarray,
+                   g_kind: int, g_off: float, g_w32: np.ndarray, g_q: np.ndarray, g_s: np.ndarray, g_m: np.ndarray,
+                   u_kind: int, u_off: float, u_w32: np.ndarray, u_q: np.ndarray, u_s: np.ndarray, u_m: np.ndarray,
                    g_xh: np.ndarray, g_xs: np.ndarray, u_xh: np.ndarray, u_xs: np.ndarray, chunk: int) -> None:
     """mid[j] = silu(gate_e . x) * (up_e . x) for each selected expert e = sel[j], one token.
 
@@ -146,17 +143,16 @@ def experts_swiglu(mid: np.ndarray, up: np.ndarray, sel: np.ndarray, gate: Packe
         j, c = it // per, it % per
         a, b = c * chunk, min(n_ff, (c + 1) * chunk)
         r0 = sel[j] * n_ff
-        _matvec_rows(mid[j], gate.kind, np.float32(gate.off), gate.w32, gate.q, gate.s, gate.m, gate.sc, gate.mc,
-                     g_xh, g_xs, r0 + a, r0 + b, r0)
-        _matvec_rows(up[j], up_w.kind, np.float32(up_w.off), up_w.w32, up_w.q, up_w.s, up_w.m, up_w.sc, up_w.mc,
-                     u_xh, u_xs, r0 + a, r0 + b, r0)
+        _matvec_rows(mid[j], g_kind, np.float32(g_off), g_w32, g_q, g_s, g_m, g_xh, g_xs, r0 + a, r0 + b, r0)
+        _matvec_rows(up[j], u_kind, np.float32(u_off), u_w32, u_q, u_s, u_m, u_xh, u_xs, r0 + a, r0 + b, r0)
         g, u = mid[j], up[j]
         for i in range(a, b):
             g[i] = g[i] / (np.float32(1.0) + np.exp(-g[i])) * u[i]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def experts_down(y: np.ndarray, sel: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
+def experts_down(y: np.ndarray, sel: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray,
+                 s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
     """y[j] = down_e . xh[j] for each selected expert e = sel[j] (y.shape[1] rows per expert)."""
     k, n_out = y.shape
     per = (n_out + chunk - 1) // chunk
@@ -164,8 +160,7 @@ def experts_down(y: np.ndarray, sel: np.ndarray, w: Packed, xh: np.ndarray, xs: 
         j, c = it // per, it % per
         a, b = c * chunk, min(n_out, (c + 1) * chunk)
         r0 = sel[j] * n_out
-        _matvec_rows(y[j], w.kind, np.float32(w.off), w.w32, w.q, w.s, w.m, w.sc, w.mc, xh[j], xs[j], r0 + a, r0 + b,
-                     r0)
+        _matvec_rows(y[j], kind, np.float32(off), w32, q, s, m, xh[j], xs[j], r0 + a, r0 + b, r0)
 
 
 @njit(fastmath=FAST, cache=True)
@@ -194,23 +189,20 @@ def _deq_nib(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None
 
 
 @njit(nogil=True, fastmath=FAST, cache=True)
-def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, sc: np.ndarray,
-                    r0: int) -> None:
+def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, r0: int) -> None:
     """y[j] = rows r0+j of a BYTE or NIB matrix as float32, without the min term (that one goes
     through the activation's block sums): the weights a prefill GEMM multiplies. As in `matvec`,
     one loop per layout (a branch inside the loop runs several times slower, measured)."""
     o = np.float32(off)
-    sb = np.empty(sc.shape[1], np.float32)
-    n_sub = sc.shape[1] if sc.shape[0] else s.shape[1]
-    if kind == KIND_BYTE and n_sub * 32 == y.shape[1]:
+    if kind == KIND_BYTE and s.shape[1] * 32 == y.shape[1]:
         for j in range(y.shape[0]):
-            _deq_byte32(y[j], q[r0 + j], row_scales(s, sc, r0 + j, sb), o)
+            _deq_byte32(y[j], q[r0 + j], s[r0 + j], o)
     elif kind == KIND_BYTE:
         for j in range(y.shape[0]):
-            _deq_byte16(y[j], q[r0 + j], row_scales(s, sc, r0 + j, sb), o)
+            _deq_byte16(y[j], q[r0 + j], s[r0 + j], o)
     else:
         for j in range(y.shape[0]):
-            _deq_nib(y[j], q[r0 + j], row_scales(s, sc, r0 + j, sb), o)
+            _deq_nib(y[j], q[r0 + j], s[r0 + j], o)
 
 
 _SERIAL_WEIGHTS = 1 << 18  # below this many weights one thread is faster than a parallel region
@@ -225,9 +217,9 @@ def matvec_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) ->
     """`matvec` over a Packed weight; xh/xs must come from w.act's activation quantisation."""
     assert out.shape == (w.rows,) and xh.shape == (w.k,), (out.shape, xh.shape, w.rows, w.k)
     if w.rows * w.k < _SERIAL_WEIGHTS:
-        matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, w.sc, w.mc, xh, xs)
+        matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs)
     else:
-        matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, w.sc, w.mc, xh, xs, work_chunk(w.rows))
+        matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs, work_chunk(w.rows))
 
 
 _GEMM_TILE = 1 << 20  # weights one thread dequantizes per SGEMM call (4 MB of float32 scratch)
@@ -256,8 +248,7 @@ def matmul_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) ->
     else:
         list(_pool(n).map(lambda i: _gemm_rows(out, w, xh, bounds[i], bounds[i + 1]), range(n)))
     if w.m.shape[0]:
-        m = w.m if not w.mc.shape[0] else np.repeat(w.m, w.mc.shape[1] // w.m.shape[1], axis=1) * w.mc
-        out += xs @ m.T
+        out += xs @ w.m.T
 
 
 def _gemm_rows(out: np.ndarray, w: Packed, xh: np.ndarray, r0: int, r1: int) -> None:
@@ -266,7 +257,7 @@ def _gemm_rows(out: np.ndarray, w: Packed, xh: np.ndarray, r0: int, r1: int) -> 
     for a in range(r0, r1, tile):
         b = min(r1, a + tile)
         y = buf[: b - a]
-        dequantize_rows(y, w.kind, w.off, w.q, w.s, w.sc, a)
+        dequantize_rows(y, w.kind, w.off, w.q, w.s, a)
         out[:, a:b] = xh @ y.T
 
 

@@ -9,10 +9,8 @@ three families that share a single signature (`Packed`): `F32` (plain rows; F16/
 32: Q8_0, Q6_K and the 5-bit Q5_0, Q5_1, Q5_K) and `NIB` (4-bit half-rows: byte i holds element
 i in its low nibble and element i+K/2 in its high one, float32 scale and optional min per 32:
 Q4_0, Q4_1, Q4_K). 5-bit weights take a whole byte because the decode kernel reads bytes about
-three times faster than it can reassemble five bits (docs/engine.md). Every quant type is
-`w = s*(q - off) + m` per block; the K-quants keep their sub-block scales and mins as 8-bit codes
-with a float32 factor per 256 (`sc`, `mc`), expanded per row by `row_scales` (d*sc, -dmin*m), which
-keeps their packed size near the file's. llama.cpp quantizes the activation to the weight's
+three times faster than it can reassemble five bits (docs/engine.md). Sub-block scales are pre-multiplied (d*sc, -dmin*m), so every
+quant type is `w = s*(q - off) + m` per block. llama.cpp quantizes the activation to the weight's
 `vec_dot_type` (Q8_0, Q8_1, Q8_K, F16, BF16) before the dot product; `quantize_activation`
 reproduces those values exactly and hands the kernels the dequantized activation `xh` plus a
 per-32 block sum `xs` for the min term, so our float32 dot products land within rounding of it.
@@ -67,33 +65,17 @@ class Packed(NamedTuple):
     k: int
     w32: np.ndarray  # float32 (rows, K)            F32 family
     q: np.ndarray  # uint8 (rows, K) or (rows, K/2)   BYTE / NIB
-    s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K); K-quants: per 256
-    m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1); K-quants: per 256
-    sc: np.ndarray  # int8 (rows, K/sub)             K-quants: sub-block scale codes, scale = s * sc
-    mc: np.ndarray  # int8 (rows, K/32)              Q4_K, Q5_K: sub-block min codes, min = m * mc
+    s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K)
+    m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1, Q4_K, Q5_K)
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.w32, self.q, self.s, self.m, self.sc, self.mc))
+        return sum(a.nbytes for a in (self.w32, self.q, self.s, self.m))
 
     def rows_slice(self, start: int, stop: int) -> Packed:
         """Rows [start, stop) as views (one expert of a stacked expert tensor)."""
-        cut = [a[start:stop] if a.shape[0] else a for a in (self.w32, self.q, self.s, self.m, self.sc, self.mc)]
-        return self._replace(rows=stop - start, w32=cut[0], q=cut[1], s=cut[2], m=cut[3], sc=cut[4], mc=cut[5])
-
-
-@njit(cache=True)
-def row_scales(s: np.ndarray, sc: np.ndarray, r: int, buf: np.ndarray) -> np.ndarray:
-    """Row r's scale (or min) per sub-block: s[r] itself, or for the K-quants the superblock
-    factor times each sub-block's code, written into `buf` (the float32 ops of gguf-py's
-    dequantisation, so the values are the same)."""
-    if sc.shape[0] == 0:
-        return s[r]
-    per = sc.shape[1] // s.shape[1]
-    sr, cr = s[r], sc[r]
-    for b in range(cr.shape[0]):
-        buf[b] = sr[b // per] * np.float32(cr[b])
-    return buf
+        cut = [a[start:stop] if a.shape[0] else a for a in (self.w32, self.q, self.s, self.m)]
+        return self._replace(rows=stop - start, w32=cut[0], q=cut[1], s=cut[2], m=cut[3])
 
 
 # --- dequantisation, bit-exact with gguf-py --------------------------------------------------
@@ -209,7 +191,7 @@ def dequantize(data: np.ndarray, qtype: int, shape: tuple[int, ...] | None = Non
 
 @njit(parallel=True, cache=True)
 def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
-                q: np.ndarray, s: np.ndarray, m: np.ndarray, sc: np.ndarray, mc: np.ndarray) -> None:
+                q: np.ndarray, s: np.ndarray, m: np.ndarray) -> None:
     """Decode each row's blocks to integer quants + scales, then write the family layout."""
     rows = raw.shape[0]
     block = 256 if qtype == Q4_K or qtype == Q5_K or qtype == Q6_K else 32
@@ -245,13 +227,13 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
                     qi[base + j] = (b[o + 4 + j] & 0xF) | (((h >> j) & 1) << 4)
                     qi[base + j + 16] = (b[o + 4 + j] >> 4) | (((h >> (j + 16)) & 1) << 4)
             elif qtype == Q4_K or qtype == Q5_K:
-                s[r, bi] = tab[_u16(b, 0)]
-                m[r, bi] = -tab[_u16(b, 2)]  # -(dmin * m) == (-dmin) * m exactly
+                d = tab[_u16(b, 0)]
+                dmin = tab[_u16(b, 2)]
                 qs = b[16:144] if qtype == Q4_K else b[48:176]
                 for j in range(8):
                     s_, m_ = _scale_min_k4(b[4:16], j)
-                    sc[r, bi * 8 + j] = s_
-                    mc[r, bi * 8 + j] = m_
+                    s[r, bi * 8 + j] = d * np.float32(s_)
+                    m[r, bi * 8 + j] = -(dmin * np.float32(m_))
                     p, shift = j // 2, 4 * (j % 2)
                     for l in range(32):
                         v = (qs[32 * p + l] >> shift) & 0xF
@@ -259,10 +241,10 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
                             v |= ((b[16 + l] >> j) & 1) << 4
                         qi[base + 32 * j + l] = v
             else:  # Q6_K
-                s[r, bi] = tab[_u16(b, 208)]
+                d = tab[_u16(b, 208)]
                 for j in range(16):
                     scv = np.int64(b[192 + j])
-                    sc[r, bi * 16 + j] = scv - 256 if scv > 127 else scv
+                    s[r, bi * 16 + j] = d * np.float32(scv - 256 if scv > 127 else scv)
                 for h in range(2):
                     for l in range(128):
                         lo = (b[64 * h + (l % 64)] >> (4 * (l // 64))) & 0xF
@@ -295,23 +277,17 @@ def pack(raw: np.ndarray, qtype: int, k: int) -> Packed:
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(raw.shape[0], -1)
     rows, kind = raw.shape[0], _KIND_OF[qtype]
     e2 = np.empty((0, 0), np.float32)
-    e8 = np.empty((0, 0), np.int8)
-    q, s, m, w32, sc, mc = np.empty((0, 0), np.uint8), e2, e2, e2, e8, e8
+    q, s, m, w32 = np.empty((0, 0), np.uint8), e2, e2, e2
     if kind == KIND_F32:
         w32 = dequantize(raw, qtype).reshape(rows, k)
     else:
         sub = 16 if qtype == Q6_K else 32
         q = np.empty((rows, k if kind == KIND_BYTE else k // 2), np.uint8)
-        if qtype in (Q4_K, Q5_K, Q6_K):  # superblock factor + a code per sub-block, as in the file
-            s, sc = np.empty((rows, k // QK_K), np.float32), np.empty((rows, k // sub), np.int8)
-        else:
-            s = np.empty((rows, k // sub), np.float32)
-        if qtype in (Q4_K, Q5_K):
-            m, mc = np.empty((rows, k // QK_K), np.float32), np.empty((rows, k // 32), np.int8)
-        elif qtype in (Q4_1, Q5_1):
+        s = np.empty((rows, k // sub), np.float32)
+        if qtype in (Q4_1, Q5_1, Q4_K, Q5_K):
             m = np.empty((rows, k // 32), np.float32)
-        _pack_quant(qtype, raw, k, F16_TABLE, q, s, m, sc, mc)
-    return Packed(qtype, kind, ACT_OF[qtype], _OFFSET.get(qtype, 0.0), rows, k, w32, q, s, m, sc, mc)
+        _pack_quant(qtype, raw, k, F16_TABLE, q, s, m)
+    return Packed(qtype, kind, ACT_OF[qtype], _OFFSET.get(qtype, 0.0), rows, k, w32, q, s, m)
 
 
 # --- activation quantisation (ggml-cpu's from_float for each vec_dot_type) ------------------

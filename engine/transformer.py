@@ -313,9 +313,13 @@ def _experts_one_token(gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activa
     mid, up, mid_h, mid_s, y = st.one_token_buffers(k, width, n_out)
     g_xh, g_xs = inp.quantized(gate_w.act)
     u_xh, u_xs = inp.quantized(up_w.act)
-    M.experts_swiglu(mid, up, sel, gate_w, up_w, g_xh[0], g_xs[0], u_xh[0], u_xs[0], min(width, M.work_chunk(k * width)))
-    quants.quantize_activation(down_w.act, mid, mid_h, mid_s)
-    M.experts_down(y, sel, down_w, mid_h, mid_s, min(n_out, M.work_chunk(k * n_out)))
+    g, u, d = gate_w, up_w, down_w
+    M.experts_swiglu(mid, up, sel, g.kind, g.off, g.w32, g.q, g.s, g.m,
+                     u.kind, u.off, u.w32, u.q, u.s, u.m, g_xh[0], g_xs[0], u_xh[0], u_xs[0],
+                     min(width, M.work_chunk(k * width)))
+    quants.quantize_activation(d.act, mid, mid_h, mid_s)
+    M.experts_down(y, sel, d.kind, d.off, d.w32, d.q, d.s, d.m, mid_h, mid_s,
+                   min(n_out, M.work_chunk(k * n_out)))
     return y
 
 
