@@ -166,3 +166,9 @@ def test_bench_reports_both_engines_and_the_ratio(cli_env, smollm2_path) -> None
         assert report[side]["decode_tok_s"] > 0 and report[side]["prompt_tok_s"] > 0
         assert report[side]["peak_rss_mb"] > 50 and report[side]["ttft_s"] > 0
     assert report["ratio"]["decode"] == report["ours"]["decode_tok_s"] / report["reference"]["decode_tok_s"]
+
+
+def test_bench_names_an_unknown_workload(cli_env) -> None:
+    """A workload `assistant bench` does not know is a one-line usage error naming the known ones."""
+    assert_clean_error(run(cli_env, "bench", "--model", "smollm2-135m", "--workloads", "decode,warp-speed"),
+                       "unknown workload 'warp-speed' (choose from decode, prefill-2048, batch-8)")
