@@ -95,7 +95,10 @@ class NativeBackend:
         if why is not None:
             raise EngineError(f"the native engine cannot run {self.path.name}: {why}")
         self.cfg = A.config_from_gguf(self.gguf)
-        numba.set_num_threads(max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS)))
+        # Numba's thread count is per calling thread: it is set again in every verb that computes
+        # (`_threads`), since the LSP worker and the daemon generate from threads other than this one
+        self.n_threads = max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(self.n_threads)
         single_threaded_blas()
         self.vocab = VocabFile(self.path)
         self.weights = T.load_weights(self.gguf, self.cfg)
@@ -135,6 +138,8 @@ class NativeBackend:
     def prefill(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
         """Append `tokens` to the cache in chunks; the logits of the last (or of every) token."""
         assert tokens and len(self._cached) + len(tokens) <= self.state.n_ctx
+        if numba.get_num_threads() != self.n_threads:  # another thread than the one that loaded
+            numba.set_num_threads(self.n_threads)
         chunks = []
         for i in range(0, len(tokens), self.state.n_batch):
             chunk = np.asarray(tokens[i:i + self.state.n_batch], dtype=np.int64)

@@ -159,3 +159,29 @@ def test_a_file_without_tokenizer_takes_token_ids(synthetic) -> None:
         assert events[-1].timings.generated_tokens == 5 and "".join(e.text for e in events) == ""
     finally:
         native.close()
+
+
+def test_generating_from_another_thread_uses_the_asked_threads(synthetic) -> None:
+    """Numba's thread count is per calling thread: a backend loaded in one thread and used from
+    another (the LSP worker, the daemon) still computes with the number of threads it was given."""
+    import numba
+
+    from engine.native import NativeBackend
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two cores")
+    native = NativeBackend(synthetic("llama"), n_ctx=64, n_threads=1, n_batch=16)
+    seen = []
+
+    def work() -> None:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # a fresh thread's default: every core
+        list(native.generate([1, 2, 3], SamplingParams(temperature=0.0, max_tokens=2), ignore_eos=True))
+        seen.append(numba.get_num_threads())
+
+    try:
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        assert seen == [1]
+    finally:
+        native.close()
