@@ -16,18 +16,17 @@ import numpy as np
 from numba import njit
 
 from engine import kernels as K
-from engine.matmul import matvec, matvec_serial
+from engine.matmul import SERIAL_WEIGHTS, matvec, matvec_serial
 from engine.quants import Packed, _quantize_row
 
 QK_NONE, QK_HEAD, QK_FULL = 0, 1, 2  # models.arch's qk_norm "none", "head", "full"
-_SERIAL_WEIGHTS = 1 << 18  # as engine.matmul: smaller matrices are not worth a parallel region
 
 
 @njit(cache=True)
 def _linear(out: np.ndarray, w: Packed, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
     """out = W . x for one token: x quantized to the weight's activation family first."""
     _quantize_row(w.act, x, xh, xs)
-    if w.rows * w.k < _SERIAL_WEIGHTS:
+    if w.rows * w.k < SERIAL_WEIGHTS:
         matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs)
     else:
         matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs, chunk)

@@ -205,7 +205,7 @@ def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.n
             _deq_nib(y[j], q[r0 + j], s[r0 + j], o)
 
 
-_SERIAL_WEIGHTS = 1 << 18  # below this many weights one thread is faster than a parallel region
+SERIAL_WEIGHTS = 1 << 18  # below this many weights one thread is faster than a parallel region
 
 
 def work_chunk(rows: int) -> int:
@@ -216,7 +216,7 @@ def work_chunk(rows: int) -> int:
 def matvec_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) -> None:
     """`matvec` over a Packed weight; xh/xs must come from w.act's activation quantisation."""
     assert out.shape == (w.rows,) and xh.shape == (w.k,), (out.shape, xh.shape, w.rows, w.k)
-    if w.rows * w.k < _SERIAL_WEIGHTS:
+    if w.rows * w.k < SERIAL_WEIGHTS:
         matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs)
     else:
         matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs, work_chunk(w.rows))
