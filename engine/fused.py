@@ -23,9 +23,12 @@ QK_NONE, QK_HEAD, QK_FULL = 0, 1, 2  # models.arch's qk_norm "none", "head", "fu
 
 
 @njit(cache=True)
-def _linear(out: np.ndarray, w: Packed, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
-    """out = W . x for one token: x quantized to the weight's activation family first."""
-    _quantize_row(w.act, x, xh, xs)
+def _linear(out: np.ndarray, w: Packed, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int,
+            quantized_as: int) -> None:
+    """out = W . x for one token: x quantized to the weight's activation family first, unless
+    xh/xs already hold it in that family (`quantized_as`, -1 for nothing yet)."""
+    if w.act != quantized_as:
+        _quantize_row(w.act, x, xh, xs)
     if w.rows * w.k < SERIAL_WEIGHTS:
         matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs)
     else:
@@ -48,9 +51,10 @@ def attention_one_token(x: np.ndarray, attn_norm: np.ndarray, eps: float,
     n_head = q.shape[0] // d
     K.rmsnorm(xn, x, attn_norm, eps)
     n_embd = x.shape[0]
-    _linear(q, wq, xn, xh[:n_embd], xs[:n_embd // 32], chunks[0])
-    _linear(k, wk, xn, xh[:n_embd], xs[:n_embd // 32], chunks[1])
-    _linear(v, wv, xn, xh[:n_embd], xs[:n_embd // 32], chunks[2])
+    # q, k and v read the same input: quantized again only where the activation family changes
+    _linear(q, wq, xn, xh[:n_embd], xs[:n_embd // 32], chunks[0], -1)
+    _linear(k, wk, xn, xh[:n_embd], xs[:n_embd // 32], chunks[1], wq.act)
+    _linear(v, wv, xn, xh[:n_embd], xs[:n_embd // 32], chunks[2], wk.act)
     if bq.shape[0]:
         q += bq
     if bk.shape[0]:
@@ -69,7 +73,7 @@ def attention_one_token(x: np.ndarray, attn_norm: np.ndarray, eps: float,
     v_cache[slot] = v.reshape(n_kv, d)
     K.attention(att.reshape(1, n_head, d), q3, k_cache, v_cache, pos, window, scale)
     q_dim = att.shape[0]
-    _linear(proj, wo, att, xh[:q_dim], xs[:q_dim // 32], chunks[3])
+    _linear(proj, wo, att, xh[:q_dim], xs[:q_dim // 32], chunks[3], -1)
     if bo.shape[0]:
         proj += bo
     x += proj

@@ -95,8 +95,8 @@ class NativeBackend:
         if why is not None:
             raise EngineError(f"the native engine cannot run {self.path.name}: {why}")
         self.cfg = A.config_from_gguf(self.gguf)
-        # Numba's thread count is per calling thread: it is set again in every verb that computes
-        # (`_threads`), since the LSP worker and the daemon generate from threads other than this one
+        # Numba's thread count is per calling thread: `prefill`, which generation goes through, sets
+        # it again, since the LSP worker and the daemon generate from threads other than this one
         self.n_threads = max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS))
         numba.set_num_threads(self.n_threads)
         single_threaded_blas()
