@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from engine import int8 as I8
 from engine.kernels import FAST
-from engine.quants import KIND_BYTE, KIND_F32, Packed
+from engine.quants import ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, Packed
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -124,6 +125,132 @@ def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarra
         _matvec_rows(out, kind, np.float32(off), w32, q, s, m, xh, xs, c * chunk, min(rows, (c + 1) * chunk))
 
 
+# --- integer dot products (engine.int8): several tokens per weight row ------------------------------
+
+
+@njit(fastmath=FAST, cache=True)
+def _rows_i8_byte32(out, q, s, xq, xd, r0, r1, base):
+    n_tok = xq.shape[0]
+    for r in range(r0, r1):
+        qr, sr, j = q[r], s[r], r - base
+        t = 0
+        while t + 8 <= n_tok:
+            o = I8.dot8_byte32(qr, sr, xq, xd, t)
+            for u in range(8):
+                out[t + u, j] = o[u]
+            t += 8
+        while t + 4 <= n_tok:
+            o4 = I8.dot4_byte32(qr, sr, xq, xd, t)
+            for u in range(4):
+                out[t + u, j] = o4[u]
+            t += 4
+        while t < n_tok:
+            out[t, j] = I8.dot1_byte32(qr, sr, xq, xd, t)
+            t += 1
+
+
+@njit(fastmath=FAST, cache=True)
+def _rows_i8_byte16(out, q, s, xq, xd, r0, r1, base):
+    n_tok = xq.shape[0]
+    for r in range(r0, r1):
+        qr, sr, j = q[r], s[r], r - base
+        t = 0
+        while t + 8 <= n_tok:
+            o = I8.dot8_byte16(qr, sr, xq, xd, t)
+            for u in range(8):
+                out[t + u, j] = o[u]
+            t += 8
+        while t + 4 <= n_tok:
+            o4 = I8.dot4_byte16(qr, sr, xq, xd, t)
+            for u in range(4):
+                out[t + u, j] = o4[u]
+            t += 4
+        while t < n_tok:
+            out[t, j] = I8.dot1_byte16(qr, sr, xq, xd, t)
+            t += 1
+
+
+@njit(fastmath=FAST, cache=True)
+def _rows_i8_nib(out, q, s, xq, xd, r0, r1, base):
+    n_tok = xq.shape[0]
+    for r in range(r0, r1):
+        qr, sr, j = q[r], s[r], r - base
+        t = 0
+        while t + 8 <= n_tok:
+            o = I8.dot8_nib(qr, sr, xq, xd, t)
+            for u in range(8):
+                out[t + u, j] = o[u]
+            t += 8
+        while t + 4 <= n_tok:
+            o4 = I8.dot4_nib(qr, sr, xq, xd, t)
+            for u in range(4):
+                out[t + u, j] = o4[u]
+            t += 4
+        while t < n_tok:
+            out[t, j] = I8.dot1_nib(qr, sr, xq, xd, t)
+            t += 1
+
+
+@njit(fastmath=FAST, cache=True)
+def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
+                    xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xs16: np.ndarray,
+                    r0: int, r1: int, base: int = 0) -> None:
+    """out[t, r - base] = W[r] . x_t for rows r0..r1-1 and every token t of xq (T, K), with integer
+    dot products: the stored weights times the int8 activation per block, then the offset and min
+    terms through the activation's block sums (per 16 for the 16-weight blocks of Q6_K)."""
+    o = np.float32(off)
+    sub16 = s.shape[1] * 16 == xq.shape[1]
+    if kind == KIND_NIB:
+        _rows_i8_nib(out, q, s, xq, xd, r0, r1, base)
+    elif sub16:
+        _rows_i8_byte16(out, q, s, xq, xd, r0, r1, base)
+    else:
+        _rows_i8_byte32(out, q, s, xq, xd, r0, r1, base)
+    has_m = m.shape[0] > 0
+    if off == 0.0 and not has_m:
+        return
+    nb = s.shape[1]
+    for r in range(r0, r1):
+        sr = s[r]
+        for t in range(xq.shape[0]):
+            acc = np.float32(0.0)
+            if sub16:
+                xt = xs16[t]
+                for b in range(nb):
+                    acc += sr[b] * xt[b]
+                acc = -o * acc
+            elif has_m:
+                mr, xt = m[r], xs[t]
+                for b in range(nb):
+                    acc += (mr[b] - o * sr[b]) * xt[b]
+            else:
+                xt = xs[t]
+                for b in range(nb):
+                    acc += sr[b] * xt[b]
+                acc = -o * acc
+            out[t, r - base] += acc
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def matmul_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
+              xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xs16: np.ndarray, chunk: int) -> None:
+    """out (T, rows) = W . x_t for every token, rows in work items of `chunk`; tokens in blocks of
+    64 so that a block's int8 activations stay in the first-level cache while a row is reused."""
+    n_tok, rows = out.shape
+    for c in prange((rows + chunk - 1) // chunk):
+        r0, r1 = c * chunk, min(rows, (c + 1) * chunk)
+        for t0 in range(0, n_tok, 64):
+            t1 = min(n_tok, t0 + 64)
+            _matmul_rows_i8(out[t0:t1], kind, off, q, s, m, xq[t0:t1], xd[t0:t1], xs[t0:t1], xs16[t0:t1], r0, r1)
+
+
+@njit(fastmath=FAST, cache=True)
+def matmul_i8_serial(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
+                     xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xs16: np.ndarray) -> None:
+    """`matmul_i8` on one thread (small matrices)."""
+    _matmul_rows_i8(out, kind, off, q, s, m, xq, xd, xs, xs16, 0, out.shape[1])
+
+
 # --- one token through a SwiGLU FFN, or through the experts a router picked ------------------------
 
 
@@ -220,6 +347,38 @@ def matvec_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) ->
         matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs)
     else:
         matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs, work_chunk(w.rows))
+
+
+def _int8_enabled() -> bool:
+    import os
+
+    return I8.AVAILABLE and os.environ.get("ASSISTANT_INT8_DOT", "1") != "0"
+
+
+#: integer dot products on this CPU (engine.int8); ASSISTANT_INT8_DOT=0 keeps the float kernels (benchmarks)
+INT8 = _int8_enabled()
+_INT8_ACTS = frozenset({ACT_Q8_0, ACT_Q8_1, ACT_Q8_K})
+
+
+def int8_activation(act: int, k: int) -> bool:
+    """Whether an input of width k quantized for `act` also gets the int8 form."""
+    return INT8 and act in _INT8_ACTS and k % 64 == 0
+
+
+def int8_weight(w: Packed) -> bool:
+    """Whether `w` multiplies several tokens through the integer dot products (its rows split into
+    64-byte steps). One token keeps the float kernels: decode is bound by memory, and there the
+    integer path measured slower (Qwen2.5-0.5B 55 vs 58 tok/s, OLMoE-shaped Q4_K_M 120 vs 137)."""
+    return int8_activation(w.act, w.k) and w.kind != KIND_F32
+
+
+def matmul_int8(out: np.ndarray, w: Packed, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xs16: np.ndarray) -> None:
+    """out (T, rows) = W . x_t for T > 1 tokens in their int8 form (`int8_weight(w)` must hold)."""
+    assert out.shape == (xq.shape[0], w.rows) and xq.shape[1] == w.k, (out.shape, xq.shape, w.rows, w.k)
+    if w.rows * w.k * xq.shape[0] < SERIAL_WEIGHTS:
+        matmul_i8_serial(out, w.kind, w.off, w.q, w.s, w.m, xq, xd, xs, xs16)
+    else:
+        matmul_i8(out, w.kind, w.off, w.q, w.s, w.m, xq, xd, xs, xs16, work_chunk(w.rows))
 
 
 _GEMM_TILE = 1 << 20  # weights one thread dequantizes per SGEMM call (4 MB of float32 scratch)

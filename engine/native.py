@@ -86,8 +86,10 @@ class NativeBackend:
         n_batch: int = 256,
         architecture: str = "",
         device: Device | None = None,
+        n_slots: int = 1,
     ) -> None:
-        """Load `path`; `device` None runs on the GPU when numba.cuda finds one, else on the CPU."""
+        """Load `path`; `device` None runs on the GPU when numba.cuda finds one, else on the CPU.
+        `n_slots` sequences can be generated together (`generate_batch`), each with its own KV cache."""
         self.path = Path(path)
         self._lock = threading.Lock()
         self.gguf = read_gguf(self.path)
@@ -103,8 +105,9 @@ class NativeBackend:
         self.vocab = VocabFile(self.path)
         self.weights = T.load_weights(self.gguf, self.cfg)
         self.device: Device = device or ("cuda" if cuda_present() else "cpu")
-        self.state = T.RunState(self.cfg, n_ctx, min(n_batch, n_ctx), self.device)
-        self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self.state = T.RunState(self.cfg, n_ctx, max(min(n_batch, n_ctx), n_slots), self.device, n_slots)
+        self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # per slot: tokens whose K/V it holds
+        self._cached = self._slot_tokens[0]  # slot 0's: the single generation
         self.summary = ModelSummary(
             path=self.path,
             architecture=architecture or self.cfg.arch,
@@ -133,20 +136,33 @@ class NativeBackend:
     # --- evaluation verbs ---------------------------------------------------------------------
 
     def reset(self) -> None:
-        self._cached = []
+        for cached in self._slot_tokens:
+            cached.clear()
 
-    def prefill(self, tokens: Sequence[int], *, all_logits: bool = False) -> np.ndarray:
-        """Append `tokens` to the cache in chunks; the logits of the last (or of every) token."""
-        assert tokens and len(self._cached) + len(tokens) <= self.state.n_ctx
+    def _threads(self) -> None:
         if numba.get_num_threads() != self.n_threads:  # another thread than the one that loaded
             numba.set_num_threads(self.n_threads)
+
+    def prefill(self, tokens: Sequence[int], *, all_logits: bool = False, slot: int = 0) -> np.ndarray:
+        """Append `tokens` to a slot's cache in chunks; the logits of the last (or of every) token."""
+        cached = self._slot_tokens[slot]
+        assert tokens and len(cached) + len(tokens) <= self.state.n_ctx
+        self._threads()
         chunks = []
         for i in range(0, len(tokens), self.state.n_batch):
             chunk = np.asarray(tokens[i:i + self.state.n_batch], dtype=np.int64)
-            logits = T.forward(self.cfg, self.weights, self.state, chunk, len(self._cached), all_logits)
-            self._cached.extend(int(t) for t in chunk)
+            logits = T.forward(self.cfg, self.weights, self.state, chunk, len(cached), all_logits, slot)
+            cached.extend(int(t) for t in chunk)
             chunks.append(logits)
         return np.concatenate(chunks) if all_logits else chunks[-1][0]
+
+    def decode_together(self, tokens: Sequence[int], slots: Sequence[int]) -> np.ndarray:
+        """Evaluate one token after each of several slots' caches, in one batched pass; their logits
+        (n, n_vocab). The tokens are not added to the slots' token lists (the caller does)."""
+        self._threads()
+        positions = np.array([len(self._slot_tokens[s]) for s in slots], np.int64)
+        return T.forward_batch(self.cfg, self.weights, self.state, np.asarray(tokens, np.int64),
+                               np.asarray(slots, np.int64), positions)
 
     def decode_step(self, token: int) -> np.ndarray:
         """Evaluate one token after the cache; its logits (n_vocab,)."""
@@ -167,7 +183,7 @@ class NativeBackend:
             st, lw = self.state, self.weights.layers[layer]
             for pos0 in range(0, x.shape[0], st.n_batch):
                 n = min(st.n_batch, x.shape[0] - pos0)
-                T.set_positions(self.cfg, self.weights, st, pos0, n)
+                T.set_positions(self.cfg, self.weights, st, np.arange(pos0, pos0 + n))
                 st.x[:n] = x[pos0:pos0 + n]
                 T.attention_block(self.cfg, lw, st, layer, pos0, n)
                 T.ffn_block(self.cfg, lw, st, layer, n)
@@ -182,14 +198,15 @@ class NativeBackend:
             return np.concatenate([T.head_logits(self.cfg, self.weights, self.state, x[i:i + step])
                                    for i in range(0, x.shape[0], step)])
 
-    def _reuse_prefix(self, prompt: Sequence[int]) -> int:
-        """Keep the cached tokens shared with `prompt` while every ring still holds them; how many."""
-        n = reusable_prefix(self._cached, prompt)
+    def _reuse_prefix(self, prompt: Sequence[int], slot: int = 0) -> int:
+        """Keep a slot's cached tokens shared with `prompt` while every ring still holds them; how many."""
+        cached = self._slot_tokens[slot]
+        n = reusable_prefix(cached, prompt)
         for layer in range(self.cfg.n_layer):
             window, cap = self.cfg.window(layer), self.state.k_cache[layer].shape[0]
-            if window and n > 0 and max(0, n - window + 1) <= len(self._cached) - 1 - cap:
+            if window and n > 0 and max(0, n - window + 1) <= len(cached) - 1 - cap:
                 n = 0  # a ring has overwritten part of the window the next token needs
-        del self._cached[n:]
+        del cached[n:]
         return n
 
     # --- generation ---------------------------------------------------------------------------
@@ -207,6 +224,49 @@ class NativeBackend:
         with self._lock:
             yield from self._generate(list(prompt), params, cancel, ignore_eos)
 
+    def generate_batch(
+        self,
+        requests: Sequence[tuple[Sequence[int], SamplingParams]],
+        *,
+        cancels: Sequence[threading.Event | None] | None = None,
+        ignore_eos: bool = False,
+    ) -> Iterator[tuple[int, GenerationEvent]]:
+        """Generate the continuations of several prompts together, one per slot (at most n_slots):
+        each prompt is prefilled into its own slot, then every step decodes one token of every
+        running sequence in one batched pass. Yields (request index, event) with each sequence's
+        events in order and exactly what `generate` gives for it alone, greedy or seeded."""
+        assert 0 < len(requests) <= self.state.n_slots, (len(requests), self.state.n_slots)
+        for prompt, _ in requests:
+            check_prompt(prompt, self.summary.n_ctx)
+        with self._lock:
+            logits: dict[int, np.ndarray] = {}
+            streams = {}
+            for i, (prompt, params) in enumerate(requests):
+                cancel = cancels[i] if cancels else None
+                streams[i] = self._start(list(prompt), params, cancel, ignore_eos, i, logits)
+            pending: dict[int, int] = {}  # slot -> its last token, whose logits the next step needs
+
+            def pump(i: int) -> Iterator[tuple[int, GenerationEvent]]:
+                ev = next(streams[i])
+                yield i, ev
+                if ev.finish_reason is None:
+                    pending[i] = ev.token
+                else:
+                    del streams[i]
+
+            for i in list(streams):
+                yield from pump(i)
+            while pending:
+                # a sequence whose next token would not fit finishes in its stream ('length'), unevaluated
+                ready = [i for i in sorted(pending) if len(self._slot_tokens[i]) + 1 < self.summary.n_ctx]
+                if ready:
+                    rows = self.decode_together([pending[i] for i in ready], ready)
+                    for j, i in enumerate(ready):
+                        logits[i] = rows[j]
+                for i in sorted(pending):
+                    del pending[i]
+                    yield from pump(i)
+
     def _generate(
         self,
         prompt: list[int],
@@ -214,16 +274,33 @@ class NativeBackend:
         cancel: threading.Event | None,
         ignore_eos: bool,
     ) -> Iterator[GenerationEvent]:
+        return self._start(prompt, params, cancel, ignore_eos, 0, None)
+
+    def _start(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        cancel: threading.Event | None,
+        ignore_eos: bool,
+        slot: int,
+        batched: dict[int, np.ndarray] | None,
+    ) -> Iterator[GenerationEvent]:
+        """Prefill `prompt` into `slot` and return its token stream. Alone (`batched` None) each
+        token is evaluated as the stream advances; in a batch the driver evaluates every slot's
+        token together and leaves the logits in batched[slot] before the stream goes on."""
         t0 = time.perf_counter()
-        reused = self._reuse_prefix(prompt)
-        logits = self.prefill(prompt[reused:])
+        reused = self._reuse_prefix(prompt, slot)
+        first = self.prefill(prompt[reused:], slot=slot)
         t_prompt = time.perf_counter() - t0
         sampler = Sampler(params)
         history = list(prompt)
+        cached = self._slot_tokens[slot]
         constraint = params.constraint  # engine.constrained: masks the logits before each sample
-        state = {"logits": logits}
+        state = {"logits": first}
 
         def sample() -> int:
+            if batched is not None and slot in batched:
+                state["logits"] = batched.pop(slot)
             if constraint is not None:
                 constraint.apply(state["logits"])
             tok = sampler.sample(state["logits"], history)
@@ -233,13 +310,16 @@ class NativeBackend:
 
         def advance(tok: int) -> None:
             history.append(tok)
-            state["logits"] = self.decode_step(tok)
+            if batched is None:
+                state["logits"] = self.decode_step(tok)
+            else:  # evaluated already, with the other slots' tokens
+                cached.append(tok)
 
-        yield from stream_tokens(
+        return stream_tokens(
             params=params, cancel=cancel,
             stop_tokens=frozenset(params.stop_tokens) | (frozenset() if ignore_eos else self._eog),
             token_bytes=self.token_bytes, sample=sample, advance=advance,
-            context_full=lambda: len(self._cached) + 1 >= self.summary.n_ctx,
+            context_full=lambda: len(cached) + 1 >= self.summary.n_ctx,
             prompt_tokens=len(prompt), reused_tokens=reused, t0=t0, t_prompt=t_prompt,
         )
 

@@ -136,42 +136,72 @@ def load_weights(gguf: GGUFFile, cfg: Config) -> Weights:
 
 
 class Activations:
-    """One matmul input (T, K) and what it quantizes to per activation family, made on first use."""
+    """One matmul input (T, K) and what it quantizes to per activation family, made on first use:
+    the float values the dot product sees (xh, xs) and, for the int8 families on a CPU with integer
+    dot products, the int8 form (xq, xd, xs16) of engine.int8."""
 
     def __init__(self, n_batch: int, k: int) -> None:
         self.x = np.zeros((n_batch, k), np.float32)
-        self._bufs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._bufs: dict[int, tuple[np.ndarray, ...]] = {}
         self._ready: set[int] = set()
+        self._ready8: set[int] = set()  # of those, the ones whose int8 form is filled too
         self._n = 0
 
     def view(self, n: int) -> np.ndarray:
         """The first n rows to write the input into; what was quantized before is forgotten."""
         self._n = n
         self._ready.clear()
+        self._ready8.clear()
         return self.x[:n]
 
-    def quantized(self, act: int) -> tuple[np.ndarray, np.ndarray]:
+    def _quantize(self, act: int, force: bool = False) -> tuple[np.ndarray, ...]:
+        n_batch, k = self.x.shape
+        ints = M.int8_activation(act, k)
         if act not in self._bufs:
-            n_batch, k = self.x.shape
-            self._bufs[act] = (np.zeros((n_batch, k), np.float32), np.zeros((n_batch, k // 32), np.float32))
-        xh, xs = self._bufs[act]
-        if act not in self._ready:
-            quants.quantize_activation(act, self.x[: self._n], xh[: self._n], xs[: self._n])
+            f32 = np.float32
+            self._bufs[act] = (np.zeros((n_batch, k), f32), np.zeros((n_batch, k // 32), f32),
+                               np.zeros((n_batch, k if ints else 0), np.int8),
+                               np.zeros((n_batch, k // 32 if ints else 0), f32),
+                               np.zeros((n_batch, k // 16 if ints else 0), f32))
+        bufs = tuple(b[: self._n] for b in self._bufs[act])
+        if act not in self._ready or (ints and force and act not in self._ready8):
+            if ints and (self._n > 1 or force):  # one token multiplies with the float kernels (linear)
+                self._ready8.add(act)
+                quants.quantize_activation8(act, self.x[: self._n], *bufs)
+            else:
+                quants.quantize_activation(act, self.x[: self._n], bufs[0], bufs[1])
             self._ready.add(act)
-        return xh[: self._n], xs[: self._n]
+        return bufs
+
+    def quantized(self, act: int) -> tuple[np.ndarray, np.ndarray]:
+        """(xh, xs): the values llama.cpp's dot product sees and their sums per 32."""
+        return self._quantize(act)[:2]
+
+    def int8(self, act: int, force: bool = False) -> tuple[np.ndarray, ...]:
+        """(xh, xs, xq, xd, xs16); the int8 form (the last three) is filled for several tokens (or
+        one with `force`), and empty where integer dot products do not apply."""
+        return self._quantize(act, force)
 
 
-def linear(out: np.ndarray, w: Packed, inp: Activations) -> None:
-    """out (T, rows) = inp (T, K) @ W.T, with inp quantized the way llama.cpp's dot product sees it."""
-    xh, xs = inp.quantized(w.act)
-    matmul_packed(out, w, xh, xs)
+def linear(out: np.ndarray, w: Packed, inp: Activations, ints: bool = False) -> None:
+    """out (T, rows) = inp (T, K) @ W.T, with inp quantized the way llama.cpp's dot product sees it.
+    Several tokens go through the integer dot products where the CPU has them, one token through
+    the float kernels unless `ints` (batched decode: every sequence gets the same arithmetic
+    whether it runs alone or with others)."""
+    xh, xs, xq, xd, xs16 = inp.int8(w.act, ints)
+    if (out.shape[0] > 1 or ints) and M.int8_weight(w):
+        M.matmul_int8(out, w, xq, xd, xs, xs16)
+    else:
+        matmul_packed(out, w, xh, xs)
 
 
 class RunState:
-    """Buffers for up to n_batch tokens per forward call, and a KV cache of n_ctx positions."""
+    """Buffers for up to n_batch tokens per forward call, and a KV cache of n_ctx positions for each
+    of n_slots sequences (slot 0 is the one a single generation uses)."""
 
-    def __init__(self, cfg: Config, n_ctx: int, n_batch: int, device: Device = "cpu") -> None:
-        self.n_ctx, self.n_batch = n_ctx, n_batch
+    def __init__(self, cfg: Config, n_ctx: int, n_batch: int, device: Device = "cpu", n_slots: int = 1) -> None:
+        self.n_ctx, self.n_batch, self.n_slots = n_ctx, n_batch, n_slots
+        self.batched = False  # in forward_batch: every token through the batched kernels, even alone
         self.cuda = None  # engine.cuda_kernels.CudaOps when attention and routing run on the GPU
         if device == "cuda":
             from engine.cuda_kernels import CudaOps
@@ -205,13 +235,16 @@ class RunState:
             self.expert_in = Activations(n_batch, cfg.n_embd)  # one expert's tokens, gathered
             self.expert_out = np.zeros((n_batch, k_used, cfg.n_embd), f32)  # per (token, slot)
             self.routed = np.zeros((cfg.n_layer, cfg.n_expert), np.int64)  # tokens per expert, since reset
-        # KV cache: a global layer holds every position, a windowed one a ring of the window plus a chunk
-        self.k_cache, self.v_cache = [], []
+        # KV cache per layer (n_slots, cap, n_kv, d): a global layer holds every position, a windowed
+        # one a ring of the window plus a chunk
+        self.k_slots, self.v_slots = [], []
         for layer in range(cfg.n_layer):
             window = cfg.window(layer)
             cap = min(n_ctx, window + n_batch - 1) if window else n_ctx
-            self.k_cache.append(np.zeros((cap, cfg.n_head_kv, cfg.head_dim), f32))
-            self.v_cache.append(np.zeros((cap, cfg.n_head_kv, cfg.head_dim), f32))
+            self.k_slots.append(np.zeros((n_slots, cap, cfg.n_head_kv, cfg.head_dim), f32))
+            self.v_slots.append(np.zeros((n_slots, cap, cfg.n_head_kv, cfg.head_dim), f32))
+        self.k_cache = [a[0] for a in self.k_slots]  # slot 0's, per layer
+        self.v_cache = [a[0] for a in self.v_slots]
 
     def one_token_buffers(self, k: int, width: int, n_out: int) -> tuple[np.ndarray, ...]:
         """For one token through k experts (or one dense FFN) of that width: mid, up scratch, mid
@@ -233,7 +266,7 @@ class RunState:
 
     @property
     def kv_bytes(self) -> int:
-        return sum(a.nbytes for a in self.k_cache) + sum(a.nbytes for a in self.v_cache)
+        return sum(a.nbytes for a in self.k_slots) + sum(a.nbytes for a in self.v_slots)
 
 
 # ======================================================================================
@@ -245,7 +278,7 @@ _EMPTY = np.zeros(0, np.float32)  # an absent bias or norm, for the jitted one-t
 _QK_MODE = {"none": F.QK_NONE, "head": F.QK_HEAD, "full": F.QK_FULL}
 
 
-def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos: int) -> None:
+def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos: int, slot: int) -> None:
     """The attention block for one token on the CPU, in one jitted call (engine.fused)."""
     chunks = st.chunks.get(layer)
     if chunks is None:
@@ -256,14 +289,17 @@ def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int
         e if lw.bq is None else lw.bq, e if lw.bk is None else lw.bk, e if lw.bv is None else lw.bv,
         e if lw.bo is None else lw.bo, e if lw.q_norm is None else lw.q_norm, e if lw.k_norm is None else lw.k_norm,
         _QK_MODE[cfg.qk_norm], st.cos[:1], st.sin[:1], cfg.rope_neox,
-        st.k_cache[layer], st.v_cache[layer], pos, cfg.window(layer), 1.0 / math.sqrt(cfg.head_dim),
+        st.k_slots[layer][slot], st.v_slots[layer][slot], pos, cfg.window(layer), 1.0 / math.sqrt(cfg.head_dim),
         st.attn_in.x[0], st.q[0], st.k[0], st.v[0], st.attn_out.x[0], st.proj[0], st.one_xh, st.one_xs, chunks,
     )
 
 
-def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos0: int, n: int) -> None:
-    if n == 1 and st.cuda is None:
-        _attention_one_token(cfg, lw, st, layer, pos0)
+def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos0: int, n: int, slot: int = 0,
+                    batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """x[:n] += the attention block of n tokens: positions pos0.. of sequence `slot`, or, with
+    `batch` (slots, positions), one token of each of n sequences (batched decode)."""
+    if n == 1 and st.cuda is None and not st.batched:
+        _attention_one_token(cfg, lw, st, layer, pos0, slot)
         return
     d, n_head, n_kv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
     x = st.x[:n]
@@ -271,9 +307,9 @@ def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos
     K.rmsnorm(st.attn_in.view(n), x, lw.attn_norm, cfg.rms_eps)
     # q, k, v projections (+ biases: qwen2)
     q, k, v = st.q[:n], st.k[:n], st.v[:n]
-    linear(q, lw.wq, st.attn_in)
-    linear(k, lw.wk, st.attn_in)
-    linear(v, lw.wv, st.attn_in)
+    linear(q, lw.wq, st.attn_in, st.batched)
+    linear(k, lw.wk, st.attn_in, st.batched)
+    linear(v, lw.wv, st.attn_in, st.batched)
     for out, bias in ((q, lw.bq), (k, lw.bk), (v, lw.bv)):
         if bias is not None:
             out += bias
@@ -286,20 +322,30 @@ def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos
     # rotary position embedding
     K.rope(q3, st.cos[:n], st.sin[:n], cfg.rope_neox)
     K.rope(k3, st.cos[:n], st.sin[:n], cfg.rope_neox)
-    # store k, v at their slots (a ring for windowed layers)
-    kc, vc = st.k_cache[layer], st.v_cache[layer]
-    slots = np.arange(pos0, pos0 + n) % kc.shape[0]
-    kc[slots] = k3
-    vc[slots] = v.reshape(n, n_kv, d)
-    # softmax(q k^T / sqrt(d)) v over the window
     att = st.attn_out.view(n).reshape(n, n_head, d)  # (n_tokens, n_head, head_dim)
-    if st.cuda is not None:
-        st.cuda.attention(att, q3, kc, vc, pos0, cfg.window(layer), 1.0 / math.sqrt(d))
+    scale = 1.0 / math.sqrt(d)
+    if batch is not None:
+        # one token per sequence: each k, v at its position in its own slot, attention over each slot
+        slots, positions = batch
+        kc, vc = st.k_slots[layer], st.v_slots[layer]
+        rows = positions % kc.shape[1]
+        kc[slots, rows] = k3
+        vc[slots, rows] = v.reshape(n, n_kv, d)
+        K.attention_slots(att, q3, kc, vc, slots, positions, cfg.window(layer), scale)
     else:
-        K.attention(att, q3, kc, vc, pos0, cfg.window(layer), 1.0 / math.sqrt(d))
+        # store k, v at their slots (a ring for windowed layers)
+        kc, vc = st.k_slots[layer][slot], st.v_slots[layer][slot]
+        rows = np.arange(pos0, pos0 + n) % kc.shape[0]
+        kc[rows] = k3
+        vc[rows] = v.reshape(n, n_kv, d)
+        # softmax(q k^T / sqrt(d)) v over the window
+        if st.cuda is not None:
+            st.cuda.attention(att, q3, kc, vc, pos0, cfg.window(layer), scale)
+        else:
+            K.attention(att, q3, kc, vc, pos0, cfg.window(layer), scale)
     # output projection and residual
     o = st.proj[:n]
-    linear(o, lw.wo, st.attn_out)
+    linear(o, lw.wo, st.attn_out, st.batched)
     if lw.bo is not None:
         o += lw.bo
     x += o
@@ -329,14 +375,14 @@ _DENSE = np.zeros(1, np.int64)  # a dense FFN: expert 0 of a stack of one
 def _swiglu_ffn(out: np.ndarray, gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activations,
                 st: RunState, n: int) -> None:
     """out (n, n_embd) = down(silu(gate(x)) * up(x))."""
-    if n == 1 and st.cuda is None:
+    if n == 1 and st.cuda is None and not st.batched:
         out[0] = _experts_one_token(gate_w, up_w, down_w, inp, st, _DENSE, gate_w.rows)[0]
         return
     gate, up, mid = st.ffn_buffers(gate_w.rows)
-    linear(gate[:n], gate_w, inp)
-    linear(up[:n], up_w, inp)
+    linear(gate[:n], gate_w, inp, st.batched)
+    linear(up[:n], up_w, inp, st.batched)
     K.swiglu(mid.view(n), gate[:n], up[:n])
-    linear(out, down_w, mid)
+    linear(out, down_w, mid, st.batched)
 
 
 def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, out: np.ndarray) -> None:
@@ -344,14 +390,14 @@ def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, 
     k_used, n_ff = cfg.n_expert_used, cfg.n_ff_exp
     # route: softmax over all experts, top-k, optional renormalisation and scale
     router = st.router[:n]
-    linear(router, lw.gate_inp, st.ffn_in)
+    linear(router, lw.gate_inp, st.ffn_in, st.batched)
     selected, weights = st.selected[:n], st.expert_w[:n]
     if st.cuda is not None:
         selected[:], weights[:] = st.cuda.route(router, k_used, cfg.moe_renorm, cfg.expert_weights_scale)
     else:
         K.route_experts(selected, weights, router, cfg.moe_renorm, cfg.expert_weights_scale)
     y = st.expert_out[:n]  # (n_tokens, k, n_embd)
-    if n == 1 and st.cuda is None:
+    if n == 1 and st.cuda is None and not st.batched:
         # one token: every selected expert's rows in two parallel regions
         st.routed[layer, selected[0]] += 1
         y[0] = _experts_one_token(lw.gate_exps, lw.up_exps, lw.down_exps, st.ffn_in, st, selected[0], n_ff)
@@ -410,38 +456,60 @@ def ffn_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int) -
     x += out
 
 
-def embed(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int) -> None:
+def embed(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, positions: np.ndarray) -> None:
     """The residual stream's start for `tokens`, and the rotary angles of their positions."""
     n = tokens.shape[0]
     # token embeddings (get_rows dequantizes the rows)
     st.x[:n] = quants.dequantize(w.token_embd[tokens], w.token_embd_type).reshape(n, cfg.n_embd)
-    set_positions(cfg, w, st, pos0, n)
+    set_positions(cfg, w, st, positions)
 
 
-def set_positions(cfg: Config, w: Weights, st: RunState, pos0: int, n: int) -> None:
+def set_positions(cfg: Config, w: Weights, st: RunState, positions: np.ndarray) -> None:
     # rotary angles of these positions, shared by every layer
-    K.rope_cache(st.cos[:n], st.sin[:n], np.arange(pos0, pos0 + n), cfg.n_rot, cfg.rope_base,
-                 cfg.rope_freq_scale, w.rope_freqs)
+    n = positions.shape[0]
+    K.rope_cache(st.cos[:n], st.sin[:n], positions, cfg.n_rot, cfg.rope_base, cfg.rope_freq_scale, w.rope_freqs)
 
 
 def head_logits(cfg: Config, w: Weights, st: RunState, rows: np.ndarray) -> np.ndarray:
     """Final norm and LM head over `rows` (m, n_embd) of the residual stream: logits (m, n_vocab)."""
     K.rmsnorm(st.head_in.view(rows.shape[0]), rows, w.output_norm, cfg.rms_eps)
     logits = np.empty((rows.shape[0], cfg.n_vocab), np.float32)
-    linear(logits, w.output, st.head_in)
+    linear(logits, w.output, st.head_in, st.batched)
     return logits
 
 
-def forward(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int, all_logits: bool) -> np.ndarray:
-    """Run `tokens` (n <= n_batch) at positions pos0.. through the model, filling the KV cache.
+def forward(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int, all_logits: bool,
+            slot: int = 0) -> np.ndarray:
+    """Run `tokens` (n <= n_batch) at positions pos0.. of sequence `slot` through the model, filling
+    its KV cache.
 
     Returns the logits (n, n_vocab) of every token when `all_logits`, else (1, n_vocab) of the last.
     """
     n = tokens.shape[0]
-    assert 0 < n <= st.n_batch and pos0 + n <= st.n_ctx, (n, pos0, st.n_batch, st.n_ctx)
-    embed(cfg, w, st, tokens, pos0)
+    assert 0 < n <= st.n_batch and pos0 + n <= st.n_ctx and 0 <= slot < st.n_slots, (n, pos0, slot, st.n_batch)
+    embed(cfg, w, st, tokens, np.arange(pos0, pos0 + n))
     for layer, lw in enumerate(w.layers):
-        attention_block(cfg, lw, st, layer, pos0, n)
+        attention_block(cfg, lw, st, layer, pos0, n, slot)
         ffn_block(cfg, lw, st, layer, n)
     # only the rows whose logits are wanted go through the head
     return head_logits(cfg, w, st, st.x[:n] if all_logits else st.x[n - 1:n])
+
+
+def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slots: np.ndarray,
+                  positions: np.ndarray) -> np.ndarray:
+    """One token of each of n different sequences (batched decode): tokens[i] at positions[i] of
+    sequence slots[i]. Every matrix is read once for all n (engine.int8); attention runs over each
+    sequence's own cache. One sequence's numbers do not depend on which others run with it (n = 1
+    included: the same kernels). Returns the logits (n, n_vocab)."""
+    n = tokens.shape[0]
+    assert 0 < n <= st.n_batch and slots.shape == positions.shape == (n,), (n, slots.shape, positions.shape)
+    assert len(set(slots.tolist())) == n and int(positions.max()) < st.n_ctx, (slots, positions)
+    embed(cfg, w, st, tokens, positions)
+    st.batched = True
+    try:
+        for layer, lw in enumerate(w.layers):
+            attention_block(cfg, lw, st, layer, 0, n, batch=(slots, positions))
+            ffn_block(cfg, lw, st, layer, n)
+        return head_logits(cfg, w, st, st.x[:n])
+    finally:
+        st.batched = False

@@ -12,7 +12,8 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from engine import quants as Q
-from engine.matmul import matmul_packed, matvec_packed
+from engine import int8 as I8
+from engine.matmul import int8_weight, matmul_int8, matmul_packed, matvec_packed
 
 TYPES = sorted(Q.BLOCKS, key=lambda t: T(t).name)
 _GGUF_QUANTIZES = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.F16, Q.BF16}
@@ -85,6 +86,35 @@ def test_matvec_and_matmul_match_the_dequantized_product(qtype: int) -> None:
     matmul_packed(many, w, xh, xs)
     assert np.max(np.abs(one - want[0]) / scale[0]) < 1e-6
     assert np.max(np.abs(many - want) / scale) < 1e-6
+
+
+_INT8_CASES = [(t, k) for t in TYPES for k in (512, 576)  # 576: 4-bit half-rows end in a 32-byte step
+               if Q._KIND_OF[t] != Q.KIND_F32 and Q.packable(t, k) is None]
+
+
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
+@pytest.mark.parametrize(("qtype", "k"), _INT8_CASES, ids=[f"{T(t).name}-k{k}" for t, k in _INT8_CASES])
+def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int) -> None:
+    """The int8 kernels (engine.int8) compute W x for any number of tokens (groups of 8, 4 and
+    single ones) to float32 rounding of the float64 product, and a token's result does not depend
+    on the tokens beside it."""
+    rows, n_tok = 48, 13
+    raw = random_tensor(qtype, rows, k, seed=1)
+    w = Q.pack(raw, qtype, k)
+    assert int8_weight(w)
+    x = np.random.default_rng(2).standard_normal((n_tok, k)).astype(np.float32)
+    xh, xs = np.empty_like(x), np.empty((n_tok, k // 32), np.float32)
+    xq, xd, xs16 = np.empty((n_tok, k), np.int8), np.empty((n_tok, k // 32), np.float32), np.empty((n_tok, k // 16), np.float32)
+    Q.quantize_activation8(w.act, x, xh, xs, xq, xd, xs16)
+    want = _reference_product(raw, qtype, xh, xs)
+    scale = np.abs(xh).astype(np.float64) @ np.abs(Q.dequantize(raw, qtype).reshape(rows, k)).T.astype(np.float64)
+    many = np.empty((n_tok, rows), np.float32)
+    matmul_int8(many, w, xq, xd, xs, xs16)
+    assert np.max(np.abs(many - want) / scale) < 1e-6
+    for t in (0, 9, 12):  # in a group of 8, of 4, alone
+        one = np.empty((1, rows), np.float32)
+        matmul_int8(one, w, xq[t:t + 1], xd[t:t + 1], xs[t:t + 1], xs16[t:t + 1])
+        assert np.array_equal(one[0], many[t])
 
 
 def test_rows_slice_is_one_expert_of_a_stack() -> None:
