@@ -81,8 +81,9 @@ def resolve_path(settings: Settings) -> Path:
     return catalog.resolve(settings.model, settings.models, settings.cache_dir)
 
 
-def load_model(settings: Settings) -> LoadedModel:
-    """Resolve, check and load the model the settings name (errors are for a person to read)."""
+def load_model(settings: Settings, *, n_slots: int = 1) -> LoadedModel:
+    """Resolve, check and load the model the settings name (errors are for a person to read);
+    `n_slots` sequences decoded together where the backend can (the daemon)."""
     path = resolve_path(settings)
     gguf = read_gguf(path)
     choice = choose_backend(gguf, settings.backend)
@@ -92,6 +93,7 @@ def load_model(settings: Settings) -> LoadedModel:
         n_ctx=settings.context_length,
         n_threads=settings.threads or default_threads(),
         architecture=gguf.architecture or "",
+        n_slots=n_slots,
     )
     return LoadedModel(
         name=settings.model,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from engine.backend import (
     GenerationEvent,
     ModelSummary,
     SamplingParams,
+    Timings,
 )
 from engine.sampler import Sampler
 from engine.generation import check_prompt, reusable_prefix, stream_tokens
@@ -143,15 +145,18 @@ class NativeBackend:
         if numba.get_num_threads() != self.n_threads:  # another thread than the one that loaded
             numba.set_num_threads(self.n_threads)
 
-    def prefill(self, tokens: Sequence[int], *, all_logits: bool = False, slot: int = 0) -> np.ndarray:
-        """Append `tokens` to a slot's cache in chunks; the logits of the last (or of every) token."""
+    def prefill(self, tokens: Sequence[int], *, all_logits: bool = False, slot: int = 0,
+                uniform: bool = False) -> np.ndarray:
+        """Append `tokens` to a slot's cache in chunks; the logits of the last (or of every) token.
+        `uniform`: every chunk through the batched kernels, so that the values do not depend on how
+        the prompt was split (continuous batching splits it by what else is running)."""
         cached = self._slot_tokens[slot]
         assert tokens and len(cached) + len(tokens) <= self.state.n_ctx
         self._threads()
         chunks = []
         for i in range(0, len(tokens), self.state.n_batch):
             chunk = np.asarray(tokens[i:i + self.state.n_batch], dtype=np.int64)
-            logits = T.forward(self.cfg, self.weights, self.state, chunk, len(cached), all_logits, slot)
+            logits = T.forward(self.cfg, self.weights, self.state, chunk, len(cached), all_logits, slot, uniform)
             cached.extend(int(t) for t in chunk)
             chunks.append(logits)
         return np.concatenate(chunks) if all_logits else chunks[-1][0]
@@ -231,41 +236,19 @@ class NativeBackend:
         cancels: Sequence[threading.Event | None] | None = None,
         ignore_eos: bool = False,
     ) -> Iterator[tuple[int, GenerationEvent]]:
-        """Generate the continuations of several prompts together, one per slot (at most n_slots):
-        each prompt is prefilled into its own slot, then every step decodes one token of every
-        running sequence in one batched pass. Yields (request index, event) with each sequence's
-        events in order and exactly what `generate` gives for it alone, greedy or seeded."""
+        """Generate the continuations of several prompts together (at most n_slots) through a
+        `BatchDecoder`. Yields (request index, event), each sequence's events in order and the same
+        tokens it gets alone (greedy or seeded); an error in one request is raised."""
         assert 0 < len(requests) <= self.state.n_slots, (len(requests), self.state.n_slots)
-        for prompt, _ in requests:
-            check_prompt(prompt, self.summary.n_ctx)
-        with self._lock:
-            logits: dict[int, np.ndarray] = {}
-            streams = {}
-            for i, (prompt, params) in enumerate(requests):
-                cancel = cancels[i] if cancels else None
-                streams[i] = self._start(list(prompt), params, cancel, ignore_eos, i, logits)
-            pending: dict[int, int] = {}  # slot -> its last token, whose logits the next step needs
-
-            def pump(i: int) -> Iterator[tuple[int, GenerationEvent]]:
-                ev = next(streams[i])
-                yield i, ev
-                if ev.finish_reason is None:
-                    pending[i] = ev.token
-                else:
-                    del streams[i]
-
-            for i in list(streams):
-                yield from pump(i)
-            while pending:
-                # a sequence whose next token would not fit finishes in its stream ('length'), unevaluated
-                ready = [i for i in sorted(pending) if len(self._slot_tokens[i]) + 1 < self.summary.n_ctx]
-                if ready:
-                    rows = self.decode_together([pending[i] for i in ready], ready)
-                    for j, i in enumerate(ready):
-                        logits[i] = rows[j]
-                for i in sorted(pending):
-                    del pending[i]
-                    yield from pump(i)
+        decoder = BatchDecoder(self)
+        index = {}
+        for i, (prompt, params) in enumerate(requests):
+            index[decoder.add(prompt, params, cancel=cancels[i] if cancels else None, ignore_eos=ignore_eos)] = i
+        while decoder.running:
+            for slot, ev in decoder.step():
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield index[slot], ev
 
     def _generate(
         self,
@@ -285,13 +268,29 @@ class NativeBackend:
         slot: int,
         batched: dict[int, np.ndarray] | None,
     ) -> Iterator[GenerationEvent]:
-        """Prefill `prompt` into `slot` and return its token stream. Alone (`batched` None) each
-        token is evaluated as the stream advances; in a batch the driver evaluates every slot's
-        token together and leaves the logits in batched[slot] before the stream goes on."""
+        """Prefill `prompt` into `slot` (reusing its cached prefix) and return its token stream."""
         t0 = time.perf_counter()
         reused = self._reuse_prefix(prompt, slot)
         first = self.prefill(prompt[reused:], slot=slot)
-        t_prompt = time.perf_counter() - t0
+        return self._stream(prompt, params, cancel, ignore_eos, slot, batched, first, reused, t0,
+                            time.perf_counter() - t0)
+
+    def _stream(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        cancel: threading.Event | None,
+        ignore_eos: bool,
+        slot: int,
+        batched: dict[int, np.ndarray] | None,
+        first: np.ndarray,
+        reused: int,
+        t0: float,
+        t_prompt: float,
+    ) -> Iterator[GenerationEvent]:
+        """The token stream of a prefilled prompt whose last logits are `first`. Alone (`batched`
+        None) each token is evaluated as the stream advances; in a batch the driver evaluates every
+        slot's token together and leaves the logits in batched[slot] before the stream goes on."""
         sampler = Sampler(params)
         history = list(prompt)
         cached = self._slot_tokens[slot]
@@ -329,3 +328,119 @@ class NativeBackend:
             self.vocab = None
         if getattr(self, "gguf", None) is not None:
             self.gguf.close()
+
+
+# ======================================================================================
+# Continuous batching
+# ======================================================================================
+
+
+@dataclass
+class _Sequence:
+    prompt: list[int]
+    params: SamplingParams
+    cancel: threading.Event | None
+    ignore_eos: bool
+    reused: int
+    t0: float
+    done: int = 0  # prompt tokens in the slot's cache
+    stream: Iterator[GenerationEvent] | None = None
+
+
+class BatchDecoder:
+    """Sequences that join and leave between decode steps on one native backend (continuous
+    batching, for the daemon). `add` gives a request a free slot, the one whose cached tokens share
+    the longest prefix with its prompt; each `step` first prefills waiting prompts, up to
+    `prefill_budget` tokens (one chunk by default, so a long prompt goes in pieces while the running
+    streams keep flowing), then evaluates one token of every running sequence in one batched pass.
+    Every evaluation goes through the batched kernels, so a sequence's tokens do not depend on what
+    runs beside it or on how its prompt was split. A cancelled sequence ends at the next step and
+    frees its slot."""
+
+    def __init__(self, backend: NativeBackend, *, prefill_budget: int | None = None) -> None:
+        self.backend = backend
+        self.n_slots = backend.state.n_slots
+        self.prefill_budget = prefill_budget or backend.state.n_batch
+        self._seqs: dict[int, _Sequence] = {}  # slot -> sequence, in the order they arrived
+        self._pending: dict[int, int] = {}  # slot -> its last token, whose logits the next step needs
+        self._logits: dict[int, np.ndarray] = {}
+
+    @property
+    def running(self) -> int:
+        return len(self._seqs)
+
+    @property
+    def free(self) -> int:
+        return self.n_slots - len(self._seqs)
+
+    def add(self, prompt: Sequence[int], params: SamplingParams, *, cancel: threading.Event | None = None,
+            ignore_eos: bool = False) -> int:
+        """Take a request into a free slot (raises EngineError for a prompt that cannot run); its slot."""
+        b = self.backend
+        check_prompt(prompt, b.summary.n_ctx)
+        assert self.free > 0, "no free slot"
+        prompt = list(prompt)
+        free = [s for s in range(self.n_slots) if s not in self._seqs]
+        slot = max(free, key=lambda s: (reusable_prefix(b._slot_tokens[s], prompt), -s))
+        with b._lock:
+            reused = b._reuse_prefix(prompt, slot)
+        self._seqs[slot] = _Sequence(prompt, params, cancel, ignore_eos, reused, time.perf_counter(), done=reused)
+        return slot
+
+    def step(self) -> list[tuple[int, GenerationEvent | BaseException]]:
+        """Prefill, then decode one token for every running sequence: the events this produced, per
+        slot (an exception is that request's error; its slot is freed like a finished one)."""
+        b = self.backend
+        out: list[tuple[int, GenerationEvent | BaseException]] = []
+        with b._lock:
+            budget = self.prefill_budget
+            for slot, seq in list(self._seqs.items()):
+                if seq.stream is not None:
+                    continue
+                if seq.cancel is not None and seq.cancel.is_set():  # left before its first token
+                    del self._seqs[slot]
+                    out.append((slot, GenerationEvent(finish_reason="cancelled", timings=Timings(
+                        len(seq.prompt), seq.reused, time.perf_counter() - seq.t0, 0, 0.0,
+                        time.perf_counter() - seq.t0))))
+                    continue
+                if budget <= 0:
+                    continue
+                n = min(len(seq.prompt) - seq.done, budget)  # where it splits changes no value (uniform)
+                try:
+                    logits = b.prefill(seq.prompt[seq.done:seq.done + n], slot=slot, uniform=True)
+                except Exception as e:  # noqa: BLE001 - the request's own failure, reported to it
+                    del self._seqs[slot]
+                    out.append((slot, e))
+                    continue
+                seq.done += n
+                budget -= n
+                if seq.done == len(seq.prompt):
+                    seq.stream = b._stream(seq.prompt, seq.params, seq.cancel, seq.ignore_eos, slot, self._logits,
+                                           logits, seq.reused, seq.t0, time.perf_counter() - seq.t0)
+                    out.extend(self._pump(slot))
+            # one token of every running sequence; one whose next token would not fit ends in its
+            # stream ('length'), unevaluated
+            ready = [s for s in self._pending if len(b._slot_tokens[s]) + 1 < b.summary.n_ctx]
+            if ready:
+                rows = b.decode_together([self._pending[s] for s in ready], ready)
+                for j, s in enumerate(ready):
+                    self._logits[s] = rows[j]
+            for s in list(self._pending):
+                del self._pending[s]
+                out.extend(self._pump(s))
+        return out
+
+    def _pump(self, slot: int) -> list[tuple[int, GenerationEvent | BaseException]]:
+        seq = self._seqs[slot]
+        try:
+            ev = next(seq.stream)
+        except Exception as e:  # noqa: BLE001 - e.g. a constraint that cannot go on
+            del self._seqs[slot]
+            self._logits.pop(slot, None)
+            return [(slot, e)]
+        if ev.finish_reason is None:
+            self._pending[slot] = ev.token
+        else:
+            del self._seqs[slot]
+            self._logits.pop(slot, None)
+        return [(slot, ev)]

@@ -55,8 +55,10 @@ def open_backend(
     n_ctx: int,
     n_threads: int,
     architecture: str = "",
+    n_slots: int = 1,
 ) -> Backend:
-    """Load the model at `path` on the chosen backend."""
+    """Load the model at `path` on the chosen backend; `n_slots` sequences of KV cache where the
+    backend decodes several together (native), else one."""
     if choice.name == "llama":
         from engine.llama import LlamaBackend
 
@@ -64,5 +66,5 @@ def open_backend(
     if choice.name == "native":
         from engine.native import NativeBackend
 
-        return NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture)
+        return NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture, n_slots=n_slots)
     raise EngineError(f"unknown backend '{choice.name}'")

@@ -479,20 +479,24 @@ def head_logits(cfg: Config, w: Weights, st: RunState, rows: np.ndarray) -> np.n
 
 
 def forward(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int, all_logits: bool,
-            slot: int = 0) -> np.ndarray:
+            slot: int = 0, uniform: bool = False) -> np.ndarray:
     """Run `tokens` (n <= n_batch) at positions pos0.. of sequence `slot` through the model, filling
-    its KV cache.
+    its KV cache; `uniform` runs even one token through the batched kernels (see forward_batch).
 
     Returns the logits (n, n_vocab) of every token when `all_logits`, else (1, n_vocab) of the last.
     """
     n = tokens.shape[0]
     assert 0 < n <= st.n_batch and pos0 + n <= st.n_ctx and 0 <= slot < st.n_slots, (n, pos0, slot, st.n_batch)
     embed(cfg, w, st, tokens, np.arange(pos0, pos0 + n))
-    for layer, lw in enumerate(w.layers):
-        attention_block(cfg, lw, st, layer, pos0, n, slot)
-        ffn_block(cfg, lw, st, layer, n)
-    # only the rows whose logits are wanted go through the head
-    return head_logits(cfg, w, st, st.x[:n] if all_logits else st.x[n - 1:n])
+    st.batched = uniform
+    try:
+        for layer, lw in enumerate(w.layers):
+            attention_block(cfg, lw, st, layer, pos0, n, slot)
+            ffn_block(cfg, lw, st, layer, n)
+        # only the rows whose logits are wanted go through the head
+        return head_logits(cfg, w, st, st.x[:n] if all_logits else st.x[n - 1:n])
+    finally:
+        st.batched = False
 
 
 def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slots: np.ndarray,

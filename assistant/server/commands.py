@@ -38,7 +38,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.detach:
         argv = ["--host", args.host, "--port", str(args.port), "--max-queue", str(args.max_queue),
-                "--max-tokens-cap", str(args.max_tokens_cap)]
+                "--max-tokens-cap", str(args.max_tokens_cap), "--slots", str(args.slots)]
         for flag in ("token", "model", "backend", "threads", "context_length"):
             value = getattr(args, flag, None)
             if value is not None:
@@ -47,8 +47,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         info = start_detached(argv, log_path=log_path)
         print(info.url)
         return 0
+    if args.slots < 1:
+        from assistant.cli import UsageError
+
+        raise UsageError("--slots must be at least 1")
     return serve(settings, host=args.host, port=args.port, token=args.token, max_queue=args.max_queue,
-                 max_tokens_cap=args.max_tokens_cap)
+                 max_tokens_cap=args.max_tokens_cap, slots=args.slots)
 
 
 def _human_bytes(n: int) -> str:
@@ -101,6 +105,9 @@ def add_commands(sub: argparse._SubParsersAction, model_flags: Callable[[argpars
     c.add_argument("--detach", action="store_true", help="start in the background and print the URL once it answers")
     c.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more are answered 429")
     c.add_argument("--max-tokens-cap", type=int, default=2048, help="the most tokens one answer may ask for")
+    c.add_argument("--slots", type=int, default=4,
+                   help="requests decoded together on the native backend, each with its own KV cache "
+                        "(default 4; llama.cpp runs one at a time)")
     c.set_defaults(func=_one_line(cmd_serve))
 
     c = sub.add_parser("status", help="whether the daemon runs, and its model, port, pid, uptime and memory")

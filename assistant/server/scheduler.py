@@ -1,7 +1,12 @@
-"""Runs generations for the daemon: one model, a bounded queue, one request at a time.
+"""Runs generations for the daemon: one model, a bounded queue, and as many requests at once as
+the backend has slots.
 
 The llama.cpp backend holds one sequence of KV cache (and reuses the previous prompt's prefix),
-so requests run one after another on a worker thread. Waiting requests sit in a priority queue:
+so there requests run one after another on a worker thread. The native backend with several
+slots runs them together (`engine.native.BatchDecoder`, continuous batching): between two decode
+steps the worker admits waiting requests into free slots, each step prefills a chunk of the new
+prompts and decodes one token of every running request, and a request whose client left is
+cancelled and frees its slot at the next step. Waiting requests sit in a priority queue:
 completions (an editor waiting on a keystroke) go before chat, and otherwise first come first
 served. A full queue refuses at once (`QueueFull`, answered 429); after `drain()` every new
 request is refused (`Draining`, answered 503) while the ones already accepted finish. Events go
@@ -18,8 +23,12 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from engine.backend import Backend, GenerationEvent, SamplingParams
+
+if TYPE_CHECKING:
+    from engine.native import BatchDecoder
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +64,25 @@ class Job:
 
 
 class Scheduler:
-    """A worker thread draining a priority queue of jobs into one backend."""
+    """A worker thread draining a priority queue of jobs into one backend, one at a time or, with
+    a `decoder`, as many at once as it has slots."""
 
     def __init__(self, backend: Backend, *, max_queue: int = 16, on_finish: Callable[[Job, GenerationEvent], None]
-                 | None = None) -> None:
+                 | None = None, decoder: BatchDecoder | None = None) -> None:
         assert max_queue >= 1, max_queue
         self.backend = backend
+        self.decoder = decoder
         self.max_queue = max_queue
-        self.slots = 1
+        self.slots = decoder.n_slots if decoder is not None else 1
         self._on_finish = on_finish
         self._heap: list[tuple[int, int, Job]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
-        self._running: Job | None = None
+        self._running: dict[int, Job] = {}  # slot -> job
         self._draining = False
         self._closed = False
-        self._thread = threading.Thread(target=self._work, name="assistant-scheduler", daemon=True)
+        work = self._work_batched if decoder is not None else self._work
+        self._thread = threading.Thread(target=work, name="assistant-scheduler", daemon=True)
         self._thread.start()
 
     # --- what the app sees --------------------------------------------------------------------
@@ -83,7 +95,7 @@ class Scheduler:
     @property
     def busy(self) -> int:
         with self._cond:
-            return 1 if self._running is not None else 0
+            return len(self._running)
 
     @property
     def draining(self) -> bool:
@@ -108,7 +120,7 @@ class Scheduler:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is queued or running; False if `timeout` passed first."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._heap and self._running is None, timeout)
+            return self._cond.wait_for(lambda: not self._heap and not self._running, timeout)
 
     def close(self) -> None:
         with self._cond:
@@ -117,41 +129,110 @@ class Scheduler:
                 job.cancel.set()
                 job._put(Draining())
             self._heap.clear()
+            for job in self._running.values():
+                job.cancel.set()
             self._cond.notify_all()
         self._thread.join(timeout=30)
 
-    # --- the worker ---------------------------------------------------------------------------
+    # --- the workers --------------------------------------------------------------------------
+
+    def _finish(self, job: Job, ev: GenerationEvent) -> None:
+        if ev.timings is not None and self._on_finish is not None:
+            self._on_finish(job, ev)
+
+    def _cancelled_before_start(self, job: Job) -> bool:
+        job.started.set()
+        if not job.cancel.is_set():  # its client is still there
+            return False
+        ev = GenerationEvent(finish_reason="cancelled")
+        if self._on_finish is not None:
+            self._on_finish(job, ev)
+        job._put(ev)
+        job._put(None)
+        return True
 
     def _work(self) -> None:
+        """One job at a time, to its end."""
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._heap or self._closed)
                 if self._closed:
                     return
                 _, _, job = heapq.heappop(self._heap)
-                self._running = job
+                self._running[0] = job
             try:
                 self._run(job)
             finally:
                 with self._cond:
-                    self._running = None
+                    self._running.clear()
                     self._cond.notify_all()
 
     def _run(self, job: Job) -> None:
-        job.started.set()
-        if job.cancel.is_set():  # its client left while it waited
-            ev = GenerationEvent(finish_reason="cancelled")
-            if self._on_finish is not None:
-                self._on_finish(job, ev)
-            job._put(ev)
-            job._put(None)
+        if self._cancelled_before_start(job):
             return
         try:
             for ev in self.backend.generate(job.prompt, job.params, cancel=job.cancel):
-                if ev.timings is not None and self._on_finish is not None:
-                    self._on_finish(job, ev)
+                self._finish(job, ev)
                 job._put(ev)
         except Exception as e:  # the request's own fault or ours: the app decides how to answer
             log.exception("generation failed")
             job._put(e)
         job._put(None)
+
+    def _work_batched(self) -> None:
+        """Continuous batching: admit jobs into free slots between steps, step while any runs."""
+        decoder = self.decoder
+        assert decoder is not None
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._heap or self._running or self._closed)
+                if self._closed and not self._running:
+                    return
+                admitted = []
+                while self._heap and len(self._running) + len(admitted) < self.slots:
+                    admitted.append(heapq.heappop(self._heap)[2])
+            for job in admitted:
+                if self._cancelled_before_start(job):
+                    continue
+                try:
+                    slot = decoder.add(job.prompt, job.params, cancel=job.cancel)
+                except Exception as e:  # the request's own fault (a prompt over the context)
+                    job._put(e)
+                    job._put(None)
+                    continue
+                with self._cond:
+                    self._running[slot] = job
+            if not self._running:
+                with self._cond:
+                    self._cond.notify_all()
+                continue
+            try:
+                events = decoder.step()
+            except Exception as e:  # our own fault: every running request is told, and the slots reset
+                log.exception("batched generation failed")
+                with self._cond:
+                    jobs, self._running = list(self._running.values()), {}
+                    self._cond.notify_all()
+                for job in jobs:
+                    job.cancel.set()
+                    job._put(e)
+                    job._put(None)
+                self.decoder = decoder = type(decoder)(decoder.backend)
+                continue
+            ended = []
+            for slot, ev in events:
+                job = self._running[slot]
+                if isinstance(ev, BaseException):
+                    log.error("generation failed: %s", ev)
+                    job._put(ev)
+                    ended.append(slot)
+                    continue
+                self._finish(job, ev)
+                job._put(ev)
+                if ev.finish_reason is not None:
+                    ended.append(slot)
+            if ended:
+                with self._cond:
+                    for slot in ended:
+                        self._running.pop(slot)._put(None)
+                    self._cond.notify_all()
