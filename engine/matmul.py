@@ -19,6 +19,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from engine import int8 as I8
+from engine import kernels as K
 from engine.kernels import FAST
 from engine.quants import ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, Packed
 
@@ -274,7 +275,7 @@ def experts_swiglu(mid: np.ndarray, up: np.ndarray, sel: np.ndarray,
         _matvec_rows(up[j], u_kind, np.float32(u_off), u_w32, u_q, u_s, u_m, u_xh, u_xs, r0 + a, r0 + b, r0)
         g, u = mid[j], up[j]
         for i in range(a, b):
-            g[i] = g[i] / (np.float32(1.0) + np.exp(-g[i])) * u[i]
+            g[i] = g[i] / (np.float32(1.0) + K.exp_f32(-g[i])) * u[i]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)

@@ -2,7 +2,10 @@
 for `assistant serve` next to llama-cpp-python's own `llama_cpp.server` on the same GGUF.
 
 Run: python -m tests.serve.bench_serve --model PATH [--streams 1 4] [--tokens 32] [--threads 1]
+                                        [--backend llama|native] [--slots 8]
 Each server gets the same streamed /v1/completions requests (temperature 0, distinct prompts).
+With `--backend native` our daemon decodes up to `--slots` requests together (continuous
+batching); llama_cpp.server runs one at a time.
 """
 
 from __future__ import annotations
@@ -71,9 +74,11 @@ def run_level(port, headers, model, streams: int, tokens: int) -> dict[str, floa
         results = list(pool.map(lambda p: stream_once(port, headers, model, p, tokens), prompts))
     wall = time.perf_counter() - t0
     ttfts = sorted(r[0] for r in results)
+    p99 = statistics.quantiles(ttfts, n=100, method="inclusive")[98] if len(ttfts) > 1 else ttfts[0]
     return {"streams": streams, "tokens": sum(r[1] for r in results), "wall_s": round(wall, 2),
             "aggregate_tok_s": round(sum(r[1] for r in results) / wall, 1),
-            "ttft_p50_s": round(statistics.median(ttfts), 3), "ttft_max_s": round(ttfts[-1], 3)}
+            "ttft_p50_s": round(statistics.median(ttfts), 3), "ttft_p99_s": round(p99, 3),
+            "ttft_max_s": round(ttfts[-1], 3)}
 
 
 def main() -> None:
@@ -82,6 +87,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--backend", default="llama", choices=("llama", "native"))
+    ap.add_argument("--slots", type=int, default=8)
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as home:
@@ -89,8 +96,9 @@ def main() -> None:
         run.mkdir(mode=0o700)
         env = {**os.environ, "XDG_RUNTIME_DIR": str(run), "XDG_STATE_HOME": home, "XDG_CONFIG_HOME": home}
         ours = subprocess.Popen([sys.executable, "-m", "assistant.server", "serve", "--port", "0", "--model",
-                                 args.model, "--backend", "llama", "--threads", str(args.threads),
-                                 "--context-length", "1024"], env=env)
+                                 args.model, "--backend", args.backend, "--threads", str(args.threads),
+                                 "--context-length", "1024", "--slots", str(args.slots),
+                                 "--max-queue", str(max(16, max(args.streams)))], env=env)
         token_file = run / "assistant" / "daemon.json"
         while not token_file.exists():
             time.sleep(0.2)
@@ -99,7 +107,8 @@ def main() -> None:
         wait_health(info["port"], "/health", auth)
         model = info["model"]
         for n in args.streams:
-            rows.append({"server": "assistant serve", **run_level(info["port"], auth, model, n, args.tokens)})
+            rows.append({"server": f"assistant serve ({args.backend})", **run_level(info["port"], auth, model, n,
+                                                                                   args.tokens)})
         ours.send_signal(signal.SIGTERM)
         ours.wait()
         port = free_port()
