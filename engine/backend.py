@@ -46,6 +46,8 @@ class SamplingParams:
     stop_tokens: tuple[int, ...] = ()
     # Masks the logits before each sample (engine.constrained); it holds state, so one per call.
     constraint: TokenConstraint | None = None
+    # Report each token's log-probability and this many most likely alternatives (None: nothing).
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         assert self.temperature >= 0 and self.max_tokens >= 0, (self.temperature, self.max_tokens)
@@ -81,6 +83,10 @@ class GenerationEvent:
     token: int | None = None
     finish_reason: FinishReason | None = None
     timings: Timings | None = None
+    # With SamplingParams.logprobs: the token's log-probability under the logits it was drawn from
+    # (after any constraint's mask) and the most likely alternatives, (token, logprob), best first.
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

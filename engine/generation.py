@@ -13,7 +13,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
+
 from engine.backend import ContextOverflowError, EngineError, FinishReason, GenerationEvent, SamplingParams, Timings
+from engine.sampler import token_logprobs
 from engine.text import StopMatcher, Utf8Stream
 
 
@@ -51,8 +54,10 @@ def stream_tokens(
     reused_tokens: int,
     t0: float,
     t_prompt: float,
+    logits: Callable[[], np.ndarray] | None = None,
 ) -> Iterator[GenerationEvent]:
-    """Generate after a prefilled prompt; one event per token, then the end with timings."""
+    """Generate after a prefilled prompt; one event per token, then the end with timings.
+    `logits()` gives the row the last token was drawn from, for `params.logprobs`."""
     utf8, stops = Utf8Stream(), StopMatcher(params.stop)
     n_gen, t_first = 0, 0.0
     finish: FinishReason | None = None
@@ -70,13 +75,17 @@ def stream_tokens(
         if tok in stop_tokens:
             finish = "stop"
             break
+        lp: dict = {}
+        if params.logprobs is not None and logits is not None:
+            value, top = token_logprobs(logits(), tok, params.logprobs)
+            lp = {"logprob": value, "top_logprobs": top}
         text = stops.feed(utf8.feed(token_bytes(tok)))
         if stops.stopped:
             finish = "stop"
             if text:
-                yield GenerationEvent(text=text, token=tok)
+                yield GenerationEvent(text=text, token=tok, **lp)
             break
-        yield GenerationEvent(text=text, token=tok)
+        yield GenerationEvent(text=text, token=tok, **lp)
         if context_full():
             finish = "length"
             break

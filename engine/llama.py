@@ -193,6 +193,7 @@ class LlamaBackend:
                 token_bytes=self.token_bytes, sample=sample, advance=advance,
                 context_full=lambda: len(self._cached) + 1 >= self.summary.n_ctx,
                 prompt_tokens=len(prompt), reused_tokens=reused, t0=t0, t_prompt=t_prompt,
+                logits=lambda: np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, -1), shape=(self._n_vocab,)),
             )
         finally:
             lc.llama_sampler_free(chain)

@@ -237,10 +237,11 @@ class NativeBackend:
         ignore_eos: bool = False,
     ) -> Iterator[tuple[int, GenerationEvent]]:
         """Generate the continuations of several prompts together (at most n_slots) through a
-        `BatchDecoder`. Yields (request index, event), each sequence's events in order and the same
+        `BatchDecoder`, every prompt prefilled before the first decode step. Yields (request index, event), each sequence's events in order and the same
         tokens it gets alone (greedy or seeded); an error in one request is raised."""
         assert 0 < len(requests) <= self.state.n_slots, (len(requests), self.state.n_slots)
-        decoder = BatchDecoder(self)
+        # every prompt prefilled in the first step: all of them are known now
+        decoder = BatchDecoder(self, prefill_budget=sum(len(p) for p, _ in requests))
         index = {}
         for i, (prompt, params) in enumerate(requests):
             index[decoder.add(prompt, params, cancel=cancels[i] if cancels else None, ignore_eos=ignore_eos)] = i
@@ -320,6 +321,7 @@ class NativeBackend:
             token_bytes=self.token_bytes, sample=sample, advance=advance,
             context_full=lambda: len(cached) + 1 >= self.summary.n_ctx,
             prompt_tokens=len(prompt), reused_tokens=reused, t0=t0, t_prompt=t_prompt,
+            logits=lambda: state["logits"],
         )
 
     def close(self) -> None:

@@ -24,6 +24,20 @@ def apply_repeat_penalty(logits: np.ndarray, history: Sequence[int], penalty: fl
     logits[ids] = np.where(vals <= 0, vals * penalty, vals / penalty)
 
 
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """log softmax(logits)[token] and the `top` most likely (token, logprob), best first, in float64."""
+    x = np.asarray(logits, dtype=np.float64)
+    finite = np.isfinite(x)
+    m = x[finite].max() if finite.any() else 0.0
+    lse = m + np.log(np.exp(x[finite] - m).sum())
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        ids = np.argpartition(-x, min(top, x.shape[0]) - 1)[:top]
+        ids = ids[np.argsort(-x[ids], kind="stable")]
+        best = tuple((int(i), float(x[i] - lse)) for i in ids)
+    return float(x[token] - lse), best
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(), dtype=np.float64)
     return e / e.sum()

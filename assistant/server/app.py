@@ -160,7 +160,50 @@ def _sampling(state: ServerState, req: ChatRequest | CompletionRequest, n_prompt
         max_tokens=max(1, min(asked, state.max_tokens_cap, n_ctx - n_prompt)),
         stop=req.stops() + extra_stops,
         constraint=constraint,
+        logprobs=_logprobs_wanted(req),
     )
+
+
+def _logprobs_wanted(req: ChatRequest | CompletionRequest) -> int | None:
+    try:
+        return req.logprobs_wanted()
+    except ValueError as e:
+        raise ApiError(400, str(e), param="top_logprobs") from None
+
+
+def _token_text(state: ServerState, token: int) -> tuple[str, bytes]:
+    b = state.model.backend.token_bytes(token)
+    return b.decode("utf-8", errors="replace"), b
+
+
+def _chat_logprobs(state: ServerState, events: list[GenerationEvent]) -> list[dict[str, Any]]:
+    """OpenAI chat `logprobs.content` entries for the tokens of `events` that carry one."""
+    out = []
+    for ev in events:
+        if ev.logprob is None or ev.token is None:
+            continue
+        text, b = _token_text(state, ev.token)
+        tops = []
+        for tok, lp in ev.top_logprobs:
+            t, tb = _token_text(state, tok)
+            tops.append({"token": t, "logprob": lp, "bytes": list(tb)})
+        out.append({"token": text, "logprob": ev.logprob, "bytes": list(b), "top_logprobs": tops})
+    return out
+
+
+def _completion_logprobs(state: ServerState, events: list[GenerationEvent], offset: int) -> dict[str, Any]:
+    """The legacy completions `logprobs` object (tokens, token_logprobs, top_logprobs, text_offset)."""
+    tokens, values, tops, offsets = [], [], [], []
+    for ev in events:
+        if ev.logprob is None or ev.token is None:
+            continue
+        text, _ = _token_text(state, ev.token)
+        tokens.append(text)
+        values.append(ev.logprob)
+        tops.append({_token_text(state, t)[0]: lp for t, lp in ev.top_logprobs})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
 
 
 # --- chat -------------------------------------------------------------------------------------
@@ -403,10 +446,12 @@ async def chat_completions(request: Request, state: ServerState) -> Response:
     base = {"id": rid, "created": created, "model": state.model.name, "system_fingerprint": None}
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(_chat_stream(state, request, job, base, use_tools, primed, include_usage),
+        return StreamingResponse(_chat_stream(state, request, job, base, use_tools, primed, include_usage,
+                                              params.logprobs is not None),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    text, last = await _collect(state, request, job, "/v1/chat/completions")
+    text, last, events = await _collect(state, request, job, "/v1/chat/completions")
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+    logprobs = {"content": _chat_logprobs(state, events), "refusal": None} if params.logprobs is not None else None
     finish = _finish(last.finish_reason if last else None)
     if use_tools:
         content, calls, errors = _split_tool_calls(primed + text)
@@ -415,7 +460,7 @@ async def chat_completions(request: Request, state: ServerState) -> Response:
             message = {"role": "assistant", "content": content, "refusal": None, "tool_calls": calls}
             finish = "tool_calls"
     return JSONResponse({**base, "object": "chat.completion", "choices": [
-        {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}], "usage": _usage(last)})
+        {"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs}], "usage": _usage(last)})
 
 
 def _count_tool_calls(state: ServerState, calls: list, errors: list) -> None:
@@ -425,27 +470,34 @@ def _count_tool_calls(state: ServerState, calls: list, errors: list) -> None:
         state.metrics.tool_calls.labels("false").inc(len(errors))
 
 
-async def _collect(state: ServerState, request: Request, job: Job, route: str) -> tuple[str, GenerationEvent | None]:
-    parts, last, first = [], None, None
+async def _collect(state: ServerState, request: Request, job: Job,
+                   route: str) -> tuple[str, GenerationEvent | None, list[GenerationEvent]]:
+    parts, last, first, events = [], None, None, []
     async for ev in _events(job, request):
+        events.append(ev)
         if first is None and ev.text:
             first = time.perf_counter()
             state.metrics.ttft.labels(route).observe(first - request.state.t0)
         parts.append(ev.text)
         if ev.finish_reason is not None or ev.timings is not None:
             last = ev
-    return "".join(parts), last
+    return "".join(parts), last, events
 
 
 async def _chat_stream(state: ServerState, request: Request, job: Job, base: dict[str, Any], use_tools: bool,
-                       primed: str, include_usage: bool) -> AsyncIterator[bytes]:
+                       primed: str, include_usage: bool, with_logprobs: bool = False) -> AsyncIterator[bytes]:
     from assistant.toolcalls import OPEN
 
     route, t0 = "/v1/chat/completions", time.perf_counter()
+    held: list[GenerationEvent] = []  # tokens whose logprobs go out with the next chunk that has content
 
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        logprobs = None
+        if with_logprobs and held:
+            logprobs = {"content": _chat_logprobs(state, held), "refusal": None}
+            held.clear()
         body = {**base, "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]}
         if include_usage:
             body["usage"] = None
         return _sse(body)
@@ -460,6 +512,8 @@ async def _chat_stream(state: ServerState, request: Request, job: Job, base: dic
                 state.metrics.ttft.labels(route).observe(time.perf_counter() - t0)
             if ev.timings is not None:
                 last = ev
+            if ev.logprob is not None:
+                held.append(ev)
             out += ev.text
             if not use_tools:
                 if ev.text:
@@ -520,20 +574,31 @@ async def completions(request: Request, state: ServerState) -> Response:
     base = {"id": f"cmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": state.model.name,
             "system_fingerprint": None}
     if req.stream:
-        return StreamingResponse(_completion_stream(state, request, job, base), media_type="text/event-stream",
+        return StreamingResponse(_completion_stream(state, request, job, base, params.logprobs is not None),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
-    text, last = await _collect(state, request, job, "/v1/completions")
+    text, last, events = await _collect(state, request, job, "/v1/completions")
+    logprobs = _completion_logprobs(state, events, 0) if params.logprobs is not None else None
     return JSONResponse({**base, "object": "text_completion", "choices": [
-        {"index": 0, "text": text, "finish_reason": _finish(last.finish_reason if last else None), "logprobs": None}],
-        "usage": _usage(last)})
+        {"index": 0, "text": text, "finish_reason": _finish(last.finish_reason if last else None),
+         "logprobs": logprobs}], "usage": _usage(last)})
 
 
-async def _completion_stream(state: ServerState, request: Request, job: Job, base: dict[str, Any]) -> AsyncIterator[bytes]:
+async def _completion_stream(state: ServerState, request: Request, job: Job, base: dict[str, Any],
+                             with_logprobs: bool = False) -> AsyncIterator[bytes]:
     route, t0, last, first = "/v1/completions", time.perf_counter(), None, True
+    held: list[GenerationEvent] = []
+    offset = 0
 
     def chunk(text: str, finish: str | None = None) -> bytes:
+        nonlocal offset
+        logprobs = None
+        if with_logprobs and held:
+            logprobs = _completion_logprobs(state, held, offset)
+            offset += sum(len(t) for t in logprobs["tokens"])
+            held.clear()
         return _sse({**base, "object": "text_completion",
-                     "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]})
+                     "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}]})
 
     try:
         async for ev in _events(job, request):
@@ -542,6 +607,8 @@ async def _completion_stream(state: ServerState, request: Request, job: Job, bas
                 state.metrics.ttft.labels(route).observe(time.perf_counter() - t0)
             if ev.timings is not None:
                 last = ev
+            if ev.logprob is not None:
+                held.append(ev)
             if ev.text:
                 yield chunk(ev.text)
         yield chunk("", _finish(last.finish_reason if last else None))

@@ -2,7 +2,7 @@
 
 Fields OpenAI clients commonly send and that change nothing here (`user`, penalties, ...) are
 accepted and ignored; options that would change the answer and are not implemented (`n` > 1,
-`logprobs`, `echo`) are refused rather than silently dropped.
+`echo`) are refused rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -100,7 +100,6 @@ class _Sampling(_Body):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     n: Literal[1] = 1
-    logprobs: Literal[False, None] = None
 
     @field_validator("stop")
     @classmethod
@@ -123,12 +122,24 @@ class ChatRequest(_Sampling):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=20)
+
+    def logprobs_wanted(self) -> int | None:
+        """How many alternatives per token to report, or None for no log-probabilities."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Sampling):
     prompt: StrictStr | list[StrictStr] = Field(min_length=1)
     suffix: StrictStr | None = None
     echo: Literal[False] = False
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=5)
+
+    def logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):

@@ -188,3 +188,17 @@ def test_generating_from_another_thread_uses_the_asked_threads(synthetic) -> Non
         assert seen == [1]
     finally:
         native.close()
+
+
+def test_logprobs_of_each_token(native_smollm2) -> None:
+    """With logprobs asked for, each token carries its log-probability and the most likely
+    alternatives; greedy picks the first of them. Without, nothing is computed."""
+    prompt = native_smollm2.tokenize(CHAT, add_special=False)
+    _, events = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=8, logprobs=3))
+    tokens = [e for e in events if e.token is not None]
+    assert len(tokens) == 8
+    for e in tokens:
+        assert len(e.top_logprobs) == 3 and e.top_logprobs[0] == (e.token, e.logprob)
+        assert e.logprob <= 0 and e.top_logprobs[1][1] <= e.logprob
+    _, plain = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=2))
+    assert all(e.logprob is None and e.top_logprobs == () for e in plain)

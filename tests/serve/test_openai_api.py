@@ -112,3 +112,38 @@ def test_response_format_bad_schema_is_400(client):
         client.chat.completions.create(model="smollm2-135m", messages=CHAT, max_tokens=5, response_format={
             "type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "bogus"}}})
     assert e.value.body["param"] == "response_format"
+
+
+def test_chat_logprobs_describe_each_token(client):
+    """logprobs with top_logprobs: one entry per generated token whose texts add up to the answer;
+    at temperature 0 each token is its own most likely alternative."""
+    r = client.chat.completions.create(model="smollm2-135m", messages=CHAT, max_tokens=10, temperature=0,
+                                       logprobs=True, top_logprobs=3)
+    choice = r.choices[0]
+    entries = choice.logprobs.content
+    assert len(entries) == r.usage.completion_tokens - (choice.finish_reason == "stop")
+    assert "".join(e.token for e in entries) == choice.message.content
+    for e in entries:
+        assert e.logprob <= 0 and len(e.top_logprobs) == 3
+        assert e.top_logprobs[0].token == e.token and abs(e.top_logprobs[0].logprob - e.logprob) < 1e-9
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+        assert bytes(e.bytes).decode("utf-8", errors="replace") == e.token
+    streamed = list(client.chat.completions.create(model="smollm2-135m", messages=CHAT, max_tokens=10,
+                                                   temperature=0, logprobs=True, top_logprobs=3, stream=True))
+    got = [e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in got] == [(e.token, e.logprob) for e in entries]
+    plain = client.chat.completions.create(model="smollm2-135m", messages=CHAT, max_tokens=4, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_logprobs_in_the_legacy_shape(client):
+    """/v1/completions logprobs=2: tokens, their logprobs, the alternatives and each token's offset."""
+    r = client.completions.create(model="smollm2-135m", prompt="def add(a, b):\n", max_tokens=8, temperature=0,
+                                  logprobs=2)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) > 0
+    assert lp.text_offset[0] == 0 and all(len(t) == 2 for t in lp.top_logprobs)
+    assert all(v <= 0 for v in lp.token_logprobs)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smollm2-135m", messages=CHAT, max_tokens=2, top_logprobs=2)
