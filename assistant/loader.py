@@ -7,6 +7,7 @@ info` prints, and needs no engine.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from models import catalog
 from models.fim import FimFormat, detect_fim
 from models.gguf import GGUFFile, read_gguf
 from models.templates import ChatTemplate
+
+log = logging.getLogger(__name__)
 
 # GGUF token types (llama.cpp's llama_token_type): 1 is a normal token; FIM markers are special.
 _NORMAL_TOKEN = 1
@@ -77,24 +80,54 @@ class LoadedModel:
         self.gguf.close()
 
 
+def _daemon_backend(path: Path) -> Any:
+    """A DaemonBackend when a live daemon serves the file at `path`, else None (quietly: no
+    daemon is the common case, and then the model loads in-process)."""
+    from assistant.client import DaemonClient, DaemonError, find_daemon, health_ok
+
+    info = find_daemon()
+    if info is None or not health_ok(info):
+        return None
+    try:
+        status = DaemonClient(info, timeout=5).status()
+    except DaemonError as e:
+        log.info("not using the daemon at %s: %s", info.url, e)
+        return None
+    if Path(str(status.get("model_path", ""))).resolve() != path.resolve():
+        log.info("the daemon at %s serves %s, not %s: loading in-process", info.url, status.get("model_path"), path)
+        return None
+    from assistant.daemon_backend import DaemonBackend
+
+    log.info("using the daemon at %s (pid %d) for %s", info.url, info.pid, path.name)
+    return DaemonBackend(info, path, status)
+
+
 def resolve_path(settings: Settings) -> Path:
     return catalog.resolve(settings.model, settings.models, settings.cache_dir)
 
 
-def load_model(settings: Settings, *, n_slots: int = 1) -> LoadedModel:
+def load_model(settings: Settings, *, n_slots: int = 1, use_daemon: bool = False) -> LoadedModel:
     """Resolve, check and load the model the settings name (errors are for a person to read);
-    `n_slots` sequences decoded together where the backend can (the daemon)."""
+    `n_slots` sequences decoded together where the backend can (the daemon). With `use_daemon`
+    and a live `assistant serve` holding the same file, its model is used over HTTP instead of a
+    second copy in this process (assistant.daemon_backend)."""
     path = resolve_path(settings)
     gguf = read_gguf(path)
-    choice = choose_backend(gguf, settings.backend)
-    backend = open_backend(
-        path,
-        choice,
-        n_ctx=settings.context_length,
-        n_threads=settings.threads or default_threads(),
-        architecture=gguf.architecture or "",
-        n_slots=n_slots,
-    )
+    remote = _daemon_backend(path) if use_daemon else None
+    if remote is not None:
+        choice = BackendChoice("daemon", f"the running daemon ({remote.info.url}, pid {remote.info.pid}) "
+                                         f"holds this model on its {remote.served_by} backend")
+        backend: Backend = remote
+    else:
+        choice = choose_backend(gguf, settings.backend)
+        backend = open_backend(
+            path,
+            choice,
+            n_ctx=settings.context_length,
+            n_threads=settings.threads or default_threads(),
+            architecture=gguf.architecture or "",
+            n_slots=n_slots,
+        )
     return LoadedModel(
         name=settings.model,
         path=path,

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """How much goes to the log file in the user state dir."""
 
+    use_daemon: bool = True
+    """When an `assistant serve` daemon runs with the same model file, the editor's completions
+    use it instead of loading a second copy of the model."""
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -150,15 +150,21 @@ def _sampling(state: ServerState, req: ChatRequest | CompletionRequest, n_prompt
         raise ApiError(400, f"the prompt is {n_prompt} tokens but the context holds {n_ctx}",
                        code="context_length_exceeded", param="messages")
     asked = getattr(req, "max_completion_tokens", None) or req.max_tokens or s.max_tokens
+
+    def own(name: str, default: Any) -> Any:  # a completion request's extension field, if sent
+        value = getattr(req, name, None)
+        return default if value is None else value
+
     return SamplingParams(
         temperature=s.temperature if req.temperature is None else req.temperature,
-        top_k=s.top_k,
+        top_k=own("top_k", s.top_k),
         top_p=s.top_p if req.top_p is None else req.top_p,
-        min_p=s.min_p,
-        repeat_penalty=s.repeat_penalty,
+        min_p=own("min_p", s.min_p),
+        repeat_penalty=own("repeat_penalty", s.repeat_penalty),
         seed=s.seed if req.seed is None else req.seed,
         max_tokens=max(1, min(asked, state.max_tokens_cap, n_ctx - n_prompt)),
         stop=req.stops() + extra_stops,
+        stop_tokens=tuple(own("stop_token_ids", ())),
         constraint=constraint,
         logprobs=_logprobs_wanted(req),
     )
@@ -422,6 +428,8 @@ async def status(request: Request, state: ServerState) -> Response:
     return JSONResponse({
         "model": state.model.name, "model_path": str(state.model.path), "backend": state.model.backend.name,
         "backend_reason": state.model.choice.reason, "context_length": state.model.backend.summary.n_ctx,
+        "n_ctx_train": state.model.backend.summary.n_ctx_train, "n_vocab": state.model.backend.summary.n_vocab,
+        "architecture": state.model.backend.summary.architecture,
         "host": state.host, "port": state.port, "pid": os.getpid(), "uptime_s": round(time.time() - state.started, 1),
         "requests": state.requests, "queued": state.scheduler.queued, "busy_slots": state.scheduler.busy,
         "slots": state.scheduler.slots, "rss_bytes": proc.memory_info().rss,
@@ -557,12 +565,21 @@ async def _chat_stream(state: ServerState, request: Request, job: Job, base: dic
 async def completions(request: Request, state: ServerState) -> Response:
     req: CompletionRequest = _parse(CompletionRequest, await _read_json(request, state.max_body_bytes))
     _check_model(state, req.model)
+    ids = req.prompt_ids()
+    n_vocab = state.model.backend.summary.n_vocab
+    if ids is not None and (req.suffix is not None or not all(0 <= t < n_vocab for t in ids)):
+        raise ApiError(400, "a prompt of token ids takes no suffix, and each id must be below the "
+                       f"vocabulary size {n_vocab}", param="prompt")
+    if req.stop_token_ids and not all(0 <= t < n_vocab for t in req.stop_token_ids):
+        raise ApiError(400, f"stop_token_ids must be below the vocabulary size {n_vocab}", param="stop_token_ids")
     try:
-        prefix = req.prompt_text()
+        prefix = req.prompt_text() if ids is None else ""
     except ValueError as e:
         raise ApiError(400, str(e), param="prompt") from None
 
     def prepare() -> tuple[list[int], SamplingParams]:
+        if ids is not None:
+            return ids, _sampling(state, req, len(ids))
         if req.suffix is not None:
             tokens, stops = fim_prompt(state.model, prefix, req.suffix)
         else:
@@ -574,7 +591,9 @@ async def completions(request: Request, state: ServerState) -> Response:
     base = {"id": f"cmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": state.model.name,
             "system_fingerprint": None}
     if req.stream:
-        return StreamingResponse(_completion_stream(state, request, job, base, params.logprobs is not None),
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return StreamingResponse(_completion_stream(state, request, job, base, params.logprobs is not None,
+                                                    include_usage),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     text, last, events = await _collect(state, request, job, "/v1/completions")
@@ -585,7 +604,7 @@ async def completions(request: Request, state: ServerState) -> Response:
 
 
 async def _completion_stream(state: ServerState, request: Request, job: Job, base: dict[str, Any],
-                             with_logprobs: bool = False) -> AsyncIterator[bytes]:
+                             with_logprobs: bool = False, include_usage: bool = False) -> AsyncIterator[bytes]:
     route, t0, last, first = "/v1/completions", time.perf_counter(), None, True
     held: list[GenerationEvent] = []
     offset = 0
@@ -598,7 +617,8 @@ async def _completion_stream(state: ServerState, request: Request, job: Job, bas
             offset += sum(len(t) for t in logprobs["tokens"])
             held.clear()
         return _sse({**base, "object": "text_completion",
-                     "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}]})
+                     "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],
+                     **({"usage": None} if include_usage else {})})
 
     try:
         async for ev in _events(job, request):
@@ -612,6 +632,8 @@ async def _completion_stream(state: ServerState, request: Request, job: Job, bas
             if ev.text:
                 yield chunk(ev.text)
         yield chunk("", _finish(last.finish_reason if last else None))
+        if include_usage:
+            yield _sse({**base, "object": "text_completion", "choices": [], "usage": _usage(last)})
     except ApiError as e:
         yield _sse({"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})
     finally:

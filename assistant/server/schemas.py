@@ -133,13 +133,25 @@ class ChatRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: StrictStr | list[StrictStr] = Field(min_length=1)
+    # text, or (as OpenAI allows) one prompt of token ids: the LSP sends the tokens it counted
+    prompt: StrictStr | list[StrictStr] | list[StrictInt] = Field(min_length=1)
     suffix: StrictStr | None = None
     echo: Literal[False] = False
     logprobs: StrictInt | None = Field(default=None, ge=0, le=5)
+    # llama.cpp server / vLLM extensions, so that a client can ask for its own sampler settings
+    top_k: StrictInt | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    stop_token_ids: list[StrictInt] | None = Field(default=None, max_length=64)
 
     def logprobs_wanted(self) -> int | None:
         return self.logprobs
+
+    def prompt_ids(self) -> list[int] | None:
+        """The prompt's token ids when it was sent as ids, else None."""
+        if isinstance(self.prompt, list) and self.prompt and isinstance(self.prompt[0], int):
+            return list(self.prompt)  # type: ignore[arg-type]
+        return None
 
     def prompt_text(self) -> str:
         if isinstance(self.prompt, str):
