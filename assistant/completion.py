@@ -42,7 +42,7 @@ def split_at(text: str, line: int, col: int) -> Cursor:
     return Cursor(text[:offset], text[offset:])
 
 
-def window(cur: Cursor, prefix_chars: int = 4000, suffix_chars: int = 256) -> Cursor:
+def window(cur: Cursor, prefix_chars: int = 4000, suffix_chars: int = 128) -> Cursor:
     """The part of the file the prompt shows: whole lines before the cursor, a little after it.
 
     Every token of the suffix is evaluated again after each keystroke (it follows the prefix in
