@@ -129,70 +129,41 @@ def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarra
 # --- integer dot products (engine.int8): several tokens per weight row ------------------------------
 
 
-# One function per layout, each calling its own intrinsics: one function with the layout as a
-# (loop-invariant) branch before each call ran 8 tokens' rows 20-35% slower (measured).
-
-
 @njit(fastmath=FAST, cache=True)
-def _rows_i8_byte32(out, q, s, xq, xd, r0, r1, base):
+def _rows_i8(out, layout, q, s, xq, xd, r0, r1, base):
+    """out[t, r - base] for rows r0..r1-1 and every token, tokens in groups of 8, 4 and 1 (the
+    per-token arithmetic is the same in each, engine.int8)."""
     n_tok = xq.shape[0]
     for r in range(r0, r1):
         qr, sr, j = q[r], s[r], r - base
         t = 0
         while t + 8 <= n_tok:
-            o = I8.dot8_byte32(qr, sr, xq, xd, t)
+            if layout == I8.NIB:
+                o = I8.dot8_nib(qr, sr, xq, xd, t)
+            elif layout == I8.BYTE16:
+                o = I8.dot8_byte16(qr, sr, xq, xd, t)
+            else:
+                o = I8.dot8_byte32(qr, sr, xq, xd, t)
             for u in range(8):
                 out[t + u, j] = o[u]
             t += 8
         while t + 4 <= n_tok:
-            o4 = I8.dot4_byte32(qr, sr, xq, xd, t)
+            if layout == I8.NIB:
+                o4 = I8.dot4_nib(qr, sr, xq, xd, t)
+            elif layout == I8.BYTE16:
+                o4 = I8.dot4_byte16(qr, sr, xq, xd, t)
+            else:
+                o4 = I8.dot4_byte32(qr, sr, xq, xd, t)
             for u in range(4):
                 out[t + u, j] = o4[u]
             t += 4
         while t < n_tok:
-            out[t, j] = I8.dot1_byte32(qr, sr, xq, xd, t)
-            t += 1
-
-
-@njit(fastmath=FAST, cache=True)
-def _rows_i8_byte16(out, q, s, xq, xd, r0, r1, base):
-    n_tok = xq.shape[0]
-    for r in range(r0, r1):
-        qr, sr, j = q[r], s[r], r - base
-        t = 0
-        while t + 8 <= n_tok:
-            o = I8.dot8_byte16(qr, sr, xq, xd, t)
-            for u in range(8):
-                out[t + u, j] = o[u]
-            t += 8
-        while t + 4 <= n_tok:
-            o4 = I8.dot4_byte16(qr, sr, xq, xd, t)
-            for u in range(4):
-                out[t + u, j] = o4[u]
-            t += 4
-        while t < n_tok:
-            out[t, j] = I8.dot1_byte16(qr, sr, xq, xd, t)
-            t += 1
-
-
-@njit(fastmath=FAST, cache=True)
-def _rows_i8_nib(out, q, s, xq, xd, r0, r1, base):
-    n_tok = xq.shape[0]
-    for r in range(r0, r1):
-        qr, sr, j = q[r], s[r], r - base
-        t = 0
-        while t + 8 <= n_tok:
-            o = I8.dot8_nib(qr, sr, xq, xd, t)
-            for u in range(8):
-                out[t + u, j] = o[u]
-            t += 8
-        while t + 4 <= n_tok:
-            o4 = I8.dot4_nib(qr, sr, xq, xd, t)
-            for u in range(4):
-                out[t + u, j] = o4[u]
-            t += 4
-        while t < n_tok:
-            out[t, j] = I8.dot1_nib(qr, sr, xq, xd, t)
+            if layout == I8.NIB:
+                out[t, j] = I8.dot1_nib(qr, sr, xq, xd, t)
+            elif layout == I8.BYTE16:
+                out[t, j] = I8.dot1_byte16(qr, sr, xq, xd, t)
+            else:
+                out[t, j] = I8.dot1_byte32(qr, sr, xq, xd, t)
             t += 1
 
 
@@ -205,12 +176,8 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     terms through the activation's block sums (per 16 for the 16-weight blocks of Q6_K)."""
     o = np.float32(off)
     sub16 = s.shape[1] * 16 == xq.shape[1]
-    if kind == KIND_NIB:
-        _rows_i8_nib(out, q, s, xq, xd, r0, r1, base)
-    elif sub16:
-        _rows_i8_byte16(out, q, s, xq, xd, r0, r1, base)
-    else:
-        _rows_i8_byte32(out, q, s, xq, xd, r0, r1, base)
+    layout = I8.NIB if kind == KIND_NIB else I8.BYTE16 if sub16 else I8.BYTE32
+    _rows_i8(out, layout, q, s, xq, xd, r0, r1, base)
     has_m = m.shape[0] > 0
     if off == 0.0 and not has_m:
         return
