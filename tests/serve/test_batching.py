@@ -18,7 +18,7 @@ SLOTS = 4
 
 @pytest.fixture(scope="module")
 def native_daemon(serve_env):
-    d = start_daemon(serve_env(), "--backend", "native", "--slots", str(SLOTS), timeout=240)
+    d = start_daemon(serve_env(), "--backend", "native", "--slots", str(SLOTS), "--max-queue", "32", timeout=240)
     yield d
     d.stop()
 
@@ -30,8 +30,9 @@ def _watch_busy(d, busy: list[int], done: threading.Event) -> None:
 
 
 def test_concurrent_requests_equal_alone_and_share_the_slots(native_daemon):
-    """16 concurrent chat and completion requests (greedy and seeded sampling) each get exactly
-    their answer alone; several run at once, never more than the slots."""
+    """32 concurrent clients, each sending its chat or completion request (greedy or seeded
+    sampling) twice, each get exactly the answer it gets alone; several run at once, never more
+    than the slots."""
     d = native_daemon
     chats = [{"model": "smollm2-135m", "messages": [{"role": "user", "content": f"Tell me about the number {i}."}],
               "max_tokens": 16, "temperature": 0 if i % 2 else 0.8, "seed": 40 + i} for i in range(6)]
@@ -53,12 +54,12 @@ def test_concurrent_requests_equal_alone_and_share_the_slots(native_daemon):
     watcher = threading.Thread(target=_watch_busy, args=(d, busy, done))
     watcher.start()
     try:
-        with ThreadPoolExecutor(16) as pool:
-            together = list(pool.map(ask, bodies * 2))
+        with ThreadPoolExecutor(32) as pool:
+            together = list(pool.map(lambda body: [ask(body), ask(body)], bodies * 4))
     finally:
         done.set()
         watcher.join()
-    assert together == alone * 2
+    assert together == [[a, a] for a in alone * 4]
     assert busy and 2 <= max(busy) <= SLOTS
     assert d.wait_idle()["busy_slots"] == 0
 
