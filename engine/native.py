@@ -258,23 +258,11 @@ class NativeBackend:
         cancel: threading.Event | None,
         ignore_eos: bool,
     ) -> Iterator[GenerationEvent]:
-        return self._start(prompt, params, cancel, ignore_eos, 0, None)
-
-    def _start(
-        self,
-        prompt: list[int],
-        params: SamplingParams,
-        cancel: threading.Event | None,
-        ignore_eos: bool,
-        slot: int,
-        batched: dict[int, np.ndarray] | None,
-    ) -> Iterator[GenerationEvent]:
-        """Prefill `prompt` into `slot` (reusing its cached prefix) and return its token stream."""
+        """Prefill `prompt` into slot 0 (reusing its cached prefix) and return its token stream."""
         t0 = time.perf_counter()
-        reused = self._reuse_prefix(prompt, slot)
-        first = self.prefill(prompt[reused:], slot=slot)
-        return self._stream(prompt, params, cancel, ignore_eos, slot, batched, first, reused, t0,
-                            time.perf_counter() - t0)
+        reused = self._reuse_prefix(prompt)
+        first = self.prefill(prompt[reused:])
+        return self._stream(prompt, params, cancel, ignore_eos, 0, None, first, reused, t0, time.perf_counter() - t0)
 
     def _stream(
         self,
