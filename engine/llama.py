@@ -107,6 +107,10 @@ class LlamaBackend:
         lc.llama_memory_clear(self._mem, True)
         self._cached = []
 
+    def kv_usage(self) -> tuple[int, int]:
+        """(tokens whose K/V the cache holds, tokens it can hold)."""
+        return len(self._cached), self.summary.n_ctx
+
     def _reuse_prefix(self, prompt: Sequence[int]) -> int:
         """Keep the cached tokens shared with `prompt`, drop the rest; return how many were kept."""
         n = reusable_prefix(self._cached, prompt)

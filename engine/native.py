@@ -141,6 +141,10 @@ class NativeBackend:
         for cached in self._slot_tokens:
             cached.clear()
 
+    def kv_usage(self) -> tuple[int, int]:
+        """(tokens whose K/V the slots hold, tokens they can hold)."""
+        return sum(len(c) for c in self._slot_tokens), self.state.n_ctx * self.state.n_slots
+
     def _threads(self) -> None:
         if numba.get_num_threads() != self.n_threads:  # another thread than the one that loaded
             numba.set_num_threads(self.n_threads)

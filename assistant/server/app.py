@@ -442,6 +442,11 @@ async def status(request: Request, state: ServerState) -> Response:
 async def metrics(request: Request, state: ServerState) -> Response:
     state.metrics.queue_depth.set(state.scheduler.queued)
     state.metrics.busy_slots.set(state.scheduler.busy)
+    usage = getattr(state.model.backend, "kv_usage", None)
+    if usage is not None:
+        held, capacity = usage()
+        state.metrics.kv_tokens.set(held)
+        state.metrics.kv_capacity.set(capacity)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

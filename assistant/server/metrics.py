@@ -31,6 +31,10 @@ class Metrics:
                                   registry=r)
         self.queue_depth = Gauge("assistant_queue_depth", "Requests waiting for the model", registry=r)
         self.busy_slots = Gauge("assistant_busy_slots", "Generations running now", registry=r)
+        self.kv_tokens = Gauge("assistant_kv_cache_tokens", "Tokens whose K/V the cache holds (every slot)",
+                               registry=r)
+        self.kv_capacity = Gauge("assistant_kv_cache_capacity_tokens", "Tokens the KV cache can hold (every slot)",
+                                 registry=r)
         self.cancelled = Counter("assistant_cancelled_generations", "Generations stopped because the client left",
                                  registry=r)
         self.tool_calls = Counter("assistant_tool_calls", "Tool calls the model wrote", ["valid"], registry=r)

@@ -62,6 +62,8 @@ def test_concurrent_requests_equal_alone_and_share_the_slots(native_daemon):
     assert together == [[a, a] for a in alone * 4]
     assert busy and 2 <= max(busy) <= SLOTS
     assert d.wait_idle()["busy_slots"] == 0
+    assert d.metric("assistant_kv_cache_capacity_tokens") == SLOTS * 1024
+    assert 0 < d.metric("assistant_kv_cache_tokens") <= SLOTS * 1024
 
 
 def test_disconnects_mid_stream_free_their_slots(native_daemon):
