@@ -141,6 +141,19 @@ class NativeBackend:
         for cached in self._slot_tokens:
             cached.clear()
 
+    def copy_prefix(self, src: int, dst: int, n: int) -> bool:
+        """Give slot `dst` the first n cached tokens of slot `src` by copying their K/V rows (every
+        position sits in its own row when no layer is windowed); False, copying nothing, when a
+        windowed layer's ring does not hold them in place."""
+        if any(self.cfg.window(layer) for layer in range(self.cfg.n_layer)) or n <= 0:
+            return False
+        st = self.state
+        for k, v in zip(st.k_slots, st.v_slots):
+            k[dst, :n] = k[src, :n]
+            v[dst, :n] = v[src, :n]
+        self._slot_tokens[dst][:] = self._slot_tokens[src][:n]
+        return True
+
     def kv_usage(self) -> tuple[int, int]:
         """(tokens whose K/V the slots hold, tokens they can hold)."""
         return sum(len(c) for c in self._slot_tokens), self.state.n_ctx * self.state.n_slots
@@ -329,6 +342,9 @@ class NativeBackend:
 # ======================================================================================
 
 
+SHARE_MIN_TOKENS = 16  # a prefix is copied from another slot when it saves at least this many tokens
+
+
 @dataclass
 class _Sequence:
     prompt: list[int]
@@ -377,6 +393,12 @@ class BatchDecoder:
         free = [s for s in range(self.n_slots) if s not in self._seqs]
         slot = max(free, key=lambda s: (reusable_prefix(b._slot_tokens[s], prompt), -s))
         with b._lock:
+            # another slot (running or not) that holds a longer prefix of this prompt lends it: its
+            # K/V rows are copied instead of computed again (a shared system prompt, the same file)
+            own = reusable_prefix(b._slot_tokens[slot], prompt)
+            lender = max(range(self.n_slots), key=lambda s: reusable_prefix(b._slot_tokens[s], prompt))
+            if reusable_prefix(b._slot_tokens[lender], prompt) >= own + SHARE_MIN_TOKENS:
+                b.copy_prefix(lender, slot, reusable_prefix(b._slot_tokens[lender], prompt))
             reused = b._reuse_prefix(prompt, slot)
         self._seqs[slot] = _Sequence(prompt, params, cancel, ignore_eos, reused, time.perf_counter(), done=reused)
         return slot

@@ -89,3 +89,32 @@ def test_moe_sequences_batched_match_alone(synthetic: Callable[..., Path]) -> No
             assert len(alone) == 17
     finally:
         b.close()
+
+
+def test_a_prefix_held_by_another_slot_is_copied_not_recomputed(smollm2_path: Path) -> None:
+    """A request that lands in an empty slot while another slot holds the same long prefix gets
+    those K/V rows copied (its prompt counts them as reused), and answers exactly as alone."""
+    from engine.native import BatchDecoder, NativeBackend
+
+    b = NativeBackend(smollm2_path, n_ctx=512, n_threads=2, n_slots=2)
+    try:
+        shared = b.tokenize("<|im_start|>system\nYou are a careful Python assistant who explains code "
+                            "briefly and precisely.<|im_end|>\n<|im_start|>user\n", add_special=False)
+        first = shared + b.tokenize("Write fizzbuzz.<|im_end|>\n", add_special=False)
+        second = shared + b.tokenize("Reverse a list.<|im_end|>\n", add_special=False)
+        greedy = SamplingParams(temperature=0.0, max_tokens=12)
+        d = BatchDecoder(b)
+        d.add(first, greedy)
+        for _ in range(3):
+            d.step()
+        slot = d.add(second, greedy)  # slot 0 is busy with the first: the second goes to slot 1
+        events = []
+        while d.running:
+            events += [ev for s, ev in d.step() if s == slot]
+        assert events[-1].timings.reused_tokens >= len(shared) - 1
+        b.reset()
+        alone = _collect(b.generate_batch([(second, greedy)]))[0]
+        assert alone[-1].timings.reused_tokens == 0
+        assert [e.token for e in events] == [e.token for e in alone]
+    finally:
+        b.close()
