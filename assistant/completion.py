@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from engine.backend import GenerationEvent, SamplingParams, Timings
+from engine.backend import GenerationEvent, Timings
 
 _OPENERS = (":", "{", "(", "[", "=>", "->", " do", "then")
 

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 
 from assistant.client import DaemonInfo
 from engine.backend import EngineError, GenerationEvent, ModelSummary, SamplingParams, Timings
-from engine.tokenizer import VocabFile
+from engine.tokenizer import VocabFile, VocabText
 
 
-class DaemonBackend:
+class DaemonBackend(VocabText):
     """One daemon's model, reached over HTTP."""
 
     name = "daemon"
@@ -45,17 +45,6 @@ class DaemonBackend:
         )
         self.model_name = str(status["model"])
         self.served_by = str(status.get("backend") or "")
-
-    # --- text <-> tokens, locally ---------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int, special: bool = False) -> bytes:
-        return self.vocab.token_bytes(token, special)
-
-    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
-        return self.vocab.detokenize(tokens, special=special)
 
     def reset(self) -> None:
         """Nothing to drop here: the daemon keeps (and reuses) its own cache."""

@@ -25,10 +25,10 @@ from engine.backend import (
     SamplingParams,
 )
 from engine.generation import check_prompt, reusable_prefix, stream_tokens
-from engine.tokenizer import Vocab, init_llama
+from engine.tokenizer import Vocab, VocabText, init_llama
 
 
-class LlamaBackend:
+class LlamaBackend(VocabText):
     """One GGUF model loaded by llama.cpp, with a single sequence of KV cache."""
 
     name = "llama"
@@ -77,17 +77,6 @@ class LlamaBackend:
             eog_tokens=eog,
         )
         self._eog = frozenset(eog)
-
-    # --- text <-> tokens ----------------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int, special: bool = False) -> bytes:
-        return self.vocab.token_bytes(token, special)
-
-    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
-        return self.vocab.detokenize(tokens, special=special)
 
     # --- evaluation ---------------------------------------------------------------------------
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numba
@@ -33,7 +33,7 @@ from engine.backend import (
 from engine.sampler import Sampler
 from engine.generation import check_prompt, reusable_prefix, stream_tokens
 from engine.matmul import single_threaded_blas
-from engine.tokenizer import VocabFile
+from engine.tokenizer import VocabFile, VocabText
 from engine.transformer import Device
 from models import arch as A
 from models.gguf import GGUFFile, read_gguf
@@ -74,7 +74,7 @@ def unsupported_reason(gguf: GGUFFile) -> str | None:
 # ======================================================================================
 
 
-class NativeBackend:
+class NativeBackend(VocabText):
     """One GGUF model on the native CPU engine, with a single sequence of KV cache."""
 
     name = "native"
@@ -119,17 +119,6 @@ class NativeBackend:
             eog_tokens=self.vocab.eog_tokens,
         )
         self._eog = frozenset(self.vocab.eog_tokens)
-
-    # --- text <-> tokens ----------------------------------------------------------------------
-
-    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
-        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
-
-    def token_bytes(self, token: int, special: bool = False) -> bytes:
-        return self.vocab.token_bytes(token, special)
-
-    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
-        return self.vocab.detokenize(tokens, special=special)
 
     def decode_bytes_per_token(self) -> int:
         """Bytes of weights one decoded token reads (for the bandwidth bound of `assistant bench`)."""
@@ -254,8 +243,9 @@ class NativeBackend:
         ignore_eos: bool = False,
     ) -> Iterator[tuple[int, GenerationEvent]]:
         """Generate the continuations of several prompts together (at most n_slots) through a
-        `BatchDecoder`, every prompt prefilled before the first decode step. Yields (request index, event), each sequence's events in order and the same
-        tokens it gets alone (greedy or seeded); an error in one request is raised."""
+        `BatchDecoder`, every prompt prefilled before the first decode step. Yields (request index,
+        event), each sequence's events in order and the same tokens it gets alone (greedy or
+        seeded); an error in one request is raised."""
         assert 0 < len(requests) <= self.state.n_slots, (len(requests), self.state.n_slots)
         # every prompt prefilled in the first step: all of them are known now
         decoder = BatchDecoder(self, prefill_budget=sum(len(p) for p, _ in requests))
@@ -390,15 +380,14 @@ class BatchDecoder:
         check_prompt(prompt, b.summary.n_ctx)
         assert self.free > 0, "no free slot"
         prompt = list(prompt)
-        free = [s for s in range(self.n_slots) if s not in self._seqs]
-        slot = max(free, key=lambda s: (reusable_prefix(b._slot_tokens[s], prompt), -s))
         with b._lock:
+            held = [reusable_prefix(b._slot_tokens[s], prompt) for s in range(self.n_slots)]
+            slot = max((s for s in range(self.n_slots) if s not in self._seqs), key=lambda s: (held[s], -s))
             # another slot (running or not) that holds a longer prefix of this prompt lends it: its
             # K/V rows are copied instead of computed again (a shared system prompt, the same file)
-            own = reusable_prefix(b._slot_tokens[slot], prompt)
-            lender = max(range(self.n_slots), key=lambda s: reusable_prefix(b._slot_tokens[s], prompt))
-            if reusable_prefix(b._slot_tokens[lender], prompt) >= own + SHARE_MIN_TOKENS:
-                b.copy_prefix(lender, slot, reusable_prefix(b._slot_tokens[lender], prompt))
+            lender = max(range(self.n_slots), key=held.__getitem__)
+            if held[lender] >= held[slot] + SHARE_MIN_TOKENS:
+                b.copy_prefix(lender, slot, held[lender])
             reused = b._reuse_prefix(prompt, slot)
         self._seqs[slot] = _Sequence(prompt, params, cancel, ignore_eos, reused, time.perf_counter(), done=reused)
         return slot

@@ -88,6 +88,21 @@ class Vocab:
 
 
 
+class VocabText:
+    """The Backend protocol's text <-> token verbs, answered by the backend's `vocab` (a `Vocab`)."""
+
+    vocab: Vocab
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        return self.vocab.token_bytes(token, special)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return self.vocab.detokenize(tokens, special=special)
+
+
 class VocabFile(Vocab):
     """The vocabulary of one GGUF file, loaded without its tensors."""
 

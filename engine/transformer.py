@@ -490,15 +490,9 @@ def forward(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int
     n = tokens.shape[0]
     assert 0 < n <= st.n_batch and pos0 + n <= st.n_ctx and 0 <= slot < st.n_slots, (n, pos0, slot, st.n_batch)
     embed(cfg, w, st, tokens, np.arange(pos0, pos0 + n))
-    st.batched = uniform
-    try:
-        for layer, lw in enumerate(w.layers):
-            attention_block(cfg, lw, st, layer, pos0, n, slot)
-            ffn_block(cfg, lw, st, layer, n)
-        # only the rows whose logits are wanted go through the head
-        return head_logits(cfg, w, st, st.x[:n] if all_logits else st.x[n - 1:n])
-    finally:
-        st.batched = False
+    # only the rows whose logits are wanted go through the head
+    return _layers_and_head(cfg, w, st, n, uniform, slice(0, n) if all_logits else slice(n - 1, n),
+                            pos0=pos0, slot=slot)
 
 
 def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slots: np.ndarray,
@@ -511,11 +505,18 @@ def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slo
     assert 0 < n <= st.n_batch and slots.shape == positions.shape == (n,), (n, slots.shape, positions.shape)
     assert len(set(slots.tolist())) == n and int(positions.max()) < st.n_ctx, (slots, positions)
     embed(cfg, w, st, tokens, positions)
-    st.batched = True
+    return _layers_and_head(cfg, w, st, n, True, slice(0, n), batch=(slots, positions))
+
+
+def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: bool, rows: slice, *,
+                     pos0: int = 0, slot: int = 0, batch: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Every layer over the n embedded tokens, then the head over `rows` of them; `batched` holds
+    for the whole pass (the batched kernels even for one token)."""
+    st.batched = batched
     try:
         for layer, lw in enumerate(w.layers):
-            attention_block(cfg, lw, st, layer, 0, n, batch=(slots, positions))
+            attention_block(cfg, lw, st, layer, pos0, n, slot, batch)
             ffn_block(cfg, lw, st, layer, n)
-        return head_logits(cfg, w, st, st.x[:n])
+        return head_logits(cfg, w, st, st.x[rows])
     finally:
         st.batched = False
