@@ -7,9 +7,11 @@ The reference is llama-cpp-python's `Llama.eval` called one token at a time: pur
 decoding with no sampling, the ceiling for any backend built on llama.cpp.
 
 Workloads: `decode` (a prompt, then `gen_tokens` decoded; its prompt speed is the prefill
-figure at that length), `prefill-2048` (a 2048-token prompt), and `batch-8` (8 sequences
+figure at that length), `prefill-2048` (a 2048-token prompt), `batch-8` (8 sequences
 decoded together, aggregate decode tokens/s against our own single stream; the native
-backend only). Around them the report puts what bounds decode on
+backend only) and `switch` (two 1024-token prompts A, B, then A again, as an editor moving
+between two files: the time to answer A the second time, against llama-cpp-python with its
+one sequence of KV). Around them the report puts what bounds decode on
 this machine: the read bandwidth measured in the same run and the fraction of it each engine
 reaches (bytes of weights one decoded token reads × tokens/s ÷ bandwidth), peak resident
 memory against the file plus the KV cache, and with `--cold-start` the time to a first token
@@ -33,7 +35,7 @@ from typing import Any
 
 from assistant.settings import Settings
 
-WORKLOADS = ("decode", "prefill-2048", "batch-8")
+WORKLOADS = ("decode", "prefill-2048", "batch-8", "switch")
 
 
 def prompt_text() -> str:
@@ -132,6 +134,48 @@ def _worker_batch(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _worker_switch(a: argparse.Namespace) -> dict[str, Any]:
+    """An editor switching between two files: prompt A, then B, then A again, each answered with one
+    token; the seconds each takes. Ours keeps A's KV blocks while B runs (engine.kvpool); the
+    reference is llama-cpp-python with its own prompt cache (`LlamaRAMCache`, the state of each
+    completion saved, the longest matching one loaded back)."""
+    if a.side == "ours":
+        from assistant.loader import load_model
+        from engine.backend import SamplingParams
+
+        model = load_model(Settings(model=a.path, backend=a.backend, threads=a.threads, context_length=a.n_ctx))
+        params = SamplingParams(temperature=0.0, max_tokens=1)
+        tokenize = lambda t: model.backend.tokenize(t, add_special=True, parse_special=False)  # noqa: E731
+
+        def answer(prompt: list[int]) -> int:
+            *_, last = model.backend.generate(prompt, params, ignore_eos=True)
+            return last.timings.reused_tokens
+    else:
+        import llama_cpp
+
+        llm = llama_cpp.Llama(model_path=a.path, n_ctx=a.n_ctx, n_threads=a.threads, n_threads_batch=a.threads,
+                              n_batch=512, n_ubatch=512, verbose=False)
+        tokenize = lambda t: llm.tokenize(t.encode(), add_bos=True, special=False)  # noqa: E731
+
+        def answer(prompt: list[int]) -> int:
+            # one sequence of KV: what the prompt shares with the last one stays, the rest is evaluated
+            held = list(llm.input_ids[:llm.n_tokens])
+            n = 0
+            while n < min(len(held), len(prompt) - 1) and held[n] == prompt[n]:
+                n += 1
+            llm.n_tokens = n
+            llm.eval(prompt[n:])
+            return n
+    text = prompt_tokens(a.path, tokenize, 3 * a.prompt_tokens)
+    first, second = text[:a.prompt_tokens], text[2 * a.prompt_tokens:]
+    times, reused = [], 0
+    for prompt in (first, second, first):
+        t0 = time.perf_counter()
+        reused = answer(prompt)
+        times.append(time.perf_counter() - t0)
+    return {"first_s": times[0], "other_s": times[1], "return_s": times[2], "return_reused_tokens": reused}
+
+
 def _worker_reference(a: argparse.Namespace) -> dict[str, Any]:
     import llama_cpp
 
@@ -190,7 +234,8 @@ def _timed(fn: Any, *args: Any) -> float:
 
 def _worker_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("engine", choices=("ours", "reference", "bandwidth", "batch"))
+    p.add_argument("engine", choices=("ours", "reference", "bandwidth", "batch", "switch"))
+    p.add_argument("--side", choices=("ours", "reference"), default="ours")
     p.add_argument("--path", default="")
     p.add_argument("--backend", default="auto")
     p.add_argument("--threads", type=int, required=True)
@@ -200,7 +245,7 @@ def _worker_main(argv: list[str]) -> int:
     p.add_argument("--sequences", type=int, default=8)
     a = p.parse_args(argv)
     worker = {"ours": _worker_ours, "reference": _worker_reference, "bandwidth": _worker_bandwidth,
-              "batch": _worker_batch}[a.engine]
+              "batch": _worker_batch, "switch": _worker_switch}[a.engine]
     sys.stdout.write(json.dumps(worker(a)) + "\n")
     return 0
 
@@ -325,6 +370,17 @@ def run_bench(
             "peak_rss_mb": batch["peak_rss_mb"], "runs": rows,
         }
 
+    if "switch" in workloads:
+        rows = {"ours": [], "reference": []}
+        for _ in range(runs):
+            for side in ("ours", "reference") if reference else ("ours",):
+                rows[side].append(_run_worker("switch", common(1024, 1) + ["--side", side]))
+        w: dict[str, Any] = {"prompt_tokens": 1024, "ours": _median(rows["ours"])}
+        if reference:
+            w["reference"] = {"name": "llama.cpp, one sequence of KV, shared prefix kept", **_median(rows["reference"])}
+            w["speedup"] = w["reference"]["return_s"] / w["ours"]["return_s"]
+        report["workloads"]["file switch: A, B, then A again"] = w
+
     bandwidth = _run_worker("bandwidth", ["--threads", str(threads)])["read_gbs"]
     report["bandwidth"] = {"read_gbs": bandwidth}
     sides = [("ours", decode["ours"].get("weight_bytes_per_token"))]
@@ -382,6 +438,15 @@ def format_report(r: dict[str, Any]) -> str:
     for name, w in r["workloads"].items():
         if "skipped" in w:
             lines.append(f"    {name:32s} not measured: {w['skipped']}")
+        elif "prompt_tokens" in w:
+            o = w["ours"]
+            line = (f"    {name:32s} {w['prompt_tokens']}-token prompts: ours A {o['first_s'] * 1000:.0f} ms, "
+                    f"B {o['other_s'] * 1000:.0f} ms, A again {o['return_s'] * 1000:.0f} ms")
+            if "reference" in w:
+                x = w["reference"]
+                line += (f"; llama.cpp A {x['first_s'] * 1000:.0f} ms, B {x['other_s'] * 1000:.0f} ms, A again "
+                         f"{x['return_s'] * 1000:.0f} ms; A again {w['speedup']:.1f}x faster")
+            lines.append(line)
         elif "vs_our_single_stream" in w:
             lines.append(f"    {name:32s} ours {w['ours_tok_s']:8.1f} tok/s aggregate   "
                          f"{w['vs_our_single_stream']:.2f}x our single stream (target 4x)")

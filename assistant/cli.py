@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reference measured in the same run: llama.cpp's raw eval loop (default), or none")
     c.add_argument("--no-reference", action="store_true", help="the same as --vs none")
     c.add_argument("--workloads", default="decode", metavar="LIST",
-                   help="comma-separated: decode (always), prefill-2048, batch-8")
+                   help="comma-separated: decode (always), prefill-2048, batch-8, switch")
     c.add_argument("--cold-start", action="store_true",
                    help="also time the first token with Numba's on-disk cache empty and warm")
     c.add_argument("--json", action="store_true")
@@ -426,9 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("model", "backend", "threads", "context_length", "temperature", "max_tokens", "seed")
+    keys = ("model", "backend", "threads", "context_length", "kv_cache_mb", "temperature", "max_tokens", "seed")
     if args.command != "chat":
-        keys = ("model", "backend", "threads", "context_length")
+        keys = ("model", "backend", "threads", "context_length", "kv_cache_mb")
     return {k: getattr(args, k, None) for k in keys}
 
 

@@ -127,6 +127,7 @@ def load_model(settings: Settings, *, n_slots: int = 1, use_daemon: bool = False
             n_threads=settings.threads or default_threads(),
             architecture=gguf.architecture or "",
             n_slots=n_slots,
+            block_cache_bytes=settings.kv_cache_mb << 20,
         )
     return LoadedModel(
         name=settings.model,

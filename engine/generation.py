@@ -31,14 +31,19 @@ def check_prompt(prompt: Sequence[int], n_ctx: int) -> None:
         )
 
 
-def reusable_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
-    """How many cached tokens the prompt starts with, keeping its last token to evaluate (for its logits)."""
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens `a` and `b` share from the start."""
     n = 0
-    for a, b in zip(cached, prompt):
-        if a != b:
+    for x, y in zip(a, b):
+        if x != y:
             break
         n += 1
-    return min(n, len(prompt) - 1)
+    return n
+
+
+def reusable_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
+    """How many cached tokens the prompt starts with, keeping its last token to evaluate (for its logits)."""
+    return min(common_prefix(cached, prompt), len(prompt) - 1)
 
 
 def stream_tokens(

@@ -31,7 +31,8 @@ from engine.backend import (
     Timings,
 )
 from engine.sampler import Sampler
-from engine.generation import check_prompt, reusable_prefix, stream_tokens
+from engine.generation import check_prompt, common_prefix, reusable_prefix, stream_tokens
+from engine.kvpool import BLOCK_TOKENS, BlockPool
 from engine.matmul import single_threaded_blas
 from engine.tokenizer import VocabFile, VocabText
 from engine.transformer import Device
@@ -73,6 +74,9 @@ def unsupported_reason(gguf: GGUFFile) -> str | None:
 # The backend
 # ======================================================================================
 
+DEFAULT_BLOCK_CACHE_BYTES = 256 << 20  # the block pool's cap, beside the slots' own KV
+_SINGLE, _UNIFORM = b"single", b"uniform"  # one generation's kernels, or the batched ones for every token
+
 
 class NativeBackend(VocabText):
     """One GGUF model on the native CPU engine, with a single sequence of KV cache."""
@@ -89,9 +93,13 @@ class NativeBackend(VocabText):
         architecture: str = "",
         device: Device | None = None,
         n_slots: int = 1,
+        block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
     ) -> None:
         """Load `path`; `device` None runs on the GPU when numba.cuda finds one, else on the CPU.
-        `n_slots` sequences can be generated together (`generate_batch`), each with its own KV cache."""
+        `n_slots` sequences can be generated together (`generate_batch`), each with its own KV cache;
+        up to `block_cache_bytes` more hold blocks of earlier sequences for any later prompt that
+        starts the same way (engine.kvpool; not for models with a windowed layer, whose rings do
+        not keep every row)."""
         self.path = Path(path)
         self._lock = threading.Lock()
         self.gguf = read_gguf(self.path)
@@ -110,6 +118,10 @@ class NativeBackend(VocabText):
         self.state = T.RunState(self.cfg, n_ctx, max(min(n_batch, n_ctx), n_slots), self.device, n_slots)
         self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # per slot: tokens whose K/V it holds
         self._cached = self._slot_tokens[0]  # slot 0's: the single generation
+        self._slot_salt = [b""] * n_slots  # per slot: how its rows were computed (the pool keeps kinds apart)
+        windowed = any(self.cfg.window(layer) for layer in range(self.cfg.n_layer))
+        self.pool = None if windowed or block_cache_bytes <= 0 else BlockPool(
+            self.cfg.n_layer, self.cfg.n_head_kv, self.cfg.head_dim, block_cache_bytes)
         self.summary = ModelSummary(
             path=self.path,
             architecture=architecture or self.cfg.arch,
@@ -137,15 +149,33 @@ class NativeBackend(VocabText):
         if any(self.cfg.window(layer) for layer in range(self.cfg.n_layer)) or n <= 0:
             return False
         st = self.state
+        self._keep_blocks(dst, common_prefix(self._slot_tokens[dst], self._slot_tokens[src][:n]))
         for k, v in zip(st.k_slots, st.v_slots):
             k[dst, :n] = k[src, :n]
             v[dst, :n] = v[src, :n]
         self._slot_tokens[dst][:] = self._slot_tokens[src][:n]
+        self._slot_salt[dst] = self._slot_salt[src]
         return True
+
+    def _keep_blocks(self, slot: int, kept: int, pinned: Sequence[int] = ()) -> None:
+        """Before a slot's rows from `kept` on are overwritten, put their whole blocks in the pool
+        (without evicting the `pinned` blocks, which are about to be copied in)."""
+        cached = self._slot_tokens[slot]
+        if self.pool is not None and len(cached) >= kept + 1 and len(cached) >= BLOCK_TOKENS:
+            st = self.state
+            self.pool.store(cached, [k[slot] for k in st.k_slots], [v[slot] for v in st.v_slots],
+                            first_block=kept // BLOCK_TOKENS, salt=self._slot_salt[slot], pinned=pinned)
 
     def kv_usage(self) -> tuple[int, int]:
         """(tokens whose K/V the slots hold, tokens they can hold)."""
         return sum(len(c) for c in self._slot_tokens), self.state.n_ctx * self.state.n_slots
+
+    def kv_bytes(self) -> dict[str, int]:
+        """Bytes of KV cache: the slots' (allocated for their whole context) and the block pool's
+        (held, and its cap)."""
+        pool = self.pool
+        return {"slots": self.state.kv_bytes, "blocks": pool.used_bytes if pool else 0,
+                "blocks_cap": pool.cap_bytes if pool else 0}
 
     def _threads(self) -> None:
         if numba.get_num_threads() != self.n_threads:  # another thread than the one that loaded
@@ -159,6 +189,8 @@ class NativeBackend(VocabText):
         cached = self._slot_tokens[slot]
         assert tokens and len(cached) + len(tokens) <= self.state.n_ctx
         self._threads()
+        if not cached:
+            self._slot_salt[slot] = _UNIFORM if uniform else _SINGLE
         chunks = []
         for i in range(0, len(tokens), self.state.n_batch):
             chunk = np.asarray(tokens[i:i + self.state.n_batch], dtype=np.int64)
@@ -209,14 +241,29 @@ class NativeBackend(VocabText):
             return np.concatenate([T.head_logits(self.cfg, self.weights, self.state, x[i:i + step])
                                    for i in range(0, x.shape[0], step)])
 
-    def _reuse_prefix(self, prompt: Sequence[int], slot: int = 0) -> int:
-        """Keep a slot's cached tokens shared with `prompt` while every ring still holds them; how many."""
+    def _reuse_prefix(self, prompt: Sequence[int], slot: int = 0, uniform: bool = False) -> int:
+        """Keep a slot's cached tokens shared with `prompt` while every ring still holds them, or
+        take a longer prefix from the block pool; how many tokens need no evaluation. What the slot
+        held beyond them goes to the pool first."""
         cached = self._slot_tokens[slot]
         n = reusable_prefix(cached, prompt)
         for layer in range(self.cfg.n_layer):
             window, cap = self.cfg.window(layer), self.state.k_cache[layer].shape[0]
             if window and n > 0 and max(0, n - window + 1) <= len(cached) - 1 - cap:
                 n = 0  # a ring has overwritten part of the window the next token needs
+        blocks: list[int] = []
+        salt = _UNIFORM if uniform else _SINGLE
+        if self.pool is not None and len(prompt) > n + BLOCK_TOKENS:
+            blocks = self.pool.match(prompt[:len(prompt) - 1], salt)  # the last token is evaluated
+            if len(blocks) * BLOCK_TOKENS <= n:
+                blocks = []
+        self._keep_blocks(slot, n, pinned=blocks)
+        if blocks:
+            st = self.state
+            n = self.pool.restore(blocks, [k[slot] for k in st.k_slots], [v[slot] for v in st.v_slots],
+                                  first_block=n // BLOCK_TOKENS)
+            cached[:] = prompt[:n]
+            self._slot_salt[slot] = salt
         del cached[n:]
         return n
 
@@ -388,7 +435,7 @@ class BatchDecoder:
             lender = max(range(self.n_slots), key=held.__getitem__)
             if held[lender] >= held[slot] + SHARE_MIN_TOKENS:
                 b.copy_prefix(lender, slot, held[lender])
-            reused = b._reuse_prefix(prompt, slot)
+            reused = b._reuse_prefix(prompt, slot, uniform=True)
         self._seqs[slot] = _Sequence(prompt, params, cancel, ignore_eos, reused, time.perf_counter(), done=reused)
         return slot
 

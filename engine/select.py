@@ -56,9 +56,11 @@ def open_backend(
     n_threads: int,
     architecture: str = "",
     n_slots: int = 1,
+    block_cache_bytes: int = 0,
 ) -> Backend:
     """Load the model at `path` on the chosen backend; `n_slots` sequences of KV cache where the
-    backend decodes several together (native), else one."""
+    backend decodes several together (native), else one, and up to `block_cache_bytes` of KV
+    blocks kept from earlier prompts (native; llama.cpp keeps its one sequence's prefix)."""
     if choice.name == "llama":
         from engine.llama import LlamaBackend
 
@@ -66,5 +68,6 @@ def open_backend(
     if choice.name == "native":
         from engine.native import NativeBackend
 
-        return NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture, n_slots=n_slots)
+        return NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture, n_slots=n_slots,
+                             block_cache_bytes=block_cache_bytes)
     raise EngineError(f"unknown backend '{choice.name}'")

@@ -11,15 +11,8 @@ from assistant.server.commands import add_commands
 log = logging.getLogger("assistant.server")
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", help="bundled model name, a name from your settings, or a .gguf path")
-    p.add_argument("--backend", "-b", help="auto (default) or llama")
-    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    p.add_argument("--context-length", type=int, help="tokens of context (prompt plus answer)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    from assistant.cli import UsageError
+    from assistant.cli import UsageError, _model_flags, _overrides
     from assistant.logs import setup_logging
     from assistant.settings import SettingsError, load_settings
     from engine.backend import EngineError
@@ -31,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), _model_flags)
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(**{k: getattr(args, k, None) for k in ("model", "backend", "threads",
-                                                                       "context_length")})
+        settings = load_settings(**_overrides(args))
         setup_logging(settings.log_level)
         return args.func(args, settings)
     except KeyboardInterrupt:

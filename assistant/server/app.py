@@ -375,10 +375,12 @@ async def _events(job: Job, request: Request) -> AsyncIterator[GenerationEvent]:
         job.cancel.set()
 
 
-def _usage(ev: GenerationEvent | None) -> dict[str, int]:
+def _usage(ev: GenerationEvent | None) -> dict[str, Any]:
     t = ev.timings if ev is not None else None
-    p, g = (t.prompt_tokens, t.generated_tokens) if t else (0, 0)
-    return {"prompt_tokens": p, "completion_tokens": g, "total_tokens": p + g}
+    p, g, cached = (t.prompt_tokens, t.generated_tokens, t.reused_tokens) if t else (0, 0, 0)
+    # cached: prompt tokens whose K/V came from the cache (OpenAI's prompt_tokens_details)
+    return {"prompt_tokens": p, "completion_tokens": g, "total_tokens": p + g,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _finish(reason: str | None) -> str:
@@ -436,7 +438,14 @@ async def status(request: Request, state: ServerState) -> Response:
         "token_file": str(state.token_file) if state.token_file else None,
         "tool_call_constraint": "json-schema (llguidance)" if state._tool_grammar is not None
         else f"none: {state._tool_grammar_error}" if state._tool_grammar_error else "not built yet",
+        "kv_cache_bytes": _kv_bytes(state),
     })
+
+
+def _kv_bytes(state: ServerState) -> dict[str, int] | None:
+    """The native backend's KV memory: the slots', and the block pool's held and cap (else None)."""
+    kv_bytes = getattr(state.model.backend, "kv_bytes", None)
+    return kv_bytes() if callable(kv_bytes) else None
 
 
 async def metrics(request: Request, state: ServerState) -> Response:
@@ -447,6 +456,9 @@ async def metrics(request: Request, state: ServerState) -> Response:
         held, capacity = usage()
         state.metrics.kv_tokens.set(held)
         state.metrics.kv_capacity.set(capacity)
+    pool = getattr(state.model.backend, "pool", None)
+    if pool is not None:
+        state.metrics.kv_blocks(pool.used_bytes, pool.cap_bytes, pool.stats.evicted_blocks)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.detach:
         argv = ["--host", args.host, "--port", str(args.port), "--max-queue", str(args.max_queue),
                 "--max-tokens-cap", str(args.max_tokens_cap), "--slots", str(args.slots)]
-        for flag in ("token", "model", "backend", "threads", "context_length"):
+        for flag in ("token", "model", "backend", "threads", "context_length", "kv_cache_mb"):
             value = getattr(args, flag, None)
             if value is not None:
                 argv += [f"--{flag.replace('_', '-')}", str(value)]
@@ -79,6 +79,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             ("requests", status["requests"]), ("queue", f"{status['queued']} waiting, "
                                                          f"{status['busy_slots']}/{status['slots']} slots busy"),
             ("memory", _human_bytes(status["rss_bytes"])), ("token file", status["token_file"])]
+    kv = status.get("kv_cache_bytes")
+    if kv:
+        held = f"{_human_bytes(kv['slots'])} in slots, {_human_bytes(kv['blocks'])} of {_human_bytes(kv['blocks_cap'])}"
+        rows.insert(-1, ("KV cache", f"{held} in kept blocks"))
     for key, value in rows:
         print(f"{key:>10}: {value}")
     return 0
@@ -108,6 +112,9 @@ def add_commands(sub: argparse._SubParsersAction, model_flags: Callable[[argpars
     c.add_argument("--slots", type=int, default=4,
                    help="requests decoded together on the native backend, each with its own KV cache "
                         "(default 4; llama.cpp runs one at a time)")
+    c.add_argument("--kv-cache-mb", type=int,
+                   help="MiB of KV blocks kept from earlier requests for prompts that start the same way "
+                        "(native backend; default 256, 0 turns it off), beyond the slots' own KV")
     c.set_defaults(func=_one_line(cmd_serve))
 
     c = sub.add_parser("status", help="whether the daemon runs, and its model, port, pid, uptime and memory")

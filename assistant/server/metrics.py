@@ -35,6 +35,13 @@ class Metrics:
                                registry=r)
         self.kv_capacity = Gauge("assistant_kv_cache_capacity_tokens", "Tokens the KV cache can hold (every slot)",
                                  registry=r)
+        self.kv_block_bytes = Gauge("assistant_kv_block_cache_bytes", "Bytes of KV blocks kept from earlier requests",
+                                    registry=r)
+        self.kv_block_cap = Gauge("assistant_kv_block_cache_capacity_bytes", "The block cache's byte cap",
+                                  registry=r)
+        self.kv_block_evictions = Counter("assistant_kv_block_evictions", "KV blocks dropped, least recently used "
+                                          "first, to make room", registry=r)
+        self._evictions_seen = 0
         self.cancelled = Counter("assistant_cancelled_generations", "Generations stopped because the client left",
                                  registry=r)
         self.tool_calls = Counter("assistant_tool_calls", "Tool calls the model wrote", ["valid"], registry=r)
@@ -49,6 +56,13 @@ class Metrics:
         self.generated_tokens.inc(timings.generated_tokens)
         if timings.decode_tok_s > 0:
             self.decode_tok_s.set(timings.decode_tok_s)
+
+    def kv_blocks(self, used: int, cap: int, evictions: int) -> None:
+        """The block cache's bytes and its evictions so far (the engine counts them)."""
+        self.kv_block_bytes.set(used)
+        self.kv_block_cap.set(cap)
+        self.kv_block_evictions.inc(max(0, evictions - self._evictions_seen))
+        self._evictions_seen = max(self._evictions_seen, evictions)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

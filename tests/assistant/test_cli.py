@@ -168,7 +168,19 @@ def test_bench_reports_both_engines_and_the_ratio(cli_env, smollm2_path) -> None
     assert report["ratio"]["decode"] == report["ours"]["decode_tok_s"] / report["reference"]["decode_tok_s"]
 
 
+def test_bench_times_a_file_switch(cli_env, smollm2_path) -> None:
+    """The `switch` workload (prompts A, B, then A again) answers A the second time from the kept
+    KV blocks on the native backend, while llama.cpp's one sequence evaluates it again."""
+    proc = run(cli_env, "bench", "--model", "smollm2-135m", "--backend", "native", "--threads", "2",
+               "--prompt-tokens", "32", "--gen-tokens", "4", "--runs", "1", "--workloads", "switch", "--json")
+    assert proc.returncode == 0, proc.stderr
+    w = json.loads(proc.stdout)["workloads"]["file switch: A, B, then A again"]
+    assert w["ours"]["return_reused_tokens"] == 1008  # every whole block of the 1024 but the last token's
+    assert w["reference"]["return_reused_tokens"] <= 1  # the BOS token
+    assert w["speedup"] == w["reference"]["return_s"] / w["ours"]["return_s"]
+
+
 def test_bench_names_an_unknown_workload(cli_env) -> None:
     """A workload `assistant bench` does not know is a one-line usage error naming the known ones."""
     assert_clean_error(run(cli_env, "bench", "--model", "smollm2-135m", "--workloads", "decode,warp-speed"),
-                       "unknown workload 'warp-speed' (choose from decode, prefill-2048, batch-8)")
+                       "unknown workload 'warp-speed' (choose from decode, prefill-2048, batch-8, switch)")

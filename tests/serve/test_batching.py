@@ -14,11 +14,13 @@ from tests.serve.conftest import start_daemon
 from tests.serve.test_scheduling import LONG, open_stream
 
 SLOTS = 4
+KV_CACHE_MB = 64
 
 
 @pytest.fixture(scope="module")
 def native_daemon(serve_env):
-    d = start_daemon(serve_env(), "--backend", "native", "--slots", str(SLOTS), "--max-queue", "32", timeout=240)
+    d = start_daemon(serve_env(), "--backend", "native", "--slots", str(SLOTS), "--max-queue", "32",
+                    "--kv-cache-mb", str(KV_CACHE_MB), timeout=240)
     yield d
     d.stop()
 
@@ -95,3 +97,35 @@ def test_disconnects_mid_stream_free_their_slots(native_daemon):
     assert status["rss_bytes"] < rss_before * 1.05 + (16 << 20), (rss_before, status["rss_bytes"])
     assert survivor["code"] == 200 and survivor["usage"]["completion_tokens"] > 0
     assert d.request("GET", "/health", token=None)[0] == 200
+
+
+def test_a_prompt_that_comes_back_is_served_from_kept_blocks(native_daemon):
+    """Requests one after another take the same slot; a prompt that comes back after another
+    replaced it there is served from the KV blocks kept in the byte-capped cache: the usage says
+    how many prompt tokens were cached, the answer is the same, and /metrics and /v1/status show
+    the cache within its cap."""
+    d = native_daemon
+    doc = '"""Parse the options of a small command-line tool and report errors clearly."""\n'
+    first = {"model": "smollm2-135m", "prompt": doc + "import argparse\n\ndef parse(argv):\n", "max_tokens": 8,
+             "temperature": 0}
+    other = {"model": "smollm2-135m", "prompt": "class Matrix:\n    def __init__(self, rows, cols):\n" * 3,
+             "max_tokens": 8, "temperature": 0}
+
+    def ask(body):
+        code, _, raw = d.request("POST", "/v1/completions", body, timeout=120)
+        assert code == 200, raw
+        answer = json.loads(raw)
+        return answer["choices"][0]["text"], answer["usage"]
+
+    text, usage = ask(first)
+    ask(other)
+    again, usage_again = ask(first)
+    assert again == text
+    prompt_tokens = usage_again["prompt_tokens"]
+    assert prompt_tokens == usage["prompt_tokens"] and prompt_tokens > 16
+    assert usage_again["prompt_tokens_details"]["cached_tokens"] == (prompt_tokens - 1) // 16 * 16
+    cap = d.metric("assistant_kv_block_cache_capacity_bytes")
+    assert (KV_CACHE_MB - 1) << 20 < cap <= KV_CACHE_MB << 20  # --kv-cache-mb, in whole blocks
+    assert 0 < d.metric("assistant_kv_block_cache_bytes") <= cap
+    kv = d.status()["kv_cache_bytes"]
+    assert kv["blocks_cap"] == cap and 0 < kv["blocks"] <= cap and kv["slots"] > 0
