@@ -25,8 +25,11 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from engine.generation import common_prefix
 
 BLOCK_TOKENS = 16
 
@@ -38,7 +41,7 @@ class PoolStats:
     lookups: int = 0  # prompts looked up
     hit_tokens: int = 0  # tokens given back from blocks
     stored_blocks: int = 0  # blocks written
-    evicted_blocks: int = 0  # blocks dropped to make room
+    evicted_blocks: int = 0  # blocks dropped to make room (for SavedSequences: states)
 
 
 def block_keys(tokens: Sequence[int], salt: bytes = b"", n_blocks: int | None = None) -> list[bytes]:
@@ -150,3 +153,52 @@ class BlockPool:
     def clear(self) -> None:
         self._where.clear()
         self._free = list(range(self.capacity - 1, -1, -1))
+
+
+class SavedSequences:
+    """Whole sequences' saved states (opaque buffers, e.g. llama.cpp's per-sequence state), keyed by
+    their tokens, at most `cap_bytes` of them, least recently used out first: the same service as
+    `BlockPool` for an engine that saves and restores a sequence as one piece. A state whose
+    tokens extend a held one's replaces it."""
+
+    def __init__(self, cap_bytes: int) -> None:
+        self.cap_bytes = max(0, cap_bytes)
+        self._states: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self.used_bytes = 0
+        self.stats = PoolStats()
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def best(self, prompt: Sequence[int]) -> tuple[tuple[int, ...], Any, int] | None:
+        """The held state sharing the longest prefix with `prompt`: (its tokens, the state, how many
+        tokens they share), now the most recently used; None when none shares a token."""
+        self.stats.lookups += 1
+        best, shared = None, 0
+        for tokens in self._states:
+            n = common_prefix(tokens, prompt)
+            if n > shared:
+                best, shared = tokens, n
+        if best is None:
+            return None
+        self._states.move_to_end(best)
+        return best, self._states[best], shared
+
+    def put(self, tokens: Sequence[int], state: Any) -> bool:
+        """Keep `state` (a buffer of len() bytes) for `tokens`; False when it alone exceeds the cap."""
+        size = len(state)
+        if size > self.cap_bytes:
+            return False
+        key = tuple(tokens)
+        for held in [t for t in self._states if len(t) <= len(key) and key[:len(t)] == t]:
+            self._drop(held)  # a prefix of this one: nothing it gives that this one does not
+        while self.used_bytes + size > self.cap_bytes:
+            self._drop(next(iter(self._states)))
+            self.stats.evicted_blocks += 1
+        self._states[key] = state
+        self.used_bytes += size
+        self.stats.stored_blocks += 1
+        return True
+
+    def _drop(self, tokens: tuple[int, ...]) -> None:
+        self.used_bytes -= len(self._states.pop(tokens))

@@ -4,11 +4,15 @@ The high-level `Llama.generate` copies the whole logits row into numpy and sampl
 each step (7.5 tok/s on the bundled 0.5B model here); this backend drives `llama_decode`
 directly and samples with llama.cpp's own sampler chain in C, so a token costs one decode plus
 a few microseconds of Python. The tokens in the KV cache are remembered, and the next call
-evaluates only the part of its prompt that differs (prefix reuse).
+evaluates only the part of its prompt that differs (prefix reuse). When a prompt would drop most
+of what the cache holds (an editor moving to another file), the sequence's state is saved first,
+up to a byte cap (engine.kvpool.SavedSequences), and a later prompt that starts like a saved
+sequence gets it back instead of evaluating it again.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import threading
 import time
@@ -25,7 +29,11 @@ from engine.backend import (
     SamplingParams,
 )
 from engine.generation import check_prompt, reusable_prefix, stream_tokens
+from engine.kvpool import BLOCK_TOKENS, SavedSequences
 from engine.tokenizer import Vocab, VocabText, init_llama
+
+
+SAVE_MIN_TOKENS = 256  # a sequence is saved when a new prompt would drop at least this many of its tokens
 
 
 class LlamaBackend(VocabText):
@@ -41,7 +49,9 @@ class LlamaBackend(VocabText):
         n_threads: int = 1,
         n_batch: int = 512,
         architecture: str = "",
+        saved_bytes: int = 0,
     ) -> None:
+        """Load `path`; up to `saved_bytes` of sequence states are kept for prompts that come back."""
         init_llama()
         self._lock = threading.Lock()
         self.path = Path(path)
@@ -67,6 +77,7 @@ class LlamaBackend(VocabText):
         self._n_batch = n_batch
         self._n_vocab = lc.llama_vocab_n_tokens(self._vocab)
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self.saved = SavedSequences(saved_bytes) if saved_bytes > 0 else None
         eog = self.vocab.eog_tokens
         self.summary = ModelSummary(
             path=self.path,
@@ -96,19 +107,51 @@ class LlamaBackend(VocabText):
         lc.llama_memory_clear(self._mem, True)
         self._cached = []
 
+    def kv_memory(self) -> dict[str, int]:
+        """The KV cache's bytes: the one sequence's (its whole context, f16 K and V) and the saved
+        sequences' (held, the cap, states evicted so far)."""
+        m = self._model
+        head_dim = lc.llama_model_n_embd(m) // max(1, lc.llama_model_n_head(m))
+        slots = self.summary.n_ctx * lc.llama_model_n_layer(m) * 2 * lc.llama_model_n_head_kv(m) * head_dim * 2
+        saved = self.saved
+        return {"slots_bytes": slots, "kept_bytes": saved.used_bytes if saved else 0,
+                "kept_cap_bytes": saved.cap_bytes if saved else 0, "kept_evictions": saved.stats.evicted_blocks if saved else 0}
+
     def kv_usage(self) -> tuple[int, int]:
         """(tokens whose K/V the cache holds, tokens it can hold)."""
         return len(self._cached), self.summary.n_ctx
 
     def _reuse_prefix(self, prompt: Sequence[int]) -> int:
-        """Keep the cached tokens shared with `prompt`, drop the rest; return how many were kept."""
+        """Keep the cached tokens shared with `prompt` (or a saved sequence's, when it shares more),
+        drop the rest; return how many were kept."""
         n = reusable_prefix(self._cached, prompt)
+        found = self.saved.best(prompt) if self.saved is not None else None
+        if len(self._cached) - n >= SAVE_MIN_TOKENS:
+            self._save_sequence()
+        if found is not None and min(found[2], len(prompt) - 1) >= n + BLOCK_TOKENS:
+            tokens, state, shared = found
+            lc.llama_memory_seq_rm(self._mem, 0, -1, -1)
+            if lc.llama_state_seq_set_data(self._ctx, state, len(state), 0) == 0:
+                self.reset()
+                return 0
+            self._cached = list(tokens)
+            n = min(shared, len(prompt) - 1)
+            self.saved.stats.hit_tokens += n
         if n < len(self._cached):
             if not lc.llama_memory_seq_rm(self._mem, 0, n, -1):
                 self.reset()
                 return 0
             del self._cached[n:]
         return n
+
+    def _save_sequence(self) -> None:
+        """Keep the cached sequence's state (its K/V cells) for a prompt that comes back to it."""
+        size = lc.llama_state_seq_get_size(self._ctx, 0)
+        if self.saved is None or size > self.saved.cap_bytes:
+            return
+        state = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(self._ctx, state, size, 0) == size:
+            self.saved.put(self._cached, state)
 
     def _sampler(self, params: SamplingParams, history: Sequence[int]) -> lc.llama_sampler_p:
         sparams = lc.llama_sampler_chain_default_params()

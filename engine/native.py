@@ -170,12 +170,12 @@ class NativeBackend(VocabText):
         """(tokens whose K/V the slots hold, tokens they can hold)."""
         return sum(len(c) for c in self._slot_tokens), self.state.n_ctx * self.state.n_slots
 
-    def kv_bytes(self) -> dict[str, int]:
-        """Bytes of KV cache: the slots' (allocated for their whole context) and the block pool's
-        (held, and its cap)."""
+    def kv_memory(self) -> dict[str, int]:
+        """The KV cache's bytes: the slots' (for their whole context) and those kept from earlier
+        prompts in the block pool (held, its cap, blocks evicted so far)."""
         pool = self.pool
-        return {"slots": self.state.kv_bytes, "blocks": pool.used_bytes if pool else 0,
-                "blocks_cap": pool.cap_bytes if pool else 0}
+        return {"slots_bytes": self.state.kv_bytes, "kept_bytes": pool.used_bytes if pool else 0,
+                "kept_cap_bytes": pool.cap_bytes if pool else 0, "kept_evictions": pool.stats.evicted_blocks if pool else 0}
 
     def _threads(self) -> None:
         if numba.get_num_threads() != self.n_threads:  # another thread than the one that loaded

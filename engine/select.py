@@ -60,11 +60,12 @@ def open_backend(
 ) -> Backend:
     """Load the model at `path` on the chosen backend; `n_slots` sequences of KV cache where the
     backend decodes several together (native), else one, and up to `block_cache_bytes` of KV
-    blocks kept from earlier prompts (native; llama.cpp keeps its one sequence's prefix)."""
+    kept from earlier prompts (native: blocks; llama.cpp: whole sequences' states)."""
     if choice.name == "llama":
         from engine.llama import LlamaBackend
 
-        return LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture)
+        return LlamaBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture,
+                            saved_bytes=block_cache_bytes)
     if choice.name == "native":
         from engine.native import NativeBackend
 

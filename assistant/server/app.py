@@ -438,14 +438,14 @@ async def status(request: Request, state: ServerState) -> Response:
         "token_file": str(state.token_file) if state.token_file else None,
         "tool_call_constraint": "json-schema (llguidance)" if state._tool_grammar is not None
         else f"none: {state._tool_grammar_error}" if state._tool_grammar_error else "not built yet",
-        "kv_cache_bytes": _kv_bytes(state),
+        "kv_cache": _kv_memory(state),
     })
 
 
-def _kv_bytes(state: ServerState) -> dict[str, int] | None:
-    """The native backend's KV memory: the slots', and the block pool's held and cap (else None)."""
-    kv_bytes = getattr(state.model.backend, "kv_bytes", None)
-    return kv_bytes() if callable(kv_bytes) else None
+def _kv_memory(state: ServerState) -> dict[str, int] | None:
+    """The backend's KV memory (slots, and what is kept from earlier prompts), where it says."""
+    kv_memory = getattr(state.model.backend, "kv_memory", None)
+    return kv_memory() if callable(kv_memory) else None
 
 
 async def metrics(request: Request, state: ServerState) -> Response:
@@ -456,9 +456,9 @@ async def metrics(request: Request, state: ServerState) -> Response:
         held, capacity = usage()
         state.metrics.kv_tokens.set(held)
         state.metrics.kv_capacity.set(capacity)
-    pool = getattr(state.model.backend, "pool", None)
-    if pool is not None:
-        state.metrics.kv_blocks(pool.used_bytes, pool.cap_bytes, pool.stats.evicted_blocks)
+    kv = _kv_memory(state)
+    if kv is not None:
+        state.metrics.kv_kept(kv["kept_bytes"], kv["kept_cap_bytes"], kv["kept_evictions"])
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

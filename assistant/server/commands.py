@@ -79,10 +79,10 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             ("requests", status["requests"]), ("queue", f"{status['queued']} waiting, "
                                                          f"{status['busy_slots']}/{status['slots']} slots busy"),
             ("memory", _human_bytes(status["rss_bytes"])), ("token file", status["token_file"])]
-    kv = status.get("kv_cache_bytes")
+    kv = status.get("kv_cache")
     if kv:
-        held = f"{_human_bytes(kv['slots'])} in slots, {_human_bytes(kv['blocks'])} of {_human_bytes(kv['blocks_cap'])}"
-        rows.insert(-1, ("KV cache", f"{held} in kept blocks"))
+        kept = f"{_human_bytes(kv['kept_bytes'])} of {_human_bytes(kv['kept_cap_bytes'])}"
+        rows.insert(-1, ("KV cache", f"{_human_bytes(kv['slots_bytes'])} in slots, {kept} kept from earlier requests"))
     for key, value in rows:
         print(f"{key:>10}: {value}")
     return 0

@@ -35,12 +35,12 @@ class Metrics:
                                registry=r)
         self.kv_capacity = Gauge("assistant_kv_cache_capacity_tokens", "Tokens the KV cache can hold (every slot)",
                                  registry=r)
-        self.kv_block_bytes = Gauge("assistant_kv_block_cache_bytes", "Bytes of KV blocks kept from earlier requests",
-                                    registry=r)
-        self.kv_block_cap = Gauge("assistant_kv_block_cache_capacity_bytes", "The block cache's byte cap",
-                                  registry=r)
-        self.kv_block_evictions = Counter("assistant_kv_block_evictions", "KV blocks dropped, least recently used "
-                                          "first, to make room", registry=r)
+        self.kv_kept_bytes = Gauge("assistant_kv_kept_bytes", "Bytes of KV kept from earlier requests (blocks "
+                                   "on the native backend, sequence states on llama.cpp)", registry=r)
+        self.kv_kept_cap = Gauge("assistant_kv_kept_capacity_bytes", "The byte cap of the KV kept from earlier "
+                                 "requests", registry=r)
+        self.kv_kept_evictions = Counter("assistant_kv_kept_evictions", "Kept KV blocks or states dropped, least "
+                                         "recently used first, to make room", registry=r)
         self._evictions_seen = 0
         self.cancelled = Counter("assistant_cancelled_generations", "Generations stopped because the client left",
                                  registry=r)
@@ -57,11 +57,11 @@ class Metrics:
         if timings.decode_tok_s > 0:
             self.decode_tok_s.set(timings.decode_tok_s)
 
-    def kv_blocks(self, used: int, cap: int, evictions: int) -> None:
-        """The block cache's bytes and its evictions so far (the engine counts them)."""
-        self.kv_block_bytes.set(used)
-        self.kv_block_cap.set(cap)
-        self.kv_block_evictions.inc(max(0, evictions - self._evictions_seen))
+    def kv_kept(self, used: int, cap: int, evictions: int) -> None:
+        """The bytes of KV kept from earlier requests, and its evictions so far (the engine counts them)."""
+        self.kv_kept_bytes.set(used)
+        self.kv_kept_cap.set(cap)
+        self.kv_kept_evictions.inc(max(0, evictions - self._evictions_seen))
         self._evictions_seen = max(self._evictions_seen, evictions)
 
     def render(self) -> bytes:

@@ -124,8 +124,8 @@ def test_a_prompt_that_comes_back_is_served_from_kept_blocks(native_daemon):
     prompt_tokens = usage_again["prompt_tokens"]
     assert prompt_tokens == usage["prompt_tokens"] and prompt_tokens > 16
     assert usage_again["prompt_tokens_details"]["cached_tokens"] == (prompt_tokens - 1) // 16 * 16
-    cap = d.metric("assistant_kv_block_cache_capacity_bytes")
+    cap = d.metric("assistant_kv_kept_capacity_bytes")
     assert (KV_CACHE_MB - 1) << 20 < cap <= KV_CACHE_MB << 20  # --kv-cache-mb, in whole blocks
-    assert 0 < d.metric("assistant_kv_block_cache_bytes") <= cap
-    kv = d.status()["kv_cache_bytes"]
-    assert kv["blocks_cap"] == cap and 0 < kv["blocks"] <= cap and kv["slots"] > 0
+    assert 0 < d.metric("assistant_kv_kept_bytes") <= cap
+    kv = d.status()["kv_cache"]
+    assert kv["kept_cap_bytes"] == cap and 0 < kv["kept_bytes"] <= cap and kv["slots_bytes"] > 0

@@ -142,6 +142,30 @@ def test_same_seed_same_answer_under_concurrency(daemon):
     assert busy and max(busy) <= 1
 
 
+def test_llama_backend_keeps_a_replaced_prompt_for_its_return(daemon):
+    """On llama.cpp (one sequence of KV) a prompt that replaces a long one saves it first; when the
+    first comes back, its tokens come from the saved state (usage.prompt_tokens_details) and the
+    answer is the one it gets with its prompt already in the cache."""
+    long_a = "def parse_options(argv):\n    options = {}\n" + "    options['k'] = argv.pop()\n" * 40
+    long_b = "class Matrix:\n    def __init__(self, rows):\n" + "        self.rows.append(rows.pop())\n" * 40
+
+    def ask(prompt):
+        code, _, raw = daemon.request("POST", "/v1/completions", {"model": "smollm2-135m", "prompt": prompt,
+                                                                  "max_tokens": 8, "temperature": 0}, timeout=120)
+        assert code == 200, raw
+        answer = json.loads(raw)
+        return answer["choices"][0]["text"], answer["usage"]
+
+    ask(long_a)
+    held, _ = ask(long_a)
+    ask(long_b)
+    again, usage = ask(long_a)
+    assert again == held
+    assert usage["prompt_tokens"] > 256 and usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+    assert daemon.status()["kv_cache"]["kept_bytes"] > 0
+    assert daemon.metric("assistant_kv_kept_capacity_bytes") == 256 << 20
+
+
 def test_sigterm_drains_then_exits(serve_env):
     """SIGTERM: the stream in flight finishes with [DONE], new requests get 503, the process exits 0."""
     d = start_daemon(serve_env())
