@@ -68,8 +68,9 @@ class Settings(BaseSettings):
     """Tokens of context the engine keeps (prompt plus answer)."""
 
     kv_cache_mb: int = Field(default=256, ge=0, le=1 << 20)
-    """MiB the native engine may use to keep earlier prompts' KV blocks (beyond each sequence's own
-    context), so that a prompt starting like an earlier one is not evaluated again; 0 turns it off."""
+    """MiB of KV kept from earlier prompts (beyond each sequence's own context: blocks on the native
+    engine, whole sequences' states on llama.cpp), so that a prompt starting like an earlier one is
+    not evaluated again; 0 turns it off."""
 
     temperature: float = Field(default=0.2, ge=0.0, le=5.0)
     """Sampling temperature; 0 always picks the most likely token."""

@@ -4,10 +4,11 @@
 in the environment: lines of its code are erased and typed again one character at a time, and
 each keystroke asks for a single-line completion through the same `Completer` the language
 server uses; it reports p50/p95 latency with the KV prefix reused, and with the cache dropped
-before every request. `python -m lsp.bench quality` cuts cases from the same package (a line
-that uses a name imported from another of its files, the cursor at the line's first
-character), completes each with the cross-file context on and off, and reports next-line
-exact match and edit similarity. Figures go to stdout as JSON and a short table.
+before every request. `python -m lsp.bench quality` cuts cases from the same package, or
+several (`--package jinja2,rich`): a line that uses a name imported from another of its files,
+the cursor at the line's first character; with `--strict` only lines whose use of that name
+appears nowhere else in the file, where only the other file can show it. It completes each with
+the cross-file context on and off and reports next-line exact match and edit similarity. Figures go to stdout as JSON and a short table.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import difflib
 import importlib.util
 import json
 import random
+import re
 import statistics
 import sys
 import time
@@ -45,23 +47,32 @@ class Case:
     expected: str  # the line's content
 
 
-def cross_file_cases(index: CodeIndex, limit: int, seed: int) -> list[Case]:
-    """Lines inside functions that use a name the file imports from another file of the package."""
+def cross_file_cases(index: CodeIndex, limit: int, seed: int, *, package: str = "", strict: bool = False) -> list[Case]:
+    """Lines inside functions that use a name the file imports from another file of the package
+    (a relative import, or an absolute one of `package`). `strict`: only lines where such a use
+    (`name(`, `name.attr`) appears nowhere else in the file, so the file itself cannot show it."""
     cases: list[Case] = []
     for path in index.files():
         symbols = index.file_symbols(path)
         if symbols is None or path.suffix != ".py":
             continue
-        imported = {imp.alias or imp.name for imp in symbols.imports if imp.name and imp.level > 0}
+        imported = {imp.alias or imp.name for imp in symbols.imports
+                    if (imp.alias or imp.name) and (imp.level > 0 or (package and imp.module.split(".")[0] == package))}
         if not imported:
             continue
+        uses = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in sorted(imported)) + r")(?:\.\w+)*(?=[(.])")
         lines = path.read_text(encoding="utf-8").split("\n")
         for i, line in enumerate(lines):
             body = line.strip()
             if not line.startswith("    ") or len(body) < 12 or body.startswith(("#", '"', "'")):
                 continue
-            if not any(f"{name}(" in body or f"{name}." in body for name in imported):
+            used = [m.group(0) for m in uses.finditer(body)]
+            if not used:
                 continue
+            if strict:
+                rest = "\n".join(lines[:i] + lines[i + 1:])
+                if all(u in rest for u in used):
+                    continue
             indent = line[: len(line) - len(line.lstrip())]
             before = "\n".join(lines[:i]) + "\n" + indent
             after = "\n" + "\n".join(lines[i + 1 :])
@@ -120,46 +131,63 @@ def run_latency(index: CodeIndex, lines: int, seed: int, reuse: bool, stride: in
     }
 
 
-def run_quality(index: CodeIndex, n: int, seed: int) -> dict[str, Any]:
-    cases = cross_file_cases(index, n, seed)
-    out: dict[str, Any] = {"cases": len(cases)}
+def run_quality(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool) -> dict[str, Any]:
+    """`n` cases split evenly over the packages, each completed with the cross-file context on
+    and off (the cases of one file in a row, so the KV of what they share is reused)."""
+    per = -(-n // len(indexes))
+    picked = [(pkg, c) for pkg, index in indexes.items()
+              for c in cross_file_cases(index, per, seed, package=pkg, strict=strict)][:n]
+    picked.sort(key=lambda pc: (str(pc[1].path), pc[1].offset))
+    out: dict[str, Any] = {"cases": len(picked), "strict": strict,
+                           "per_package": {pkg: sum(p == pkg for p, _ in picked) for pkg in indexes}}
     for cross_file in (True, False):
-        completer = _completer(index, cross_file)
-        exact, similarity = 0, []
-        try:
-            for i, case in enumerate(cases):
-                req = Request(uri=case.path.as_uri(), path=case.path, version=i, text=case.text, offset=case.offset)
-                result = completer.complete(req)
-                got = (result.text if result else "").strip()
-                exact += got == case.expected
-                similarity.append(difflib.SequenceMatcher(None, got, case.expected).ratio())
-        finally:
-            completer.close()
+        scores: dict[str, list[tuple[bool, float]]] = {pkg: [] for pkg in indexes}
+        for pkg, index in indexes.items():
+            completer = _completer(index, cross_file)
+            try:
+                for i, (_, case) in enumerate(pc for pc in picked if pc[0] == pkg):
+                    req = Request(uri=case.path.as_uri(), path=case.path, version=i, text=case.text, offset=case.offset)
+                    result = completer.complete(req)
+                    got = (result.text if result else "").strip()
+                    scores[pkg].append((got == case.expected, difflib.SequenceMatcher(None, got, case.expected).ratio()))
+            finally:
+                completer.close()
+        every = [x for rows in scores.values() for x in rows]
         key = "cross_file_on" if cross_file else "cross_file_off"
-        out[key] = {"exact_match": exact / max(1, len(cases)), "edit_similarity": statistics.fmean(similarity)}
+        out[key] = {"exact_match": sum(e for e, _ in every) / max(1, len(every)),
+                    "edit_similarity": statistics.fmean(s for _, s in every) if every else 0.0,
+                    "per_package": {pkg: {"exact_match": sum(e for e, _ in rows) / max(1, len(rows)),
+                                          "edit_similarity": statistics.fmean(s for _, s in rows) if rows else 0.0}
+                                    for pkg, rows in scores.items()}}
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lsp.bench")
     p.add_argument("what", choices=("latency", "quality"))
-    p.add_argument("--package", default="jinja2", help="an installed multi-file package to work on")
+    p.add_argument("--package", default="jinja2",
+                   help="installed multi-file package(s) to work on, comma-separated (quality splits its cases)")
     p.add_argument("--lines", type=int, default=8, help="latency: lines typed again")
     p.add_argument("--cold-stride", type=int, default=4,
                    help="latency without prefix reuse: time every N-th keystroke (each one evaluates the whole prompt)")
-    p.add_argument("--cases", type=int, default=200, help="quality: cases cut from the package")
+    p.add_argument("--cases", type=int, default=200, help="quality: cases cut from the package(s)")
+    p.add_argument("--strict", action="store_true",
+                   help="quality: only lines whose use of an imported name appears nowhere else in their file")
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args(argv)
-    root = package_root(a.package)
-    index = CodeIndex(root)
     t0 = time.perf_counter()
-    index.build()
-    report: dict[str, Any] = {"package": a.package, "files": len(index), "index_s": time.perf_counter() - t0}
+    indexes = {}
+    for name in [x.strip() for x in a.package.split(",") if x.strip()]:
+        indexes[name] = CodeIndex(package_root(name))
+        indexes[name].build()
+    report: dict[str, Any] = {"package": a.package, "files": sum(len(i) for i in indexes.values()),
+                              "index_s": time.perf_counter() - t0}
     if a.what == "latency":
+        index = next(iter(indexes.values()))
         report["with_reuse"] = run_latency(index, a.lines, a.seed, reuse=True)
         report["without_reuse"] = run_latency(index, a.lines, a.seed, reuse=False, stride=a.cold_stride)
     else:
-        report.update(run_quality(index, a.cases, a.seed))
+        report.update(run_quality(indexes, a.cases, a.seed, a.strict))
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 

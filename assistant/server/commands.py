@@ -113,8 +113,9 @@ def add_commands(sub: argparse._SubParsersAction, model_flags: Callable[[argpars
                    help="requests decoded together on the native backend, each with its own KV cache "
                         "(default 4; llama.cpp runs one at a time)")
     c.add_argument("--kv-cache-mb", type=int,
-                   help="MiB of KV blocks kept from earlier requests for prompts that start the same way "
-                        "(native backend; default 256, 0 turns it off), beyond the slots' own KV")
+                   help="MiB of KV kept from earlier requests for prompts that start the same way (blocks "
+                        "on the native backend, whole sequences on llama.cpp; default 256, 0 turns it off), "
+                        "beyond the slots' own KV")
     c.set_defaults(func=_one_line(cmd_serve))
 
     c = sub.add_parser("status", help="whether the daemon runs, and its model, port, pid, uptime and memory")
