@@ -11,15 +11,8 @@ from assistant.server.commands import add_commands
 log = logging.getLogger("assistant.server")
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", help="bundled model name, a name from your settings, or a .gguf path")
-    p.add_argument("--backend", "-b", help="auto (default) or llama")
-    p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
-    p.add_argument("--context-length", type=int, help="tokens of context (prompt plus answer)")
-
-
 def main(argv: list[str] | None = None) -> int:
-    from assistant.cli import UsageError
+    from assistant.cli import UsageError, model_flags, setting_overrides
     from assistant.logs import setup_logging
     from assistant.settings import SettingsError, load_settings
     from engine.backend import EngineError
@@ -28,11 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     from models.templates import TemplateError
 
     parser = argparse.ArgumentParser(prog="assistant")
-    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), _model_flags)
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), model_flags)
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(**{k: getattr(args, k, None) for k in ("model", "backend", "threads",
-                                                                       "context_length")})
+        settings = load_settings(**setting_overrides(args))
         setup_logging(settings.log_level)
         return args.func(args, settings)
     except KeyboardInterrupt:

@@ -38,6 +38,7 @@ from assistant.server.scheduler import PRIORITY_CHAT, PRIORITY_COMPLETION, Drain
 from assistant.server.schemas import ChatRequest, CompletionRequest, Message, NamedToolChoice
 from assistant.settings import Settings
 from engine.backend import ContextOverflowError, EngineError, GenerationEvent, SamplingParams
+from engine.remote import RemoteError
 from models.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -368,6 +369,10 @@ async def _events(job: Job, request: Request) -> AsyncIterator[GenerationEvent]:
                 raise ApiError(400, str(item), code="context_length_exceeded")
             if isinstance(item, Draining):
                 raise ApiError(503, "the daemon is shutting down", "server_error", "shutting_down")
+            if isinstance(item, RemoteError):  # the server this daemon forwards to (backend remote)
+                if item.status in (400, 422):
+                    raise ApiError(400, str(item), code="upstream_refused")
+                raise ApiError(502, str(item), "server_error", "upstream_failed")
             if isinstance(item, BaseException):
                 raise ApiError(500, f"generation failed: {item}", "server_error")
             yield item
@@ -419,8 +424,10 @@ async def health(request: Request, state: ServerState) -> Response:
 
 
 async def models(request: Request, state: ServerState) -> Response:
+    # max_model_len as vLLM writes it, so a remote backend pointed here learns the context
     return JSONResponse({"object": "list", "data": [
-        {"id": state.model.name, "object": "model", "created": int(state.started), "owned_by": "assistant"}]})
+        {"id": state.model.name, "object": "model", "created": int(state.started), "owned_by": "assistant",
+         "max_model_len": state.model.backend.summary.n_ctx}]})
 
 
 async def status(request: Request, state: ServerState) -> Response:
