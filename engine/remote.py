@@ -243,7 +243,8 @@ class RemoteBackend(VocabText):
                               "only grammar constraints describe themselves")
         if not self.takes_constraints:
             raise EngineError(f"{self.endpoint.label} takes no grammar, so tool calls and JSON answers cannot be "
-                              "constrained there")
+                              "constrained there (assistant serve takes grammars; vLLM, llama-server and Ollama "
+                              "take none of ours)")
         return spec()
 
     def generate(

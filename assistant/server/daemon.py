@@ -136,7 +136,8 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = DEFAULT_PO
         decoder = BatchDecoder(model.backend)  # type: ignore[arg-type]
     elif model.backend.name == "remote":
         workers = max(1, slots)
-        log.info("forwarding to %s, %d requests in flight at most", model.backend.endpoint.url, workers)  # type: ignore[attr-defined]
+        log.info("forwarding to %s, %d requests in flight at most",
+                 model.backend.endpoint.url, workers)  # type: ignore[attr-defined]
     elif slots > 1:
         log.info("the %s backend runs one request at a time (--slots applies to the native backend)",
                  model.backend.name)

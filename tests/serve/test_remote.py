@@ -240,6 +240,17 @@ def test_a_forwarding_daemon_keeps_several_requests_in_flight(proxy) -> None:
     assert proxy.wait_idle()["busy_slots"] == 0
 
 
+def test_a_forwarding_daemon_passes_grammars_on(proxy, upstream) -> None:
+    """Its upstream takes grammars, so the forwarding daemon says it does too, and a grammar sent
+    to it holds the answer as it does at the upstream."""
+    code, _, raw = proxy.request("GET", "/v1/models")
+    assert code == 200 and json.loads(raw)["data"][0]["grammars"] == ["lark"]
+    body = {"model": "smollm2-135m", "prompt": "Is the sky blue? Answer:", "max_tokens": 8, "temperature": 0,
+            "grammar": {"lark": 'start: " maybe" | " never"'}}
+    text = _post(proxy, "/v1/completions", body)["choices"][0]["text"]
+    assert text in (" maybe", " never") and text == _post(upstream, "/v1/completions", body)["choices"][0]["text"]
+
+
 def test_a_forwarding_daemon_says_when_its_upstream_is_gone(proxy, upstream) -> None:
     """Once the upstream stops, a request to the forwarding daemon is answered 502 with the reason."""
     upstream.stop()
