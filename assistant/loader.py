@@ -130,6 +130,35 @@ def load_model(settings: Settings, *, n_slots: int = 1, use_daemon: bool = False
     )
 
 
+def load_shared(settings: Settings) -> LoadedModel:
+    """What the editor and the terminal chat load: the model of a running daemon that holds the
+    same file (unless the settings say `use_daemon = false`), else the model in this process."""
+    return load_model(settings, use_daemon=settings.use_daemon)
+
+
+def daemon_gone(model: Any) -> bool:
+    """True when `model` ran on a daemon that is not there any more (its token file removed, its
+    process ended, or another daemon in its place). The client then loads it again with
+    `load_shared`, which falls back to an in-process engine when no daemon holds the file."""
+    from assistant.client import find_daemon
+
+    if getattr(model, "choice", None) is None or model.choice.name != "daemon":
+        return False
+    info = find_daemon()
+    return info is None or info.pid != model.backend.info.pid
+
+
+def runs_on(model: Any) -> str:
+    """Where a loaded model runs, for a status line: 'daemon :8765', 'remote gpu-box:8000', or the
+    name of the engine in this process ('llama', 'native')."""
+    backend = model.backend
+    if backend.name == "daemon":
+        return f"daemon :{backend.info.port}"
+    if backend.name == "remote":
+        return f"remote {backend.endpoint.host}:{backend.endpoint.port}"
+    return backend.name
+
+
 def _open(settings: Settings, path: Path, gguf: GGUFFile, *, n_slots: int,
           use_daemon: bool) -> tuple[Backend, BackendChoice]:
     daemon = _daemon_backend(path) if use_daemon else None
