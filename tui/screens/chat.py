@@ -164,7 +164,8 @@ class ChatScreen(Screen[None]):
         """When the model ran on a daemon that went away, drop it and load it again (in this
         process unless another daemon holds it now); True when that started."""
         app = cast(Any, self.app)
-        if app.runtime is None or self.busy or not daemon_gone(app.runtime.model):
+        # a stopped turn's worker may still hold the model for a moment: it is closed only after
+        if app.runtime is None or self.busy or not self.turn_finished.is_set() or not daemon_gone(app.runtime.model):
             return False
         log.info("the daemon went away: loading the model again")
         app.set_runtime(None)
