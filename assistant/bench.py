@@ -308,6 +308,11 @@ def run_bench(
     from engine.select import choose_backend
     from models.gguf import read_gguf
 
+    from engine.backend import EngineError
+
+    if settings.backend == "remote":
+        raise EngineError("assistant bench measures an engine in this process next to llama.cpp; it does not "
+                          "run against a remote server (use --backend llama, native or auto)")
     path = resolve_path(settings)
     with read_gguf(path) as gguf:
         choice = choose_backend(gguf, settings.backend)

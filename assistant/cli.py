@@ -150,7 +150,7 @@ def cmd_models_info(args: argparse.Namespace, settings: Settings) -> int:
 
     path = catalog.resolve(args.model or settings.model, settings.models, settings.cache_dir)
     with read_gguf(path) as gguf:
-        info = describe(gguf, args.backend or settings.backend)
+        info = describe(gguf, args.backend or settings.backend, remote_url=settings.remote.url)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -328,9 +328,11 @@ def cmd_service(args: argparse.Namespace, settings: Settings) -> int:
 # --- parser --------------------------------------------------------------------------------
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="bundled model name, a name from your settings, or a .gguf path")
-    p.add_argument("--backend", "-b", help="auto (default), llama or native")
+    p.add_argument("--backend", "-b", help="auto (default), llama, native, or remote (an OpenAI-compatible server)")
+    p.add_argument("--remote-url", metavar="URL", help="the server --backend remote sends generation to "
+                                                       "(remote.url in the settings)")
     p.add_argument("--threads", type=int, help="CPU threads (default: physical cores)")
     p.add_argument("--context-length", type=int, help="tokens of context (prompt plus answer)")
 
@@ -341,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("chat", help="answer one message, streamed to stdout")
-    _model_flags(c)
+    model_flags(c)
     c.add_argument("--temperature", "-t", type=float)
     c.add_argument("--max-tokens", "-n", type=int)
     c.add_argument("--seed", type=int)
@@ -351,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_chat)
 
     c = sub.add_parser("complete", help="print the completion at FILE:LINE:COL")
-    _model_flags(c)
+    model_flags(c)
     c.add_argument("--max-tokens", "-n", type=int, default=128)
     c.add_argument("--temperature", "-t", type=float, default=0.0)
     c.add_argument("--multiline", choices=("auto", "always", "never"), default="auto")
@@ -366,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = msub.add_parser("info", help="architecture, size, formats and the backend that will run it")
     c.add_argument("model", nargs="?", help="name or path (default: the configured model)")
     c.add_argument("--backend", "-b")
+    c.add_argument("--remote-url", metavar="URL", help="the server --backend remote would use")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_models_info)
     c = msub.add_parser("verify", help="re-check bundled models' checksums, or any GGUF file")
@@ -373,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_models_verify)
 
     c = sub.add_parser("bench", help="measure prompt and decode speed next to llama.cpp's raw loop")
-    _model_flags(c)
+    model_flags(c)
     c.add_argument("--prompt-tokens", type=int, default=512)
     c.add_argument("--gen-tokens", type=int, default=128)
     c.add_argument("--runs", type=int, default=3)
@@ -388,12 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("lsp", help="run the language server (stdio; --tcp HOST:PORT for debugging)")
-    _model_flags(c)
+    model_flags(c)
     c.add_argument("--tcp", metavar="HOST:PORT")
     c.set_defaults(func=cmd_lsp)
 
     c = sub.add_parser("context", help="show which definitions a completion at FILE:LINE:COL would use")
-    _model_flags(c)
+    model_flags(c)
     c.add_argument("--max-tokens", type=int, default=1024, help="token budget for the context")
     c.add_argument("--json", action="store_true")
     c.add_argument("position", help="FILE:LINE:COL, 1-based")
@@ -401,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from assistant.server.commands import add_commands
 
-    add_commands(sub, _model_flags)  # serve, status, stop
+    add_commands(sub, model_flags)  # serve, status, stop
 
     c = sub.add_parser("service", help="run the daemon (assistant serve) as a systemd user unit or a launchd agent")
     ssub = c.add_subparsers(dest="service_command", metavar="ACTION", required=True)
@@ -420,16 +423,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config_show)
 
     c = sub.add_parser("tui", help="the terminal chat about the current directory (the default command)")
-    _model_flags(c)
+    model_flags(c)
     c.set_defaults(func=cmd_tui)
     return p
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("model", "backend", "threads", "context_length", "kv_cache_mb", "temperature", "max_tokens", "seed")
     if args.command != "chat":
         keys = ("model", "backend", "threads", "context_length", "kv_cache_mb")
-    return {k: getattr(args, k, None) for k in keys}
+    overrides: dict[str, Any] = {k: getattr(args, k, None) for k in keys}
+    if getattr(args, "remote_url", None):
+        overrides["remote"] = {"url": args.remote_url}  # merged with the file's [remote] section
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:  # `assistant` alone opens the terminal chat
         args = parser.parse_args(["tui"])
     try:
-        settings = load_settings(**_overrides(args))
+        settings = load_settings(**setting_overrides(args))
         from assistant.logs import setup_logging
 
         setup_logging(settings.log_level)

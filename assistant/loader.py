@@ -113,22 +113,11 @@ def load_model(settings: Settings, *, n_slots: int = 1, use_daemon: bool = False
     second copy in this process (assistant.daemon_backend)."""
     path = resolve_path(settings)
     gguf = read_gguf(path)
-    remote = _daemon_backend(path) if use_daemon else None
-    if remote is not None:
-        choice = BackendChoice("daemon", f"the running daemon ({remote.info.url}, pid {remote.info.pid}) "
-                                         f"holds this model on its {remote.served_by} backend")
-        backend: Backend = remote
-    else:
-        choice = choose_backend(gguf, settings.backend)
-        backend = open_backend(
-            path,
-            choice,
-            n_ctx=settings.context_length,
-            n_threads=settings.threads or default_threads(),
-            architecture=gguf.architecture or "",
-            n_slots=n_slots,
-            block_cache_bytes=settings.kv_cache_mb << 20,
-        )
+    try:
+        backend, choice = _open(settings, path, gguf, n_slots=n_slots, use_daemon=use_daemon)
+    except BaseException:
+        gguf.close()
+        raise
     return LoadedModel(
         name=settings.model,
         path=path,
@@ -141,6 +130,56 @@ def load_model(settings: Settings, *, n_slots: int = 1, use_daemon: bool = False
     )
 
 
+def load_shared(settings: Settings) -> LoadedModel:
+    """What the editor and the terminal chat load: the model of a running daemon that holds the
+    same file (unless the settings say `use_daemon = false`), else the model in this process."""
+    return load_model(settings, use_daemon=settings.use_daemon)
+
+
+def daemon_gone(model: Any) -> bool:
+    """True when `model` ran on a daemon that is not there any more (its token file removed, its
+    process ended, or another daemon in its place). The client then loads it again with
+    `load_shared`, which falls back to an in-process engine when no daemon holds the file."""
+    from assistant.client import find_daemon
+
+    if getattr(model, "choice", None) is None or model.choice.name != "daemon":
+        return False
+    info = find_daemon()
+    return info is None or info.pid != model.backend.info.pid
+
+
+def runs_on(model: Any) -> str:
+    """Where a loaded model runs, for a status line: 'daemon :8765', 'remote gpu-box:8000', or the
+    name of the engine in this process ('llama', 'native')."""
+    backend = model.backend
+    if backend.name == "daemon":
+        return f"daemon :{backend.info.port}"
+    if backend.name == "remote":
+        return f"remote {backend.endpoint.host}:{backend.endpoint.port}"
+    return backend.name
+
+
+def _open(settings: Settings, path: Path, gguf: GGUFFile, *, n_slots: int,
+          use_daemon: bool) -> tuple[Backend, BackendChoice]:
+    daemon = _daemon_backend(path) if use_daemon else None
+    if daemon is not None:
+        return daemon, BackendChoice("daemon", f"the running daemon ({daemon.info.url}, pid {daemon.info.pid}) "
+                                               f"holds this model on its {daemon.served_by} backend")
+    choice = choose_backend(gguf, settings.backend, remote_url=settings.remote.url)
+    if choice.name == "remote":
+        from engine.remote import RemoteBackend
+
+        r = settings.remote
+        backend = RemoteBackend.connect(r.url or "", path, model=r.model, api_key=r.key(), prompt=r.prompt,
+                                        n_ctx=settings.context_length, architecture=gguf.architecture or "")
+        return backend, BackendChoice("remote", f"{choice.reason}; it serves '{backend.model_name}'")
+    backend = open_backend(path, choice, n_ctx=settings.context_length,
+                           n_threads=settings.threads or default_threads(),
+                           architecture=gguf.architecture or "", n_slots=n_slots,
+                           block_cache_bytes=settings.kv_cache_mb << 20)
+    return backend, choice
+
+
 def _file_type_name(value: object) -> str | None:
     """The file's own label for its quantization (llama.cpp's LLAMA_FTYPE names)."""
     if not isinstance(value, int):
@@ -151,13 +190,14 @@ def _file_type_name(value: object) -> str | None:
         return f"unknown ({value})"
 
 
-def describe(gguf: GGUFFile, requested_backend: str = "auto") -> dict[str, Any]:
-    """What `assistant models info` reports about a GGUF file."""
+def describe(gguf: GGUFFile, requested_backend: str = "auto", *, remote_url: str | None = None) -> dict[str, Any]:
+    """What `assistant models info` reports about a GGUF file (`remote_url`: the server the
+    remote backend would use; it is not asked anything here)."""
     arch = gguf.architecture or "unknown"
     quant = Counter(t.type_name for t in gguf.tensors.values())
     n_params = sum(t.n_elements for t in gguf.tensors.values())
     fim = detect_fim(special_tokens(gguf))
-    choice = choose_backend(gguf, requested_backend)
+    choice = choose_backend(gguf, requested_backend, remote_url=remote_url)
     template = gguf.get("tokenizer.chat_template")
     return {
         "path": str(gguf.path),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from models.catalog import DEFAULT_MODEL
 
-BackendName = Literal["auto", "llama", "native"]
+BackendName = Literal["auto", "llama", "native", "remote"]
 
 
 class SettingsError(Exception):
@@ -44,6 +44,35 @@ def state_dir() -> Path:
     return Path(platformdirs.user_state_dir("assistant"))
 
 
+class RemoteSettings(BaseModel):
+    """Where `backend = "remote"` sends generation: any OpenAI-compatible server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    """The server's base URL, e.g. http://gpu-box:8000 (vLLM), http://localhost:8080 (llama-server),
+    http://localhost:11434 (Ollama); a trailing /v1 is fine."""
+
+    model: str | None = None
+    """The model's name on that server; unset means the first one its /v1/models lists."""
+
+    api_key: SecretStr | None = None
+    """The bearer token the server wants; unset means the variable api_key_env names, if set."""
+
+    api_key_env: str = "ASSISTANT_REMOTE_API_KEY"
+    """The environment variable that holds the API key when api_key is unset."""
+
+    prompt: Literal["tokens", "text", "auto"] = "auto"
+    """How prompts go: token ids (vLLM, llama-server, assistant serve), text (Ollama), or auto:
+    ids, and text from the first time the server refuses ids."""
+
+    def key(self) -> str | None:
+        """The API key in effect: the setting, else the environment variable it names."""
+        if self.api_key is not None:
+            return self.api_key.get_secret_value() or None
+        return os.environ.get(self.api_key_env) or None
+
+
 class Settings(BaseSettings):
     """Everything a user can set. Field docstrings are what `assistant config show` explains."""
 
@@ -59,7 +88,8 @@ class Settings(BaseSettings):
 
     backend: BackendName = "auto"
     """Which engine runs the model: auto picks the best one for the file; llama is llama.cpp;
-    native is the project's own Numba engine."""
+    native is the project's own Numba engine; remote forwards to the server in [remote] (the model
+    file then gives the vocabulary and the prompt formats)."""
 
     threads: int | None = Field(default=None, ge=1, le=1024)
     """CPU threads for inference; unset means the number of physical cores."""
@@ -101,6 +131,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """How much goes to the log file in the user state dir."""
+
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
+    """The OpenAI-compatible server that backend = "remote" uses."""
 
     use_daemon: bool = True
     """When an `assistant serve` daemon runs with the same model file, the editor's completions

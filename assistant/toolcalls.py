@@ -129,10 +129,12 @@ class ToolCallGrammar:
     """The constraint factory for one loaded model: its vocabulary, and a grammar per tool set."""
 
     def __init__(self, model: Any) -> None:
-        from engine.constrained import vocabulary
+        from engine.constrained import supports_constraints, vocabulary
 
         self.model = model
         backend = model.backend
+        if not supports_constraints(backend):
+            raise ValueError(f"the {backend.name} backend's server takes no grammar")
         types = model.gguf.get("tokenizer.ggml.token_type") if getattr(model, "gguf", None) is not None else None
         if types is None:
             raise ValueError("the model file does not say which tokens are special")

@@ -9,6 +9,11 @@ there on every token must keep the text inside the grammar, up to the end of gen
 backend honours a `TokenConstraint` passed as `SamplingParams.constraint`: `apply(logits)` right
 before each sample, `accept(token)` right after it. A constraint holds state, so it serves one
 `generate` call.
+
+A backend that runs the model elsewhere (engine.remote) cannot mask logits itself: a
+`GrammarConstraint` describes itself with `spec()` (its Lark text and trigger), which is all a
+server holding the same vocabulary needs to build the same constraint, and such a backend says
+whether its server takes one (`takes_constraints`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ _SPECIAL_MARK = b"\xff"
 
 class ConstraintError(EngineError):
     """A grammar does not compile against the model's vocabulary."""
+
+
+def supports_constraints(backend: Backend) -> bool:
+    """Whether `backend` honours `SamplingParams.constraint`: every in-process backend does; a
+    remote one only where its server takes grammars."""
+    return bool(getattr(backend, "takes_constraints", True))
 
 
 @runtime_checkable
@@ -98,6 +109,7 @@ class Grammar:
     def __init__(self, tokenizer: llguidance.LLTokenizer, lark: str, *, trigger: bytes = b"") -> None:
         self.tokenizer = tokenizer
         self.trigger = trigger
+        self.lark = lark
         self._grammar = llguidance.LLMatcher.grammar_from_lark(lark)
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(self._grammar, tokenizer)
         if is_error:
@@ -107,16 +119,19 @@ class Grammar:
 
     def constraint(self, token_bytes: Callable[[int], bytes]) -> GrammarConstraint:
         """A constraint for one generation; `token_bytes` renders a token (to spot the trigger)."""
-        return GrammarConstraint(llguidance.LLMatcher(self.tokenizer, self._grammar), self.trigger, token_bytes)
+        return GrammarConstraint(llguidance.LLMatcher(self.tokenizer, self._grammar), self.trigger, token_bytes,
+                                 lark=self.lark)
 
 
 class GrammarConstraint:
     """Masks logits to a grammar from the moment the output ends with `trigger` (at once if empty)."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, trigger: bytes, token_bytes: Callable[[int], bytes]) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, trigger: bytes, token_bytes: Callable[[int], bytes], *,
+                 lark: str | None = None) -> None:
         if matcher.is_error():
             raise ConstraintError(f"the grammar does not compile: {matcher.get_error()}")
         self._matcher = matcher
+        self._lark = lark
         self._trigger = trigger
         self._token_bytes = token_bytes
         self._tail = b""
@@ -151,6 +166,14 @@ class GrammarConstraint:
         self._tail = (self._tail + self._token_bytes(token))[-len(self._trigger):]
         if self._tail == self._trigger:
             self.active = True
+
+    def spec(self) -> dict[str, str]:
+        """What rebuilds this constraint on a server with the same vocabulary: the grammar's Lark
+        text and the trigger's text ("": constrained from the first token). It is what
+        `assistant serve` takes as the `grammar` field of /v1/completions."""
+        if self._lark is None:
+            raise ConstraintError("this constraint was built without its grammar's text, so it cannot be sent")
+        return {"lark": self._lark, "trigger": self._trigger.decode("utf-8", "replace")}
 
     @property
     def accepting(self) -> bool:

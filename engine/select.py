@@ -1,7 +1,8 @@
 """Choosing the engine that runs a GGUF file, and saying why.
 
 `assistant models info` shows the choice and its reason, and `--backend auto` (the default)
-follows it. The native engine runs a file when it knows its architecture and every tensor's
+follows it. `remote` is only ever asked for: the file then gives the vocabulary and prompt
+formats, and an OpenAI-compatible server (engine.remote) runs the model. The native engine runs a file when it knows its architecture and every tensor's
 quant type (on an NVIDIA GPU when numba.cuda finds one, else on the CPU) and is asked for with
 `--backend native`; `auto` picks llama.cpp for now, because it is measured faster here, and
 says whether the native engine could run the file or why not.
@@ -15,7 +16,7 @@ from pathlib import Path
 from engine.backend import Backend, EngineError
 from models.gguf import GGUFFile
 
-BACKENDS = ("llama", "native")
+BACKENDS = ("llama", "native", "remote")
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,17 @@ class BackendChoice:
     reason: str
 
 
-def choose_backend(gguf: GGUFFile, requested: str = "auto") -> BackendChoice:
-    """Which backend runs `gguf` when the user asked for `requested`."""
+def choose_backend(gguf: GGUFFile, requested: str = "auto", *, remote_url: str | None = None) -> BackendChoice:
+    """Which backend runs `gguf` when the user asked for `requested` (`remote_url`: where the
+    remote backend sends generation)."""
     arch = gguf.architecture or "unknown"
+    if requested == "remote":
+        if not remote_url:
+            raise EngineError("the remote backend needs the server's URL: set url in the [remote] section of "
+                              "the settings, or pass --remote-url")
+        return BackendChoice("remote", f"remote was asked for: the server at {remote_url} runs the model; this "
+                                       f"'{arch}' file gives the vocabulary, chat template and FIM format, so the "
+                                       "server's model must share its vocabulary")
     if requested == "llama":
         return BackendChoice("llama", "llama.cpp was asked for")
     if requested in ("native", "auto"):

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.completion import Completion, Cursor, complete, wants_block, window
-from assistant.client import find_daemon
-from assistant.loader import LoadedModel, load_model
+from assistant.loader import LoadedModel, daemon_gone, load_shared
 from assistant.prompts import fim_prompt
 from assistant.settings import Settings, load_settings
 from engine.backend import SamplingParams
@@ -107,15 +106,14 @@ class Completer:
 
     def model(self) -> LoadedModel:
         key = (self.config.model, self.config.backend)
-        if self._model is not None and self._model.choice.name == "daemon" and find_daemon() is None:
-            log.info("the daemon went away: loading the model in this process")
-            self._model_key = None  # the daemon went away: load the model here
+        if self._model is not None and daemon_gone(self._model):
+            log.info("the daemon went away: loading the model again (in this process unless another daemon has it)")
+            self._model_key = None
         if self._model is None or self._model_key != key:
             if self._model is not None:
                 self._model.close()
                 self._model = None
-            settings = self.settings()
-            self._model = load_model(settings, use_daemon=settings.use_daemon)
+            self._model = load_shared(self.settings())
             self._model_key = key
             log.info("model loaded: %s on %s (%s)", self._model.path, self._model.choice.name,
                      self._model.choice.reason)

@@ -43,8 +43,9 @@ class LspConfig(BaseModel):
     model: str | None = None
     """A model name or .gguf path; unset means the one in the assistant's settings."""
 
-    backend: Literal["auto", "llama", "native"] | None = None
-    """Which engine runs the model; unset means the assistant's settings."""
+    backend: Literal["auto", "llama", "native", "remote"] | None = None
+    """Which engine runs the model (remote: the server in the settings' [remote]); unset means the
+    assistant's settings."""
 
     context: ContextConfig = Field(default_factory=ContextConfig)
     completion: CompletionConfig = Field(default_factory=CompletionConfig)

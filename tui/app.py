@@ -2,7 +2,8 @@
 
 The app owns what outlives a screen: the settings, the workspace, the sessions store, the
 approval rules, the code index builder and the loaded model (`Runtime`). The chat screen does
-the rest."""
+the rest. The model is the running daemon's when one holds the same file (`use_daemon`, as the
+editor does: one copy in memory for both), else loaded in this process."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from textual.app import App
 from textual.binding import Binding
 
 from assistant.approval import ApprovalRules, protected_paths
-from assistant.loader import load_model
+from assistant.loader import load_shared
 from assistant.sandbox import Workspace
 from assistant.sessions import SessionStore
 from assistant.settings import Settings
@@ -71,7 +72,7 @@ class AssistantApp(App[None]):
         self.store.close()
 
 
-def make_app(settings: Settings, *, workspace: str | Path | None = None, loader: Loader = load_model,
+def make_app(settings: Settings, *, workspace: str | Path | None = None, loader: Loader = load_shared,
              store: SessionStore | None = None, rules: ApprovalRules | None = None,
              code_index: CodeIndexBuilder | None = None) -> AssistantApp:
     """The app for `workspace` (default: the current directory); `code_index` builds the index

@@ -2,8 +2,10 @@
 
 Built in a worker thread (loading a model and indexing its vocabulary for constrained decoding
 take seconds), then handed to the screen. A model whose chat template has no tool format
-(SmolLM2) chats without tools; a model whose vocabulary lacks the `<tool_call>` token still gets
-tools, parsed from its text but not constrained; `note` says which, for the status bar.
+(SmolLM2) chats without tools; a model whose vocabulary lacks the `<tool_call>` token, or that
+runs on a remote server taking no grammar, still gets tools, parsed from its text but not
+constrained; `note` says which, for the status bar. On the daemon the grammar goes with each
+request and the daemon decodes under it.
 
 The code index behind `find_symbol` comes in as a builder (`CodeIndexBuilder`) from whoever
 made the app: the `assistant` CLI wires lsp's tree-sitter index in, so tui/ never imports lsp/.

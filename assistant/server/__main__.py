@@ -12,7 +12,7 @@ log = logging.getLogger("assistant.server")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from assistant.cli import UsageError, _model_flags, _overrides
+    from assistant.cli import UsageError, model_flags, setting_overrides
     from assistant.logs import setup_logging
     from assistant.settings import SettingsError, load_settings
     from engine.backend import EngineError
@@ -21,10 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     from models.templates import TemplateError
 
     parser = argparse.ArgumentParser(prog="assistant")
-    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), _model_flags)
+    add_commands(parser.add_subparsers(dest="command", metavar="COMMAND", required=True), model_flags)
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(**_overrides(args))
+        settings = load_settings(**setting_overrides(args))
         setup_logging(settings.log_level)
         return args.func(args, settings)
     except KeyboardInterrupt:

@@ -6,7 +6,9 @@ server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. Every e
 OpenAI-shaped JSON (`{"error": {"message", "type", "param", "code"}}`): 4xx when the client asked
 for something wrong, 5xx only for the daemon's own faults. Tool calls are the model's
 `<tool_call>{json}</tool_call>` blocks, decoded under the tools' JSON schemas when the model has
-those tags as special tokens (engine.constrained via assistant.toolcalls).
+those tags as special tokens (engine.constrained via assistant.toolcalls). `/v1/completions`
+also takes a `grammar` (Lark text and trigger) that a client built against the same vocabulary:
+that is how the TUI's tool calls stay constrained when it runs on the daemon.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,6 +41,7 @@ from assistant.server.scheduler import PRIORITY_CHAT, PRIORITY_COMPLETION, Drain
 from assistant.server.schemas import ChatRequest, CompletionRequest, Message, NamedToolChoice
 from assistant.settings import Settings
 from engine.backend import ContextOverflowError, EngineError, GenerationEvent, SamplingParams
+from engine.remote import RemoteError
 from models.templates import TemplateError
 
 log = logging.getLogger(__name__)
@@ -79,7 +83,8 @@ class ServerState:
     _tool_grammar: Any = None
     _tool_grammar_error: str | None = None
     _vocabulary: Any = None
-    _json_grammars: dict[str, Any] = field(default_factory=dict)
+    _grammars: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _grammar_lock: threading.Lock = field(default_factory=threading.Lock)  # routes prepare in a thread pool
 
     @property
     def model_ids(self) -> set[str]:
@@ -266,24 +271,36 @@ def _tool_constraint(state: ServerState, specs: list[_ToolSpec], lazy: bool) -> 
 _MAX_CACHED_GRAMMARS = 32
 
 
+def _grammar_constraint(state: ServerState, lark: str, trigger: str, param: str, what: str) -> Any:
+    """A constraint from a Lark grammar, compiled against the served vocabulary once per text
+    (the last few are kept); one that does not compile is the client's fault (400)."""
+    from engine.constrained import Grammar, supports_constraints, vocabulary
+
+    if not supports_constraints(state.model.backend):
+        raise ApiError(400, f"{what} needs decoding under a grammar, which the server this daemon forwards to "
+                       "does not take", param=param, code="grammar_unsupported")
+    key = (lark, trigger)
+    with state._grammar_lock:
+        grammar = state._grammars.get(key)
+        if grammar is None:
+            if state._vocabulary is None:
+                types = state.model.gguf.get("tokenizer.ggml.token_type") or []
+                special = [i for i, t in enumerate(types) if int(t) in (3, 4)]
+                state._vocabulary = vocabulary(state.model.backend, special)
+            try:
+                grammar = Grammar(state._vocabulary, lark, trigger=trigger.encode())
+            except (EngineError, ValueError) as e:  # ValueError: llguidance rejects the grammar text itself
+                raise ApiError(400, f"{what} cannot be used: {e}", param=param, code="invalid_grammar") from None
+            if len(state._grammars) >= _MAX_CACHED_GRAMMARS:
+                state._grammars.pop(next(iter(state._grammars)))
+            state._grammars[key] = grammar
+    return grammar.constraint(state.model.backend.token_bytes)
+
+
 def _json_constraint(state: ServerState, schema: dict[str, Any]) -> Any:
     """A constraint that makes the whole answer one JSON value matching `schema`."""
-    from engine.constrained import Grammar, vocabulary
-
     key = json.dumps(schema, sort_keys=True)
-    grammar = state._json_grammars.get(key)
-    if grammar is None:
-        if state._vocabulary is None:
-            types = state.model.gguf.get("tokenizer.ggml.token_type") or []
-            state._vocabulary = vocabulary(state.model.backend, [i for i, t in enumerate(types) if int(t) in (3, 4)])
-        try:
-            grammar = Grammar(state._vocabulary, f"start: %json {key}\n")
-        except (EngineError, ValueError) as e:  # ValueError: llguidance rejects the grammar text itself
-            raise ApiError(400, f"the response_format schema cannot be used: {e}", param="response_format") from None
-        if len(state._json_grammars) >= _MAX_CACHED_GRAMMARS:
-            state._json_grammars.pop(next(iter(state._json_grammars)))
-        state._json_grammars[key] = grammar
-    return grammar.constraint(state.model.backend.token_bytes)
+    return _grammar_constraint(state, f"start: %json {key}\n", "", "response_format", "the response_format schema")
 
 
 def _prepare_chat(state: ServerState, req: ChatRequest) -> tuple[list[int], SamplingParams, bool, str]:
@@ -368,6 +385,10 @@ async def _events(job: Job, request: Request) -> AsyncIterator[GenerationEvent]:
                 raise ApiError(400, str(item), code="context_length_exceeded")
             if isinstance(item, Draining):
                 raise ApiError(503, "the daemon is shutting down", "server_error", "shutting_down")
+            if isinstance(item, RemoteError):  # the server this daemon forwards to (backend remote)
+                if item.status in (400, 422):
+                    raise ApiError(400, str(item), code="upstream_refused")
+                raise ApiError(502, str(item), "server_error", "upstream_failed")
             if isinstance(item, BaseException):
                 raise ApiError(500, f"generation failed: {item}", "server_error")
             yield item
@@ -421,8 +442,18 @@ async def health(request: Request, state: ServerState) -> Response:
 
 
 async def models(request: Request, state: ServerState) -> Response:
+    # max_model_len as vLLM writes it, so a remote backend pointed here learns the context
     return JSONResponse({"object": "list", "data": [
-        {"id": state.model.name, "object": "model", "created": int(state.started), "owned_by": "assistant"}]})
+        {"id": state.model.name, "object": "model", "created": int(state.started), "owned_by": "assistant",
+         "max_model_len": state.model.backend.summary.n_ctx, "grammars": _grammars_taken(state)}]})
+
+
+def _grammars_taken(state: ServerState) -> list[str]:
+    """The grammar formats /v1/completions takes in its `grammar` field (a remote backend:
+    only where its own server takes them)."""
+    from engine.constrained import supports_constraints
+
+    return ["lark"] if supports_constraints(state.model.backend) else []
 
 
 async def status(request: Request, state: ServerState) -> Response:
@@ -435,7 +466,7 @@ async def status(request: Request, state: ServerState) -> Response:
         "host": state.host, "port": state.port, "pid": os.getpid(), "uptime_s": round(time.time() - state.started, 1),
         "requests": state.requests, "queued": state.scheduler.queued, "busy_slots": state.scheduler.busy,
         "slots": state.scheduler.slots, "rss_bytes": proc.memory_info().rss,
-        "token_file": str(state.token_file) if state.token_file else None,
+        "token_file": str(state.token_file) if state.token_file else None, "grammars": _grammars_taken(state),
         "tool_call_constraint": "json-schema (llguidance)" if state._tool_grammar is not None
         else f"none: {state._tool_grammar_error}" if state._tool_grammar_error else "not built yet",
         "kv_cache": _kv_memory(state),
@@ -595,13 +626,16 @@ async def completions(request: Request, state: ServerState) -> Response:
         raise ApiError(400, str(e), param="prompt") from None
 
     def prepare() -> tuple[list[int], SamplingParams]:
+        constraint = None
+        if req.grammar is not None:
+            constraint = _grammar_constraint(state, req.grammar.lark, req.grammar.trigger, "grammar", "the grammar")
         if ids is not None:
-            return ids, _sampling(state, req, len(ids))
+            return ids, _sampling(state, req, len(ids), constraint=constraint)
         if req.suffix is not None:
             tokens, stops = fim_prompt(state.model, prefix, req.suffix)
         else:
             tokens, stops = encode_text(state.model, prefix), ()
-        return tokens, _sampling(state, req, len(tokens), extra_stops=tuple(stops))
+        return tokens, _sampling(state, req, len(tokens), extra_stops=tuple(stops), constraint=constraint)
 
     prompt, params = await run_in_threadpool(prepare)
     job = _submit(state, prompt, params, PRIORITY_COMPLETION)

@@ -39,7 +39,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.detach:
         argv = ["--host", args.host, "--port", str(args.port), "--max-queue", str(args.max_queue),
                 "--max-tokens-cap", str(args.max_tokens_cap), "--slots", str(args.slots)]
-        for flag in ("token", "model", "backend", "threads", "context_length", "kv_cache_mb"):
+        for flag in ("token", "model", "backend", "remote_url", "threads", "context_length", "kv_cache_mb"):
             value = getattr(args, flag, None)
             if value is not None:
                 argv += [f"--{flag.replace('_', '-')}", str(value)]
@@ -110,8 +110,8 @@ def add_commands(sub: argparse._SubParsersAction, model_flags: Callable[[argpars
     c.add_argument("--max-queue", type=int, default=16, help="requests that may wait; more are answered 429")
     c.add_argument("--max-tokens-cap", type=int, default=2048, help="the most tokens one answer may ask for")
     c.add_argument("--slots", type=int, default=4,
-                   help="requests decoded together on the native backend, each with its own KV cache "
-                        "(default 4; llama.cpp runs one at a time)")
+                   help="requests decoded together on the native backend, each with its own KV cache, or in "
+                        "flight at once to a remote server (default 4; llama.cpp runs one at a time)")
     c.add_argument("--kv-cache-mb", type=int,
                    help="MiB of KV kept from earlier requests for prompts that start the same way (blocks "
                         "on the native backend, whole sequences on llama.cpp; default 256, 0 turns it off), "

@@ -114,7 +114,8 @@ class _DrainingServer(uvicorn.Server):
 def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: str | None = None,
           max_queue: int = 16, max_tokens_cap: int = 2048, max_body_bytes: int = 1 << 20, slots: int = 4) -> int:
     """Run the daemon in this process until SIGTERM; return the exit code. `slots` requests run
-    together on the native backend (continuous batching); llama.cpp runs one at a time."""
+    together on the native backend (continuous batching) or are in flight at once to a remote
+    server (which batches them); llama.cpp runs one at a time."""
     from assistant.loader import load_model
     from assistant.server.app import ServerState, create_app
     from assistant.server.metrics import Metrics
@@ -128,17 +129,21 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = DEFAULT_PO
     sock = bind(host, port)
     port = sock.getsockname()[1]
     model = load_model(settings, n_slots=max(1, slots))
-    decoder = None
+    decoder, workers = None, 1
     if model.backend.name == "native" and slots > 1:
         from engine.native import BatchDecoder
 
         decoder = BatchDecoder(model.backend)  # type: ignore[arg-type]
+    elif model.backend.name == "remote":
+        workers = max(1, slots)
+        log.info("forwarding to %s, %d requests in flight at most",
+                 model.backend.endpoint.url, workers)  # type: ignore[attr-defined]
     elif slots > 1:
         log.info("the %s backend runs one request at a time (--slots applies to the native backend)",
                  model.backend.name)
     metrics = Metrics()
     # Counted where the generation ends, so a stream whose client left is counted too.
-    scheduler = Scheduler(model.backend, max_queue=max_queue, decoder=decoder,
+    scheduler = Scheduler(model.backend, max_queue=max_queue, decoder=decoder, workers=workers,
                           on_finish=lambda job, ev: metrics.generation(ev.timings, ev.finish_reason))
     token = token or secrets.token_urlsafe(32)
     url_host = f"[{host.strip('[]')}]" if ":" in host else host

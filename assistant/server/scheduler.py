@@ -2,7 +2,9 @@
 the backend has slots.
 
 The llama.cpp backend holds one sequence of KV cache (and reuses the previous prompt's prefix),
-so there requests run one after another on a worker thread. The native backend with several
+so there requests run one after another on a worker thread. A remote backend (engine.remote)
+batches on its server, so `workers` threads each run one request to its end, that many in
+flight at once. The native backend with several
 slots runs them together (`engine.native.BatchDecoder`, continuous batching): between two decode
 steps the worker admits waiting requests into free slots, each step prefills a chunk of the new
 prompts and decodes one token of every running request, and a request whose client left is
@@ -25,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from engine.backend import Backend, GenerationEvent, SamplingParams
+from engine.backend import Backend, EngineError, GenerationEvent, SamplingParams
 
 if TYPE_CHECKING:
     from engine.native import BatchDecoder
@@ -64,16 +66,17 @@ class Job:
 
 
 class Scheduler:
-    """A worker thread draining a priority queue of jobs into one backend, one at a time or, with
-    a `decoder`, as many at once as it has slots."""
+    """Worker threads draining a priority queue of jobs into one backend: one job at a time per
+    worker (`workers` of them) or, with a `decoder`, one worker stepping as many jobs as it has slots."""
 
     def __init__(self, backend: Backend, *, max_queue: int = 16, on_finish: Callable[[Job, GenerationEvent], None]
-                 | None = None, decoder: BatchDecoder | None = None) -> None:
-        assert max_queue >= 1, max_queue
+                 | None = None, decoder: BatchDecoder | None = None, workers: int = 1) -> None:
+        assert max_queue >= 1 and workers >= 1, (max_queue, workers)
+        assert decoder is None or workers == 1, workers
         self.backend = backend
         self.decoder = decoder
         self.max_queue = max_queue
-        self.slots = decoder.n_slots if decoder is not None else 1
+        self.slots = decoder.n_slots if decoder is not None else workers
         self._on_finish = on_finish
         self._heap: list[tuple[int, int, Job]] = []
         self._seq = itertools.count()
@@ -81,9 +84,14 @@ class Scheduler:
         self._running: dict[int, Job] = {}  # slot -> job
         self._draining = False
         self._closed = False
-        work = self._work_batched if decoder is not None else self._work
-        self._thread = threading.Thread(target=work, name="assistant-scheduler", daemon=True)
-        self._thread.start()
+        if decoder is not None:
+            targets = [self._work_batched]
+        else:
+            targets = [lambda slot=slot: self._work(slot) for slot in range(workers)]
+        self._threads = [threading.Thread(target=t, name=f"assistant-scheduler-{i}", daemon=True)
+                         for i, t in enumerate(targets)]
+        for t in self._threads:
+            t.start()
 
     # --- what the app sees --------------------------------------------------------------------
 
@@ -132,7 +140,8 @@ class Scheduler:
             for job in self._running.values():
                 job.cancel.set()
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        for t in self._threads:
+            t.join(timeout=30)
 
     # --- the workers --------------------------------------------------------------------------
 
@@ -151,20 +160,20 @@ class Scheduler:
         job._put(None)
         return True
 
-    def _work(self) -> None:
-        """One job at a time, to its end."""
+    def _work(self, slot: int) -> None:
+        """One job at a time, to its end (`slot`: this worker's key among the running jobs)."""
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._heap or self._closed)
                 if self._closed:
                     return
                 _, _, job = heapq.heappop(self._heap)
-                self._running[0] = job
+                self._running[slot] = job
             try:
                 self._run(job)
             finally:
                 with self._cond:
-                    self._running.clear()
+                    self._running.pop(slot, None)
                     self._cond.notify_all()
 
     def _run(self, job: Job) -> None:
@@ -174,7 +183,10 @@ class Scheduler:
             for ev in self.backend.generate(job.prompt, job.params, cancel=job.cancel):
                 self._finish(job, ev)
                 job._put(ev)
-        except Exception as e:  # the request's own fault or ours: the app decides how to answer
+        except EngineError as e:  # said for a person (a prompt over the context, a remote that failed)
+            log.warning("generation failed: %s", e)
+            job._put(e)
+        except Exception as e:  # our own fault: the app answers 500
             log.exception("generation failed")
             job._put(e)
         job._put(None)

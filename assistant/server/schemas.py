@@ -90,6 +90,19 @@ class ResponseFormat(_Body):
         return self.json_schema.schema_
 
 
+# A tool-call grammar for the assistant's own tools is about 2.5 KB; JSON schemas of real APIs run
+# to tens of KB.
+MAX_GRAMMAR_CHARS = 64 * 1024
+
+
+class GrammarSpec(_Body):
+    """A constraint a client built against the same vocabulary (engine.constrained `spec()`): the
+    answer must follow the Lark grammar from the moment it ends with `trigger` ("": at once)."""
+
+    lark: StrictStr = Field(min_length=1, max_length=MAX_GRAMMAR_CHARS)
+    trigger: StrictStr = Field(default="", max_length=64)
+
+
 class _Sampling(_Body):
     model: StrictStr
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -143,6 +156,8 @@ class CompletionRequest(_Sampling):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     stop_token_ids: list[StrictInt] | None = Field(default=None, max_length=64)
+    # this daemon's extension: decode under a grammar (what the TUI's tool calls need)
+    grammar: GrammarSpec | None = None
 
     def logprobs_wanted(self) -> int | None:
         return self.logprobs

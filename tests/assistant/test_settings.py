@@ -68,3 +68,18 @@ def test_bad_environment_value(config: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("ASSISTANT_THREADS", "lots")
     with pytest.raises(SettingsError, match="setting 'threads' = 'lots'"):
         load_settings()
+
+
+def test_remote_section_key_and_url_flag(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """[remote] comes from the file; the API key from the variable api_key_env names (never shown by
+    `config show`); --remote-url replaces only the URL; a bad prompt mode is named."""
+    config.write_text('backend = "remote"\n[remote]\nurl = "http://a:1"\nmodel = "coder-7b"\napi_key_env = "MY_KEY"\n')
+    monkeypatch.setenv("MY_KEY", "sekrit")
+    s = load_settings(remote={"url": "http://b:2/v1"})
+    assert (s.backend, s.remote.url, s.remote.model, s.remote.prompt) == ("remote", "http://b:2/v1", "coder-7b", "auto")
+    assert s.remote.key() == "sekrit" and "sekrit" not in s.model_dump_json()
+    config.write_text('[remote]\napi_key = "in-file"\nprompt = "ids"\n')
+    with pytest.raises(SettingsError, match="setting 'remote.prompt' = 'ids': input should be 'tokens', 'text' or 'auto'"):
+        load_settings()
+    config.write_text('[remote]\napi_key = "in-file"\n')
+    assert load_settings().remote.key() == "in-file" and "in-file" not in load_settings().model_dump_json()

@@ -41,13 +41,18 @@ valid_sampling = {"temperature": st.floats(0, 2), "top_p": st.floats(0.01, 1), "
 valid_chat = st.fixed_dictionaries({"model": st.just("smollm2-135m"), "messages": st.lists(st.fixed_dictionaries(
     {"role": st.sampled_from(["system", "user", "assistant"]), "content": st.text(max_size=40)}), min_size=1, max_size=3)},
     optional={**valid_sampling, "response_format": response_formats})
+# The grammar extension: Lark text from pieces of its syntax, so some of it compiles.
+lark_text = st.lists(st.sampled_from(['start: ', '"a"', '"b"', " | ", "(", ")", "*", "+", "?", "x", "\n", "%json ",
+                                      '{"type": "string"}', "/[0-9]+/", "<tool_call>", "::=", " "]), max_size=8).map("".join)
+grammars = json_values | st.fixed_dictionaries({"lark": lark_text | st.text(max_size=20)},
+                                               optional={"trigger": st.text(max_size=4) | json_values})
 valid_completion = st.fixed_dictionaries({"model": st.just("smollm2-135m"), "prompt": st.text(min_size=1, max_size=40)},
-                                         optional={**valid_sampling, "suffix": st.text(max_size=20)})
+                                         optional={**valid_sampling, "suffix": st.text(max_size=20), "grammar": grammars})
 
 
 def mutated(bodies):
     keys = st.sampled_from(["model", "messages", "prompt", "suffix", "stop", "max_tokens", "temperature", "seed",
-                            "stream", "tools", "tool_choice", "response_format", "n"])
+                            "stream", "tools", "tool_choice", "response_format", "n", "grammar"])
     return st.tuples(bodies, keys, json_values).map(lambda t: {**t[0], t[1]: t[2]})
 
 

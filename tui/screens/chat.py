@@ -1,5 +1,9 @@
 """The chat screen: sessions sidebar, the conversation, the prompt and the status bar.
 
+The model may run on the daemon (tui.app): when that daemon goes away, the next message (or
+the end of the turn it broke) loads the model again, in this process unless another daemon
+holds it, and the message waits for it like one sent while loading.
+
 A turn runs in a thread worker (`_run_turn`): the agent streams events, which reach the screen
 through `call_from_thread` tagged with the turn's number, and events of a turn that is no longer
 current (stopped, regenerated, another session opened) are dropped. Each event is saved as it
@@ -26,6 +30,7 @@ from textual.widgets import Footer, Label
 
 from assistant.agent import AnswerDone, AnswerStarted, Event, Notice, Rewind, TextDelta, ToolFinished, ToolStarted
 from assistant.approval import Approval, ApprovalRequest
+from assistant.loader import daemon_gone, runs_on
 from assistant.sessions import SessionError
 from engine.backend import EngineError
 from models.catalog import ModelError
@@ -147,13 +152,26 @@ class ChatScreen(Screen[None]):
         summary = runtime.model.backend.summary
         name = str(settings.model)
         self.status.model = Path(name).stem if name.endswith(".gguf") else name
-        self.status.backend = runtime.model.backend.name
+        self.status.backend = runs_on(runtime.model)
         self.status.note = "" if runtime.note == "tools" else runtime.note
         self.status.window = summary.n_ctx
         self._set_state("")
         if self.pending is not None:  # the message sent while loading is in the history already
             self.pending = None
             self._start_turn()
+
+    def _follow_daemon(self) -> bool:
+        """When the model ran on a daemon that went away, drop it and load it again (in this
+        process unless another daemon holds it now); True when that started."""
+        app = cast(Any, self.app)
+        # a stopped turn's worker may still hold the model for a moment: it is closed only after
+        if app.runtime is None or self.busy or not self.turn_finished.is_set() or not daemon_gone(app.runtime.model):
+            return False
+        log.info("the daemon went away: loading the model again")
+        app.set_runtime(None)
+        self.notify("the daemon stopped: loading the model in this process", severity="warning")
+        self.load(app.settings)
+        return True
 
     def _load_failed(self, message: str) -> None:
         self._set_state("no model")
@@ -177,6 +195,7 @@ class ChatScreen(Screen[None]):
         self.log_view.mount(MessageView("user", event.text))
         self.log_view.scroll_end(animate=False)
         self._name_session(event.text)
+        self._follow_daemon()
         if cast(Any, self.app).runtime is None:
             self.pending = event.text
             self.notify("the model is still loading; your message goes when it is ready")
@@ -342,6 +361,7 @@ class ChatScreen(Screen[None]):
             self._answer_view, self._answer_id = None, None
         self._set_state("")
         self._refresh_sessions()
+        self._follow_daemon()  # a turn the daemon's going broke: be ready for the next one
 
     def _save_partial(self, force: bool = False) -> None:
         if self._answer_id is None or self._answer_view is None:
@@ -459,6 +479,7 @@ class ChatScreen(Screen[None]):
             self.notify("the message waiting for the model was dropped")
 
     def action_regenerate(self) -> None:
+        self._follow_daemon()
         if self.busy or cast(Any, self.app).runtime is None:
             self.notify("wait for the answer (or stop it with Esc) and for the model", severity="warning")
             return
