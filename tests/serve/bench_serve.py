@@ -3,7 +3,9 @@ for `assistant serve` next to llama-cpp-python's own `llama_cpp.server` on the s
 
 Run: python -m tests.serve.bench_serve --model PATH [--streams 1 4] [--tokens 32] [--threads 1]
                                         [--backend llama|native] [--slots 8]
-Each server gets the same streamed /v1/completions requests (temperature 0, distinct prompts).
+Each server gets the same streamed /v1/completions requests (temperature 0, distinct prompts),
+after a warm-up round at the most streams (8 tokens each, not recorded: first-use allocations
+and page faults of the batched buffers otherwise land in whichever level runs first at that size).
 With `--backend native` our daemon decodes up to `--slots` requests together (continuous
 batching); llama_cpp.server runs one at a time.
 """
@@ -67,8 +69,8 @@ def stream_once(port: int, headers: dict[str, str], model: str, prompt: str, tok
     return ttft or 0.0, n, time.perf_counter() - t0
 
 
-def run_level(port, headers, model, streams: int, tokens: int) -> dict[str, float]:
-    prompts = [f"# Task {i}: write a Python function that prints the numbers from 1 to {100 + i}.\n" for i in range(streams)]
+def run_level(port, headers, model, streams: int, tokens: int, tag: str = "Task") -> dict[str, float]:
+    prompts = [f"# {tag} {i}: write a Python function that prints the numbers from 1 to {100 + i}.\n" for i in range(streams)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
         results = list(pool.map(lambda p: stream_once(port, headers, model, p, tokens), prompts))
@@ -106,6 +108,7 @@ def main() -> None:
         auth = {"Authorization": f"Bearer {info['token']}", "Host": "127.0.0.1"}
         wait_health(info["port"], "/health", auth)
         model = info["model"]
+        run_level(info["port"], auth, model, max(args.streams), 8, "Warm-up")  # warm-up, not recorded
         for n in args.streams:
             rows.append({"server": f"assistant serve ({args.backend})", **run_level(info["port"], auth, model, n,
                                                                                    args.tokens)})
@@ -119,6 +122,7 @@ def main() -> None:
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_health(port, "/v1/models", {})
+            run_level(port, {}, args.model, max(args.streams), 8, "Warm-up")  # warm-up, not recorded
             for n in args.streams:
                 rows.append({"server": "llama_cpp.server", **run_level(port, {}, args.model, n, args.tokens)})
         finally:
