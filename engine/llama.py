@@ -125,7 +125,9 @@ class LlamaBackend(VocabText):
         """Keep the cached tokens shared with `prompt` (or a saved sequence's, when it shares more),
         drop the rest; return how many were kept."""
         n = reusable_prefix(self._cached, prompt)
-        found = self.saved.best(prompt) if self.saved is not None else None
+        # a saved sequence is worth restoring only for a block or more beyond what the cache keeps
+        worth_looking = self.saved is not None and len(prompt) - 1 >= n + BLOCK_TOKENS
+        found = self.saved.best(prompt) if worth_looking else None
         if len(self._cached) - n >= SAVE_MIN_TOKENS:
             self._save_sequence()
         if found is not None and min(found[2], len(prompt) - 1) >= n + BLOCK_TOKENS:
