@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,3 +152,17 @@ def tight_daemon(serve_env) -> Daemon:
     d = start_daemon(serve_env(), "--max-queue", "1", "--max-tokens-cap", "4")
     yield d
     d.stop()
+
+
+def generate_then_cancel(backend, tokens: list[int], after: int = 3) -> list:
+    """Stream up to 400 greedy tokens of `tokens` on `backend`, setting the cancel event once
+    `after` events came; the events it yielded."""
+    from engine.backend import SamplingParams
+
+    cancel = threading.Event()
+    got = []
+    for ev in backend.generate(tokens, SamplingParams(temperature=0.0, max_tokens=400), cancel=cancel):
+        got.append(ev)
+        if len(got) == after:
+            cancel.set()
+    return got

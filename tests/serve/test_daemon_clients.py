@@ -3,13 +3,12 @@ gets a DaemonBackend when a live daemon serves the same file, and generates thro
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from assistant.loader import load_model
 from assistant.settings import Settings
 from engine.backend import EngineError, SamplingParams
+from tests.serve.conftest import generate_then_cancel
 
 PROMPT = "def fibonacci(n):\n"
 
@@ -57,14 +56,8 @@ def test_uses_the_daemon_and_answers_as_in_process(near_daemon) -> None:
 def test_cancel_ends_the_daemon_generation(near_daemon) -> None:
     """Cancelling while the daemon streams ends the answer there, and the daemon goes idle."""
     shared = load_model(_settings(), use_daemon=True)
-    cancel = threading.Event()
     try:
-        got = []
-        for ev in shared.backend.generate(shared.backend.tokenize(PROMPT, add_special=False),
-                                          SamplingParams(temperature=0.0, max_tokens=400), cancel=cancel):
-            got.append(ev)
-            if len(got) == 3:
-                cancel.set()
+        got = generate_then_cancel(shared.backend, shared.backend.tokenize(PROMPT, add_special=False))
         assert got[-1].finish_reason == "cancelled" and len(got) < 40
         assert near_daemon.wait_idle()["busy_slots"] == 0
         with pytest.raises(EngineError, match="cannot be sent"):

@@ -10,7 +10,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from engine.backend import SamplingParams
 from engine.remote import RemoteBackend, RemoteError
-from tests.serve.conftest import MODEL_ARGS, Daemon, start_daemon
+from tests.serve.conftest import MODEL_ARGS, Daemon, generate_then_cancel, start_daemon
 
 CHAT = "<|im_start|>user\nWhat is a Python list?<|im_end|>\n<|im_start|>assistant\n"
 GREEDY = SamplingParams(temperature=0.0, max_tokens=24)
@@ -102,13 +101,7 @@ def test_auto_switches_to_text_when_ids_are_refused(daemon, qwen_path: Path) -> 
 
 def test_cancel_stops_the_remote_generation(remote, daemon) -> None:
     """Cancelling mid-stream ends the answer there, and the server goes idle."""
-    cancel = threading.Event()
-    got = []
-    for ev in remote.generate(remote.tokenize("1, 2, 3, 4, 5,", add_special=False),
-                              SamplingParams(temperature=0.0, max_tokens=400), cancel=cancel):
-        got.append(ev)
-        if len(got) == 3:
-            cancel.set()
+    got = generate_then_cancel(remote, remote.tokenize("1, 2, 3, 4, 5,", add_special=False))
     assert got[-1].finish_reason == "cancelled" and len(got) < 40
     assert daemon.wait_idle()["busy_slots"] == 0
 
