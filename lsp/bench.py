@@ -8,7 +8,11 @@ before every request. `python -m lsp.bench quality` cuts cases from the same pac
 several (`--package jinja2,rich`): a line that uses a name imported from another of its files,
 the cursor at the line's first character; with `--strict` only lines whose use of that name
 appears nowhere else in the file, where only the other file can show it. It completes each with
-the cross-file context on and off and reports next-line exact match and edit similarity. Figures go to stdout as JSON and a short table.
+the cross-file context on and off and reports next-line exact match and edit similarity.
+`python -m lsp.bench coverage` takes the same cases and only builds their context (no
+generation, seconds for hundreds of cases): for how many does the context name what the line
+uses (`nodes.Or` needs `Or`, `loader.get_source(` needs `get_source`), the figure quality
+depends on. Figures go to stdout as JSON.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 from assistant.settings import load_settings
 from lsp.completer import Completer, Request
 from lsp.config import parse_config
+from lsp.context import render_files
 from lsp.index import CodeIndex
 
 
@@ -47,6 +52,10 @@ class Case:
     expected: str  # the line's content
 
 
+IMPORTED_USE = r"(?:\.\w+)*(?=[(.])"
+"""What follows an imported name in a use the cases count: attributes, then a call or a dot."""
+
+
 def cross_file_cases(index: CodeIndex, limit: int, seed: int, *, package: str = "", strict: bool = False) -> list[Case]:
     """Lines inside functions that use a name the file imports from another file of the package
     (a relative import, or an absolute one of `package`). `strict`: only lines where such a use
@@ -60,7 +69,7 @@ def cross_file_cases(index: CodeIndex, limit: int, seed: int, *, package: str = 
                     if (imp.alias or imp.name) and (imp.level > 0 or (package and imp.module.split(".")[0] == package))}
         if not imported:
             continue
-        uses = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in sorted(imported)) + r")(?:\.\w+)*(?=[(.])")
+        uses = _uses_of(imported)
         lines = path.read_text(encoding="utf-8").split("\n")
         for i, line in enumerate(lines):
             body = line.strip()
@@ -81,10 +90,17 @@ def cross_file_cases(index: CodeIndex, limit: int, seed: int, *, package: str = 
     return cases[:limit]
 
 
-def _completer(index: CodeIndex, cross_file: bool, max_tokens: int = 48) -> Completer:
+def _uses_of(names: set[str]) -> re.Pattern[str]:
+    return re.compile(r"\b(?:" + "|".join(re.escape(n) for n in sorted(names)) + r")" + IMPORTED_USE)
+
+
+def _completer(index: CodeIndex, cross_file: bool, max_tokens: int = 48, context_tokens: int | None = None) -> Completer:
     completer = Completer(index, load_settings())
+    context: dict[str, Any] = {"crossFile": cross_file}
+    if context_tokens is not None:
+        context["maxTokens"] = context_tokens
     completer.config = parse_config(
-        {"context": {"crossFile": cross_file}, "completion": {"maxTokens": max_tokens, "multiline": "never"}}
+        {"context": context, "completion": {"maxTokens": max_tokens, "multiline": "never"}}
     ).config
     return completer
 
@@ -131,19 +147,20 @@ def run_latency(index: CodeIndex, lines: int, seed: int, reuse: bool, stride: in
     }
 
 
-def run_quality(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool) -> dict[str, Any]:
+def run_quality(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool,
+                context_tokens: int | None = None, modes: tuple[bool, ...] = (True, False)) -> dict[str, Any]:
     """`n` cases split evenly over the packages, each completed with the cross-file context on
-    and off (the cases of one file in a row, so the KV of what they share is reused)."""
+    and/or off (`modes`; the cases of one file in a row, so the KV of what they share is reused)."""
     per = -(-n // len(indexes))
     picked = [(pkg, c) for pkg, index in indexes.items()
               for c in cross_file_cases(index, per, seed, package=pkg, strict=strict)][:n]
     picked.sort(key=lambda pc: (str(pc[1].path), pc[1].offset))
     out: dict[str, Any] = {"cases": len(picked), "strict": strict,
                            "per_package": {pkg: sum(p == pkg for p, _ in picked) for pkg in indexes}}
-    for cross_file in (True, False):
+    for cross_file in modes:
         scores: dict[str, list[tuple[bool, float]]] = {pkg: [] for pkg in indexes}
         for pkg, index in indexes.items():
-            completer = _completer(index, cross_file)
+            completer = _completer(index, cross_file, context_tokens=context_tokens)
             try:
                 for i, (_, case) in enumerate(pc for pc in picked if pc[0] == pkg):
                     req = Request(uri=case.path.as_uri(), path=case.path, version=i, text=case.text, offset=case.offset)
@@ -162,17 +179,62 @@ def run_quality(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool) 
     return out
 
 
+def _deepest_defined(index: CodeIndex, use: str) -> str:
+    """The last part of `use` (`nodes.Const.from_untrusted`) that the workspace defines; a
+    method of a builtin type (`DEFAULTS.copy`) is no definition the context could show."""
+    parts = use.split(".")
+    return next((p for p in reversed(parts[1:]) if index.definitions(p)), parts[0])
+
+
+def run_coverage(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool,
+                 context_tokens: int | None = None) -> dict[str, Any]:
+    """For `n` cases, build the context the completion would get and check that it names the
+    deepest part of every imported name the cut line uses that the workspace defines (the
+    member it reaches for)."""
+    per = -(-n // len(indexes))
+    covered: dict[str, list[bool]] = {}
+    tokens: list[int] = []
+    misses: list[str] = []
+    for pkg, index in indexes.items():
+        completer = _completer(index, cross_file=True, context_tokens=context_tokens)
+        try:
+            for i, case in enumerate(cross_file_cases(index, per, seed, package=pkg, strict=strict)):
+                symbols = index.file_symbols(case.path)
+                names = {imp.alias or imp.name for imp in symbols.imports if imp.alias or imp.name} if symbols else set()
+                wanted = {_deepest_defined(index, m.group(0)) for m in _uses_of(names).finditer(case.expected)} if names else set()
+                req = Request(uri=case.path.as_uri(), path=case.path, version=i, text=case.text, offset=case.offset)
+                ctx = completer.context_for(req)
+                shown = "\n".join(text for _, text in render_files(ctx)) if ctx is not None else ""
+                hit = bool(wanted) and all(re.search(r"\b" + re.escape(w) + r"\b", shown) for w in wanted)
+                covered.setdefault(pkg, []).append(hit)
+                tokens.append(ctx.tokens if ctx is not None else 0)
+                if not hit and len(misses) < 20:
+                    misses.append(f"{index.relative(case.path)}: {case.expected[:80]}")
+        finally:
+            completer.close()
+    every = [h for rows in covered.values() for h in rows]
+    return {"cases": len(every), "strict": strict,
+            "covered": sum(every) / max(1, len(every)),
+            "per_package": {pkg: sum(rows) / max(1, len(rows)) for pkg, rows in covered.items()},
+            "context_tokens_mean": statistics.fmean(tokens) if tokens else 0.0,
+            "some_misses": misses}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lsp.bench")
-    p.add_argument("what", choices=("latency", "quality"))
+    p.add_argument("what", choices=("latency", "quality", "coverage"))
     p.add_argument("--package", default="jinja2",
                    help="installed multi-file package(s) to work on, comma-separated (quality splits its cases)")
     p.add_argument("--lines", type=int, default=8, help="latency: lines typed again")
     p.add_argument("--cold-stride", type=int, default=4,
                    help="latency without prefix reuse: time every N-th keystroke (each one evaluates the whole prompt)")
-    p.add_argument("--cases", type=int, default=200, help="quality: cases cut from the package(s)")
+    p.add_argument("--cases", type=int, default=200, help="quality, coverage: cases cut from the package(s)")
     p.add_argument("--strict", action="store_true",
-                   help="quality: only lines whose use of an imported name appears nowhere else in their file")
+                   help="quality, coverage: only lines whose use of an imported name appears nowhere else in their file")
+    p.add_argument("--context-tokens", type=int, default=None,
+                   help="quality, coverage: the context budget (context.maxTokens; default: the setting's default)")
+    p.add_argument("--cross-file", choices=("both", "on", "off"), default="both",
+                   help="quality: complete with the cross-file context on, off, or both")
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -180,14 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in [x.strip() for x in a.package.split(",") if x.strip()]:
         indexes[name] = CodeIndex(package_root(name))
         indexes[name].build()
-    report: dict[str, Any] = {"package": a.package, "files": sum(len(i) for i in indexes.values()),
+    report: dict[str, Any] = {"package": a.package, "context_tokens": a.context_tokens, "files": sum(len(i) for i in indexes.values()),
                               "index_s": time.perf_counter() - t0}
     if a.what == "latency":
         index = next(iter(indexes.values()))
         report["with_reuse"] = run_latency(index, a.lines, a.seed, reuse=True)
         report["without_reuse"] = run_latency(index, a.lines, a.seed, reuse=False, stride=a.cold_stride)
+    elif a.what == "coverage":
+        report.update(run_coverage(indexes, a.cases, a.seed, a.strict, a.context_tokens))
     else:
-        report.update(run_quality(indexes, a.cases, a.seed, a.strict))
+        modes = {"both": (True, False), "on": (True,), "off": (False,)}[a.cross_file]
+        report.update(run_quality(indexes, a.cases, a.seed, a.strict, a.context_tokens, modes))
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 

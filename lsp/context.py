@@ -6,7 +6,13 @@ then wildcard imports and includes, then the package's other files, then a defin
 the workspace), rank (import kind, distance from the cursor, use count, how recently the
 defining file was edited), fit the budget, and return the kept snippets in a stable order (by
 path, then position) so that successive requests render the same prompt prefix and the engine's
-KV prefix cache keeps hitting. `render_files` turns a context into the (path, text) pairs that a
+KV prefix cache keeps hitting. The next line often reaches for a name the code so far does not
+use (`nodes.Or` where the function used only `nodes.Const`), so the context also shows what the
+file imports: an outline (one line per public top-level definition) of each workspace module it
+imports, in a fixed share of the budget and cut to it, and, after the definitions the cursor's
+code uses, the definitions it imports by name and does not use there yet. The outlines depend
+on the file's imports only, not on the cursor, and come first in the prompt, so they stay put
+while the user moves around the file. `render_files` turns a context into the (path, text) pairs that a
 FIM prompt puts before the current file."""
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import builtins
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tree_sitter import Node
@@ -23,7 +29,7 @@ from tree_sitter import Node
 from lsp.extract import extract, references_in
 from lsp.index import CodeIndex
 from lsp.languages import LanguageSpec, language_for_path
-from lsp.render import render_symbol
+from lsp.render import module_outline, render_symbol
 from lsp.resolve import (
     binding_target, find_definitions, member_definitions, module_files, package_files, submodule_files,
 )
@@ -39,7 +45,15 @@ WILDCARD_FILES = 64
 RECENCY_SECONDS = 900.0
 
 _PY_BUILTINS = frozenset(dir(builtins))
-_BASE = {"import": 1.0, "module": 1.0, "member": 0.9, "wildcard": 0.8, "package": 0.7, "workspace": 0.4}
+_BASE = {"import": 1.0, "module": 1.0, "member": 0.9, "wildcard": 0.8, "package": 0.7, "workspace": 0.4,
+         "outline": 0.3, "imported": 0.25}
+OUTLINE_FILES = 4
+"""A module import that stands for more files (a Go package, a directory) outlines this many."""
+OUTLINE_SHARE = 0.4
+"""The part of the context budget the outlines of imported modules may take (what they leave
+goes to the definitions)."""
+OUTLINE_MIN_TOKENS = 24
+"""An outline is cut to the budget left, unless less than this would remain of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +67,8 @@ class Snippet:
     start_byte: int = 0
     tokens: int = 0
     """What it cost against the budget (its text, plus its file's header if it opened one)."""
+    outline: bool = False
+    """A module's outline, one definition per line: the budget may keep only some of its lines."""
 
 
 @dataclass(frozen=True)
@@ -102,19 +118,33 @@ def build_context(index: CodeIndex, path: Path | str, text: str, offset: int, *,
     window = _line_window(source, cursor_byte)
     references = references_in(tree, source, spec, ranges + [window])
     uses = _uses(references, ranges, cursor_line)
-    candidates = _Resolver(index, path, spec, symbols).resolve(uses)
-    scored = _rank(index, candidates, now)
-    kept, dropped, used = _fit(index, scored, max_tokens, count_tokens)
-    return Context(kept, dropped, index.root, used, scope)
+    resolver = _Resolver(index, path, spec, symbols)
+    candidates = resolver.resolve(uses)
+    imported, modules = resolver.imported(uses)
+    # The outlines first, in a share of the budget that does not depend on the cursor, so that
+    # they read the same wherever it is in the file; the definitions get the rest.
+    outlines, cut, outline_tokens = _fit(index, _outlines(index, modules, now), int(max_tokens * OUTLINE_SHARE),
+                                         count_tokens)
+    scored = _rank(index, candidates + imported, now)
+    kept, dropped, used = _fit(index, scored, max_tokens - outline_tokens, count_tokens)
+    return Context(outlines + kept, cut + dropped, index.root, outline_tokens + used, scope)
 
 
 def render_files(context: Context) -> list[tuple[str, str]]:
-    """(path relative to the workspace, text) for each file with kept snippets, in the
-    context's stable order: the context files of a FIM prompt."""
-    files: dict[str, list[str]] = {}
-    for snippet in context.snippets:
-        files.setdefault(_relative(context.root, snippet.path), []).append(snippet.text)
-    return [(rel, "\n\n".join(texts) + "\n") for rel, texts in files.items()]
+    """(path relative to the workspace, text) for each file with kept snippets: first the
+    outlines of imported modules (as stub files, `nodes.pyi` for Python), which stay the same
+    wherever the cursor is in the file, then the definitions, in the context's stable order:
+    the context files of a FIM prompt. Moving the cursor to another function changes only the
+    second part, so the KV of the outlines is reused."""
+    files: dict[tuple[bool, str], list[str]] = {}
+    for snippet in sorted(context.snippets, key=lambda s: not s.outline):  # stable: path order within each
+        files.setdefault((snippet.outline, _entry_name(context.root, snippet)), []).append(snippet.text)
+    return [(rel, "\n\n".join(texts) + "\n") for (_, rel), texts in files.items()]
+
+
+def _entry_name(root: Path, snippet: Snippet) -> str:
+    rel = _relative(root, snippet.path)
+    return rel + "i" if snippet.outline and rel.endswith(".py") else rel
 
 
 # ---- extract: where the cursor is and which names are used there ---------------------------
@@ -223,6 +253,22 @@ class _Resolver:
                 out += self._qualified(qualifier, name, use)
         return [c for c in out if c.symbol.path != self.path]
 
+    def imported(self, uses: dict[tuple[str | None, str], _Use]) -> tuple[list[_Candidate], list[tuple[Path, str]]]:
+        """What the file imports beyond the names used at the cursor: the definitions it imports
+        by name and does not use there, and the files of the workspace modules it imports
+        (each with the name the file imports it as, for the reason)."""
+        used = {(qualifier or name).split(".")[0] for qualifier, name in uses}
+        out: list[_Candidate] = []
+        modules: list[tuple[Path, str]] = []
+        for alias, imp in self.aliases.items():
+            symbols, files = self._target(alias)
+            for file in files[:OUTLINE_FILES]:
+                if file != self.path and all(file != f for f, _ in modules):
+                    modules.append((file, alias))
+            if alias not in used:
+                out += [_Candidate(s, "imported", alias, _Use(), imp.module) for s in symbols if s.path != self.path]
+        return out, modules
+
     def _target(self, alias: str) -> tuple[list[Symbol], list[Path]]:
         if alias not in self.targets:
             self.targets[alias] = binding_target(self.index, self.path, self.aliases[alias])
@@ -326,37 +372,74 @@ def _rank(index: CodeIndex, candidates: list[_Candidate], now: float) -> list[Sn
     out = []
     for (path, start), (score, cand) in best.items():
         sym = cand.symbol
-        reason = (f"{sym.kind} {cand.name} ({cand.how}{' ' + cand.via if cand.via else ''}): "
-                  f"used {cand.use.count}x, {cand.use.distance} lines from the cursor")
+        reason = f"{sym.kind} {cand.name} ({cand.how}{' ' + cand.via if cand.via else ''}): " + (
+            f"used {cand.use.count}x, {cand.use.distance} lines from the cursor" if cand.use.count else "not used here yet")
         out.append(Snippet(path, render_symbol(sym, index.file_symbols(path)), score, reason, start))
+    return out
+
+
+def _outlines(index: CodeIndex, modules: list[tuple[Path, str]], now: float) -> list[Snippet]:
+    """One snippet per imported module: its outline, before its definitions in the file."""
+    out = []
+    for path, module in modules:
+        symbols = index.file_symbols(path)
+        lines = module_outline(symbols) if symbols is not None else []
+        if not lines:
+            continue
+        edited = symbols.edited_at
+        recency = math.exp(-max(0.0, now - edited) / RECENCY_SECONDS) if edited else 0.0
+        out.append(Snippet(path, "\n".join(line for _, line in lines), round(_BASE["outline"] + 0.5 * recency, 4),
+                           f"outline ({len(lines)} definitions): imported as {module}", -1,
+                           outline=True))
     return out
 
 
 def _fit(index: CodeIndex, snippets: list[Snippet], max_tokens: int,
          count_tokens: Callable[[str], int]) -> tuple[list[Snippet], list[Snippet], int]:
     """Keep the best snippets that fit the budget (a file's header costs once, with its first
-    snippet); return them in stable order, the rest by score."""
+    snippet; an outline is a file of its own), cutting an outline to what is left rather than
+    dropping it; return them in stable order, the rest by score."""
     ranked = sorted(snippets, key=lambda s: (-s.score, _relative(index.root, s.path), s.start_byte))
     kept: list[Snippet] = []
     dropped: list[Snippet] = []
-    opened: set[Path] = set()
+    opened: set[str] = set()
     used = 0
     for i, snip in enumerate(ranked):
         if i >= MAX_CANDIDATES:
             dropped.append(snip)
             continue
-        cost = count_tokens(snip.text) + 1  # the blank line between snippets
-        if snip.path not in opened:
-            cost += count_tokens(_relative(index.root, snip.path) + "\n") + 1  # the file separator
-        snip = Snippet(snip.path, snip.text, snip.score, snip.reason, snip.start_byte, cost)
-        if used + cost <= max_tokens:
+        entry = _entry_name(index.root, snip)
+        header = 0 if entry in opened else count_tokens(entry + "\n") + 1
+        body = count_tokens(snip.text) + 1  # the blank line between snippets
+        if snip.outline and used + header + body > max_tokens:
+            cut = _cut_outline(snip.text, max_tokens - used - header - 1, count_tokens)
+            if cut:
+                lines = cut.count("\n") + 1
+                snip = replace(snip, text=cut, reason=snip.reason.replace(" (", f" ({lines} of ", 1))
+                body = count_tokens(cut) + 1
+        snip = replace(snip, tokens=header + body)
+        if used + snip.tokens <= max_tokens:
             kept.append(snip)
-            opened.add(snip.path)
-            used += cost
+            opened.add(entry)
+            used += snip.tokens
         else:
             dropped.append(snip)
     kept.sort(key=lambda s: (_relative(index.root, s.path), s.start_byte))
     return kept, dropped, used
+
+
+def _cut_outline(text: str, budget: int, count_tokens: Callable[[str], int]) -> str:
+    """The lines of an outline that fit `budget` tokens, taken in file order (a line too long
+    for what is left is skipped, a shorter one after it may fit); "" when fewer than
+    OUTLINE_MIN_TOKENS would."""
+    kept: list[str] = []
+    used = 0
+    for line in text.split("\n"):
+        cost = count_tokens(line) + 1
+        if used + cost <= budget:
+            kept.append(line)
+            used += cost
+    return "\n".join(kept) if used >= OUTLINE_MIN_TOKENS else ""
 
 
 def _relative(root: Path, path: Path) -> str:

@@ -5,10 +5,17 @@ member chosen alone inside its class's head, so `self` and the enclosing type st
 
 from __future__ import annotations
 
+import re
+
 from lsp.languages import language_for_path
 from lsp.symbols import CLASS_KINDS, FUNCTION_KINDS, FileSymbols, Symbol
 
 MAX_OUTLINE_MEMBERS = 40
+MAX_MODULE_OUTLINE = 120
+"""Top-level definitions listed in a module's outline at most (the budget may cut it shorter)."""
+OUTLINE_LINE_CHARS = 160
+_SPACE = re.compile(r"\s*\n\s*")
+_TRAILING_COMMA = re.compile(r",\s*\n\s*\)")
 
 
 def render_symbol(sym: Symbol, symbols: FileSymbols | None) -> str:
@@ -55,3 +62,29 @@ def _outline(sym: Symbol, members: list[Symbol], python: bool, placeholder: str)
 
 def _indent(text: str) -> str:
     return "\n".join("    " + line if line else line for line in text.split("\n"))
+
+
+def module_outline(symbols: FileSymbols) -> list[tuple[str, str]]:
+    """A module as (name, line) pairs, one per public top-level definition in file order: its
+    signature on one line (decorators dropped), `...` or the language's body placeholder after it."""
+    spec = language_for_path(symbols.path)
+    python = spec is not None and spec.python_docstrings
+    lines = []
+    for sym in sorted((s for s in symbols.definitions if s.parent is None), key=lambda s: s.start_byte):
+        if sym.kind == "module" or sym.name.startswith("_"):  # private: another file rarely reaches for it
+            continue
+        head = [line for line in sym.signature.split("\n") if not (python and line.lstrip().startswith("@"))]
+        head_text = _TRAILING_COMMA.sub(")", "\n".join(head).strip())  # one parameter per line, comma after the last
+        line = _SPACE.sub(" ", head_text).replace("( ", "(").replace(" )", ")")
+        if sym.kind in ("variable", "constant") and " = " in line:  # the value is not the outline's business
+            line = line.split(" = ", 1)[0] + " = ..."
+        if len(line) > OUTLINE_LINE_CHARS:
+            line = line[: OUTLINE_LINE_CHARS - 3].rstrip() + "..."
+        if python and line.endswith(":"):
+            line += " ..."
+        elif not python and spec is not None and (sym.kind in FUNCTION_KINDS or sym.kind in CLASS_KINDS):
+            line += spec.body_placeholder
+        lines.append((sym.name, line))
+        if len(lines) >= MAX_MODULE_OUTLINE:
+            break
+    return lines
