@@ -374,7 +374,8 @@ async def _events(job: Job, request: Request) -> AsyncIterator[GenerationEvent]:
     try:
         while True:
             try:
-                item = await asyncio.wait_for(job.events.get(), timeout=_DISCONNECT_POLL_S)
+                async with asyncio.timeout(_DISCONNECT_POLL_S):  # no task per token, unlike wait_for
+                    item = await job.events.get()
             except TimeoutError:
                 if await request.is_disconnected():
                     return

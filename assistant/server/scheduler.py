@@ -12,8 +12,9 @@ cancelled and frees its slot at the next step. Waiting requests sit in a priorit
 completions (an editor waiting on a keystroke) go before chat, and otherwise first come first
 served. A full queue refuses at once (`QueueFull`, answered 429); after `drain()` every new
 request is refused (`Draining`, answered 503) while the ones already accepted finish. Events go
-back to the event loop through `call_soon_threadsafe`; a job's `cancel` event, set when its
-client goes away, stops the backend between two tokens.
+back to the event loop through `call_soon_threadsafe` (a batched step's events in one call, so
+the loop wakes once per step, not once per stream); a job's `cancel` event, set when its client
+goes away, stops the backend between two tokens.
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ class Job:
             self.loop.call_soon_threadsafe(self.events.put_nowait, item)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
+
+
+def _deliver(items: list[tuple[Job, GenerationEvent | BaseException | None]]) -> None:
+    """Hand one decode step's events to their jobs' event loop in one wake-up of it (a wake-up
+    per event costs the loop a system call and a turn each)."""
+    if not items:
+        return
+    try:
+        items[0][0].loop.call_soon_threadsafe(_put_all, items)
+    except RuntimeError:  # the loop is closed: nobody is listening any more
+        pass
+
+
+def _put_all(items: list[tuple[Job, GenerationEvent | BaseException | None]]) -> None:
+    for job, item in items:
+        job.events.put_nowait(item)
 
 
 class Scheduler:
@@ -231,20 +248,21 @@ class Scheduler:
                     job._put(None)
                 self.decoder = decoder = type(decoder)(decoder.backend)
                 continue
-            ended = []
+            ended, out = [], []
             for slot, ev in events:
                 job = self._running[slot]
                 if isinstance(ev, BaseException):
                     log.error("generation failed: %s", ev)
-                    job._put(ev)
+                    out.append((job, ev))
                     ended.append(slot)
                     continue
                 self._finish(job, ev)
-                job._put(ev)
+                out.append((job, ev))
                 if ev.finish_reason is not None:
                     ended.append(slot)
             if ended:
                 with self._cond:
                     for slot in ended:
-                        self._running.pop(slot)._put(None)
+                        out.append((self._running.pop(slot), None))
                     self._cond.notify_all()
+            _deliver(out)

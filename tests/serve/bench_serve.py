@@ -7,7 +7,9 @@ Each server gets the same streamed /v1/completions requests (temperature 0, dist
 after a warm-up round at the most streams (8 tokens each, not recorded: first-use allocations
 and page faults of the batched buffers otherwise land in whichever level runs first at that size).
 With `--backend native` our daemon decodes up to `--slots` requests together (continuous
-batching); llama_cpp.server runs one at a time.
+batching); llama_cpp.server runs one at a time. Each level also reports where the CPU went, from
+/proc (Linux): the server's main thread (its event loop: HTTP, JSON, server-sent events), its
+other threads (the decoding), and this client process (parsing the streams), in seconds of CPU.
 """
 
 from __future__ import annotations
@@ -69,18 +71,43 @@ def stream_once(port: int, headers: dict[str, str], model: str, prompt: str, tok
     return ttft or 0.0, n, time.perf_counter() - t0
 
 
-def run_level(port, headers, model, streams: int, tokens: int, tag: str = "Task") -> dict[str, float]:
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process `pid`; {} where /proc is not there."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def run_level(port, headers, model, streams: int, tokens: int, tag: str = "Task", pid: int | None = None) -> dict[str, float]:
     prompts = [f"# {tag} {i}: write a Python function that prints the numbers from 1 to {100 + i}.\n" for i in range(streams)]
+    before = thread_cpu(pid) if pid else {}
+    client0 = time.process_time()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:
         results = list(pool.map(lambda p: stream_once(port, headers, model, p, tokens), prompts))
     wall = time.perf_counter() - t0
+    client = time.process_time() - client0
+    after = thread_cpu(pid) if pid else {}
+    spent = {tid: after[tid] - before.get(tid, 0.0) for tid in after}
     ttfts = sorted(r[0] for r in results)
     p99 = statistics.quantiles(ttfts, n=100, method="inclusive")[98] if len(ttfts) > 1 else ttfts[0]
     return {"streams": streams, "tokens": sum(r[1] for r in results), "wall_s": round(wall, 2),
             "aggregate_tok_s": round(sum(r[1] for r in results) / wall, 1),
             "ttft_p50_s": round(statistics.median(ttfts), 3), "ttft_p99_s": round(p99, 3),
-            "ttft_max_s": round(ttfts[-1], 3)}
+            "ttft_max_s": round(ttfts[-1], 3),
+            "cpu_s": {"server_main_thread": round(spent.get(pid, 0.0), 2),
+                      "server_other_threads": round(sum(v for t, v in spent.items() if t != pid), 2),
+                      "client": round(client, 2)}}
 
 
 def main() -> None:
@@ -111,7 +138,7 @@ def main() -> None:
         run_level(info["port"], auth, model, max(args.streams), 8, "Warm-up")  # warm-up, not recorded
         for n in args.streams:
             rows.append({"server": f"assistant serve ({args.backend})", **run_level(info["port"], auth, model, n,
-                                                                                   args.tokens)})
+                                                                                   args.tokens, pid=ours.pid)})
         ours.send_signal(signal.SIGTERM)
         ours.wait()
         port = free_port()
@@ -124,7 +151,7 @@ def main() -> None:
             wait_health(port, "/v1/models", {})
             run_level(port, {}, args.model, max(args.streams), 8, "Warm-up")  # warm-up, not recorded
             for n in args.streams:
-                rows.append({"server": "llama_cpp.server", **run_level(port, {}, args.model, n, args.tokens)})
+                rows.append({"server": "llama_cpp.server", **run_level(port, {}, args.model, n, args.tokens, pid=ref.pid)})
         finally:
             ref.terminate()
             ref.wait()
