@@ -18,9 +18,10 @@ llama-server's (`content`: entries with `id`, `logprob` and `top_logprobs`). Eac
 event carrying its id, log-probability and best alternatives as an in-process backend's do; a
 chunk of several tokens gives its text with the last of them.
 
-A constraint (engine.constrained) cannot mask logits on another machine; a `GrammarConstraint`
-describes itself (`spec()`: its Lark text and trigger) and goes as the `grammar` extension field,
-which `assistant serve` rebuilds against the same vocabulary. A server that does not say it
+A constraint (engine.constrained) cannot mask logits on another machine; a `GrammarText` (what a
+grammar made without a vocabulary gives, so none is built in this process) or a
+`GrammarConstraint` describes itself (`spec()`: its Lark text and trigger) and goes as the
+`grammar` extension field, which `assistant serve` rebuilds against the same vocabulary. A server that does not say it
 takes grammars (its `/v1/models` entry lists `"grammars": ["lark"]`) gets no constrained
 request: that is refused here with a clear error.
 

@@ -280,8 +280,10 @@ _MAX_CACHED_GRAMMARS = 32
 
 def _grammar_constraint(state: ServerState, lark: str, trigger: str, param: str, what: str) -> Any:
     """A constraint from a Lark grammar, compiled against the served vocabulary once per text
-    (the last few are kept); one that does not compile is the client's fault (400)."""
-    from engine.constrained import Grammar, supports_constraints, vocabulary
+    (the last few are kept); one that does not compile is the client's fault (400). A daemon that
+    forwards (backend remote) builds no vocabulary: it checks what it can of the grammar and
+    passes its text on."""
+    from engine.constrained import Grammar, masks_here, supports_constraints, vocabulary
 
     if not supports_constraints(state.model.backend):
         raise ApiError(400, f"{what} needs decoding under a grammar, which the server this daemon forwards to "
@@ -290,7 +292,7 @@ def _grammar_constraint(state: ServerState, lark: str, trigger: str, param: str,
     with state._grammar_lock:
         grammar = state._grammars.get(key)
         if grammar is None:
-            if state._vocabulary is None:
+            if state._vocabulary is None and masks_here(state.model.backend):
                 types = state.model.gguf.get("tokenizer.ggml.token_type") or []
                 special = [i for i, t in enumerate(types) if int(t) in (3, 4)]
                 state._vocabulary = vocabulary(state.model.backend, special)
