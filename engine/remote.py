@@ -301,7 +301,7 @@ class RemoteBackend(VocabText):
 
     def _events(self, resp: http.client.HTTPResponse, cancel: threading.Event | None, n_prompt: int,
                 t0: float, n_top: int | None) -> Iterator[GenerationEvent]:
-        finish, usage, t_first, n_text, raw = None, None, None, 0, b""
+        finish, usage, t_first, n_text, raw, ended = None, None, None, 0, b"", False
         try:
             for raw in resp:
                 if cancel is not None and cancel.is_set():
@@ -312,6 +312,7 @@ class RemoteBackend(VocabText):
                     continue
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
+                    ended = True
                     break
                 chunk = json.loads(payload)
                 error = chunk.get("error") or (chunk if chunk.get("object") == "error" else None)
@@ -339,6 +340,11 @@ class RemoteBackend(VocabText):
                 raise RemoteError(f"{self.endpoint.label} stopped answering: {_reason(e)}") from None
         if cancel is not None and cancel.is_set() and finish not in ("stop", "length"):
             finish = "cancelled"
+        elif not ended and finish is None:
+            # A server that dies between two chunks closes the connection, and http.client ends a
+            # chunked body cut there quietly, as if it were whole: without [DONE] or a finish reason
+            # the answer did not end, the server did.
+            raise RemoteError(f"{self.endpoint.label} stopped answering: the stream ended before the answer did")
         t_end = time.perf_counter()
         generated = int(usage.get("completion_tokens") or n_text) if usage else n_text
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") if usage else None
