@@ -13,13 +13,17 @@ before each sample, `accept(token)` right after it. A constraint holds state, so
 A backend that runs the model elsewhere (engine.remote) cannot mask logits itself: a
 `GrammarConstraint` describes itself with `spec()` (its Lark text and trigger), which is all a
 server holding the same vocabulary needs to build the same constraint, and such a backend says
-whether its server takes one (`takes_constraints`).
+whether its server takes one (`takes_constraints`). For such a backend no vocabulary is built
+here at all (`masks_here`): a `Grammar` made without one is checked as far as that goes (its
+syntax, its JSON schemas; the server checks the names of special tokens) and gives a
+`GrammarText`, the description alone.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import llguidance
@@ -41,6 +45,12 @@ def supports_constraints(backend: Backend) -> bool:
     """Whether `backend` honours `SamplingParams.constraint`: every in-process backend does; a
     remote one only where its server takes grammars."""
     return bool(getattr(backend, "takes_constraints", True))
+
+
+def masks_here(backend: Backend) -> bool:
+    """Whether `backend` masks logits in this process, and so needs llguidance's vocabulary; a
+    backend with `takes_constraints` (engine.remote) sends a grammar's text to its server instead."""
+    return not hasattr(backend, "takes_constraints")
 
 
 @runtime_checkable
@@ -104,9 +114,13 @@ def _special_piece(backend: Backend, token: int) -> bytes:
 
 
 class Grammar:
-    """A grammar checked against one vocabulary; `constraint()` makes a fresh matcher for it."""
+    """A grammar checked against one vocabulary; `constraint()` makes a fresh matcher for it.
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, lark: str, *, trigger: bytes = b"") -> None:
+    Without a vocabulary (`tokenizer` None: the model decodes on a server) it is checked as far
+    as that goes, in well under a millisecond, and `constraint()` gives its `GrammarText`.
+    """
+
+    def __init__(self, tokenizer: llguidance.LLTokenizer | None, lark: str, *, trigger: bytes = b"") -> None:
         self.tokenizer = tokenizer
         self.trigger = trigger
         self.lark = lark
@@ -115,12 +129,29 @@ class Grammar:
         if is_error:
             raise ConstraintError(f"the grammar does not compile: {'; '.join(messages)}")
         for warning in messages:
+            if tokenizer is None and warning.startswith("no tokenizer"):
+                continue  # "can't validate <special_token>": the server that holds the vocabulary does
             log.warning("grammar: %s", warning)
 
-    def constraint(self, token_bytes: Callable[[int], bytes]) -> GrammarConstraint:
+    def constraint(self, token_bytes: Callable[[int], bytes]) -> GrammarConstraint | GrammarText:
         """A constraint for one generation; `token_bytes` renders a token (to spot the trigger)."""
+        if self.tokenizer is None:
+            return GrammarText(self.lark, self.trigger)
         return GrammarConstraint(llguidance.LLMatcher(self.tokenizer, self._grammar), self.trigger, token_bytes,
                                  lark=self.lark)
+
+
+@dataclass(frozen=True)
+class GrammarText:
+    """A grammar as a backend that decodes on a server takes it (engine.remote): its Lark text
+    and its trigger, with nothing to mask in this process, so made without a vocabulary."""
+
+    lark: str
+    trigger: bytes = b""
+
+    def spec(self) -> dict[str, str]:
+        """What the server rebuilds the constraint from (see `GrammarConstraint.spec`)."""
+        return {"lark": self.lark, "trigger": self.trigger.decode("utf-8", "replace")}
 
 
 class GrammarConstraint:

@@ -11,9 +11,17 @@ goes along (`top_k`, `min_p`, `repeat_penalty` and `stop_token_ids` as the llama
 vLLM extensions), and the answer streams back as server-sent events. Cancelling closes the
 connection, which a server takes as the end of that generation.
 
-A constraint (engine.constrained) cannot mask logits on another machine; a `GrammarConstraint`
-describes itself (`spec()`: its Lark text and trigger) and goes as the `grammar` extension field,
-which `assistant serve` rebuilds against the same vocabulary. A server that does not say it
+Log-probabilities (`SamplingParams.logprobs`, at most 5 alternatives: OpenAI's cap) come back in
+each chunk, in the legacy completions shape (`tokens`, `token_logprobs`, `top_logprobs`: vLLM and
+`assistant serve`, asked for `token_id:N` names so that no token is guessed from its text) or in
+llama-server's (`content`: entries with `id`, `logprob` and `top_logprobs`). Each token becomes an
+event carrying its id, log-probability and best alternatives as an in-process backend's do; a
+chunk of several tokens gives its text with the last of them.
+
+A constraint (engine.constrained) cannot mask logits on another machine; a `GrammarText` (what a
+grammar made without a vocabulary gives, so none is built in this process) or a
+`GrammarConstraint` describes itself (`spec()`: its Lark text and trigger) and goes as the
+`grammar` extension field, which `assistant serve` rebuilds against the same vocabulary. A server that does not say it
 takes grammars (its `/v1/models` entry lists `"grammars": ["lark"]`) gets no constrained
 request: that is refused here with a clear error.
 
@@ -41,6 +49,9 @@ from engine.tokenizer import VocabFile, VocabText
 log = logging.getLogger(__name__)
 
 PromptMode = Literal["tokens", "text", "auto"]
+# One generated token as a server reports it: its id (None: not known here), its log-probability,
+# and the best alternatives (id, logprob), best first.
+_TokenLogprob = tuple[int | None, float | None, tuple[tuple[int, float], ...]]
 
 # Answers to a token-id prompt that mean "this server wants text" in auto mode.
 _REFUSED_IDS = (400, 422)
@@ -173,6 +184,7 @@ class RemoteBackend(VocabText):
         bos = self.vocab.tokenize("", add_special=True, parse_special=False) if self.vocab.has_tokenizer else []
         self._bos = tuple(bos)
         self._mode_lock = threading.Lock()
+        self._unmatched_said = False
 
     @classmethod
     def connect(cls, url: str, vocab_path: Path, *, model: str | None = None, api_key: str | None = None,
@@ -232,6 +244,7 @@ class RemoteBackend(VocabText):
             body["stop_token_ids"] = list(params.stop_tokens)
         if params.logprobs is not None:
             body["logprobs"] = min(params.logprobs, 5)
+            body["return_tokens_as_token_ids"] = True  # vLLM's (and assistant serve's): tokens as "token_id:N"
         if params.constraint is not None:
             body["grammar"] = self._grammar(params.constraint)
         return body
@@ -280,15 +293,15 @@ class RemoteBackend(VocabText):
             if cancel is not None:
                 _hang_up_on(cancel, conn, done)
             try:
-                yield from self._events(resp, cancel, len(prompt), t0)
+                yield from self._events(resp, cancel, len(prompt), t0, params.logprobs)
             finally:
                 done.set()
         finally:
             conn.close()  # also how a cancelled or abandoned stream tells the server to stop
 
     def _events(self, resp: http.client.HTTPResponse, cancel: threading.Event | None, n_prompt: int,
-                t0: float) -> Iterator[GenerationEvent]:
-        finish, usage, t_first, n_text, raw = None, None, None, 0, b""
+                t0: float, n_top: int | None) -> Iterator[GenerationEvent]:
+        finish, usage, t_first, n_text, raw, ended = None, None, None, 0, b"", False
         try:
             for raw in resp:
                 if cancel is not None and cancel.is_set():
@@ -299,6 +312,7 @@ class RemoteBackend(VocabText):
                     continue
                 payload = line[5:].strip()
                 if payload == b"[DONE]":
+                    ended = True
                     break
                 chunk = json.loads(payload)
                 error = chunk.get("error") or (chunk if chunk.get("object") == "error" else None)
@@ -308,9 +322,15 @@ class RemoteBackend(VocabText):
                 usage = chunk.get("usage") or usage
                 for choice in chunk.get("choices") or []:
                     text = choice.get("text") or ""
-                    if text:
-                        n_text += 1
+                    tokens = self._token_logprobs(choice.get("logprobs"), n_top) if n_top is not None else []
+                    if text or tokens:
+                        n_text += max(1, len(tokens))
                         t_first = t_first or time.perf_counter()
+                    for i, (token, logprob, top) in enumerate(tokens):
+                        last = i == len(tokens) - 1
+                        yield GenerationEvent(text=text if last else "", token=token, logprob=logprob,
+                                              top_logprobs=top)
+                    if text and not tokens:
                         yield GenerationEvent(text=text)
                     finish = choice.get("finish_reason") or finish
         except (OSError, ValueError, http.client.HTTPException) as e:
@@ -320,6 +340,11 @@ class RemoteBackend(VocabText):
                 raise RemoteError(f"{self.endpoint.label} stopped answering: {_reason(e)}") from None
         if cancel is not None and cancel.is_set() and finish not in ("stop", "length"):
             finish = "cancelled"
+        elif not ended and finish is None:
+            # A server that dies between two chunks closes the connection, and http.client ends a
+            # chunked body cut there quietly, as if it were whole: without [DONE] or a finish reason
+            # the answer did not end, the server did.
+            raise RemoteError(f"{self.endpoint.label} stopped answering: the stream ended before the answer did")
         t_end = time.perf_counter()
         generated = int(usage.get("completion_tokens") or n_text) if usage else n_text
         cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") if usage else None
@@ -329,10 +354,71 @@ class RemoteBackend(VocabText):
         yield GenerationEvent(finish_reason=finish if finish in ("stop", "length", "cancelled") else "stop",
                               timings=timings)
 
+    # --- log-probabilities ------------------------------------------------------------------------
+
+    def _token_logprobs(self, logprobs: Any, n_top: int) -> list[_TokenLogprob]:
+        """The tokens of one chunk's `logprobs`, each as (id, log-probability, the `n_top` best
+        alternatives best first); [] when the server sent none."""
+        if not isinstance(logprobs, dict):
+            return []
+        out: list[_TokenLogprob] = []
+        content = logprobs.get("content")
+        if isinstance(content, list):  # llama-server: [{id, token, logprob, top_logprobs: [{id, token, logprob}]}]
+            for entry in content:
+                if isinstance(entry, dict):
+                    tops = entry.get("top_logprobs") if isinstance(entry.get("top_logprobs"), list) else []
+                    alternatives = [(self._token_id(t.get("id"), t.get("token")), t.get("logprob"))
+                                    for t in tops if isinstance(t, dict)]
+                    out.append((self._token_id(entry.get("id"), entry.get("token")), _number(entry.get("logprob")),
+                                _best(alternatives, n_top)))
+            return out
+        tokens, values, tops = logprobs.get("tokens"), logprobs.get("token_logprobs"), logprobs.get("top_logprobs")
+        if not isinstance(tokens, list):
+            return []
+        values = values if isinstance(values, list) else []
+        tops = tops if isinstance(tops, list) else []
+        for i, name in enumerate(tokens):
+            top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+            out.append((self._token_id(None, name), _number(values[i]) if i < len(values) else None,
+                        _best([(self._token_id(None, k), v) for k, v in top.items()], n_top)))
+        return out
+
+    def _token_id(self, token_id: Any, name: Any) -> int | None:
+        """A token's id from the server's `id`, its `token_id:N` name, or else its text where that
+        is exactly one token here (a server that names tokens by text only: OpenAI's own shape)."""
+        n_vocab = self.summary.n_vocab
+        if isinstance(token_id, int) and not isinstance(token_id, bool):
+            return token_id if 0 <= token_id < n_vocab else None
+        if not isinstance(name, str):
+            return None
+        digits = name.removeprefix("token_id:")
+        if digits != name and digits.isdigit():
+            return int(digits) if int(digits) < n_vocab else None
+        ids = self.tokenize(name, add_special=False, parse_special=True) if self.vocab is not None else []
+        if len(ids) == 1:
+            return ids[0]
+        if not self._unmatched_said:
+            self._unmatched_said = True
+            log.warning("%s named a token by a text that is not one token here (%r): its log-probability "
+                        "is kept without its id", self.endpoint.label, name[:40])
+        return None
+
     def close(self) -> None:
         if getattr(self, "vocab", None) is not None:
             self.vocab.close()
             self.vocab = None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _best(alternatives: list[tuple[int | None, Any]], n: int) -> tuple[tuple[int, float], ...]:
+    """The `n` most likely of (id, logprob) pairs, best first, leaving out any whose id is not
+    known (vLLM adds the sampled token to its `n` alternatives, so it may send one more)."""
+    known = [(t, v) for t, v in ((t, _number(v)) for t, v in alternatives) if t is not None and v is not None]
+    known.sort(key=lambda tv: -tv[1])
+    return tuple(known[:n])
 
 
 def _hang_up_on(cancel: Any, conn: http.client.HTTPConnection, done: threading.Event) -> None:

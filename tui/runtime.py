@@ -1,8 +1,8 @@
 """What the chat runs on: a loaded model, and the agent with the workspace's tools.
 
-Built in a worker thread (loading a model and indexing its vocabulary for constrained decoding
-take seconds), then handed to the screen. A model whose chat template has no tool format
-(SmolLM2) chats without tools; a model whose vocabulary lacks the `<tool_call>` token, or that
+Built in a worker thread (loading a model in this process, and indexing its vocabulary for
+constrained decoding, take seconds; on the daemon neither happens here), then handed to the
+screen. A model whose chat template has no tool format (SmolLM2) chats without tools; a model whose vocabulary lacks the `<tool_call>` token, or that
 runs on a remote server taking no grammar, still gets tools, parsed from its text but not
 constrained; `note` says which, for the status bar. On the daemon the grammar goes with each
 request and the daemon decodes under it.

@@ -202,19 +202,26 @@ def _chat_logprobs(state: ServerState, events: list[GenerationEvent]) -> list[di
     return out
 
 
-def _completion_logprobs(state: ServerState, events: list[GenerationEvent], offset: int) -> dict[str, Any]:
-    """The legacy completions `logprobs` object (tokens, token_logprobs, top_logprobs, text_offset)."""
+def _completion_logprobs(state: ServerState, events: list[GenerationEvent], offset: int,
+                         as_ids: bool = False) -> tuple[dict[str, Any], int]:
+    """The legacy completions `logprobs` object (tokens, token_logprobs, top_logprobs, text_offset)
+    and the text offset after its last token. `as_ids` writes each token as `token_id:N` (vLLM's
+    `return_tokens_as_token_ids`), which a client maps back to its id where a token's text (a
+    piece of a UTF-8 character, or a text two tokens share) would not say which."""
+    def name(token: int, text: str) -> str:
+        return f"token_id:{token}" if as_ids else text
+
     tokens, values, tops, offsets = [], [], [], []
     for ev in events:
         if ev.logprob is None or ev.token is None:
             continue
         text, _ = _token_text(state, ev.token)
-        tokens.append(text)
+        tokens.append(name(ev.token, text))
         values.append(ev.logprob)
-        tops.append({_token_text(state, t)[0]: lp for t, lp in ev.top_logprobs})
+        tops.append({name(t, _token_text(state, t)[0]): lp for t, lp in ev.top_logprobs})
         offsets.append(offset)
         offset += len(text)
-    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}, offset
 
 
 # --- chat -------------------------------------------------------------------------------------
@@ -273,8 +280,10 @@ _MAX_CACHED_GRAMMARS = 32
 
 def _grammar_constraint(state: ServerState, lark: str, trigger: str, param: str, what: str) -> Any:
     """A constraint from a Lark grammar, compiled against the served vocabulary once per text
-    (the last few are kept); one that does not compile is the client's fault (400)."""
-    from engine.constrained import Grammar, supports_constraints, vocabulary
+    (the last few are kept); one that does not compile is the client's fault (400). A daemon that
+    forwards (backend remote) builds no vocabulary: it checks what it can of the grammar and
+    passes its text on."""
+    from engine.constrained import Grammar, masks_here, supports_constraints, vocabulary
 
     if not supports_constraints(state.model.backend):
         raise ApiError(400, f"{what} needs decoding under a grammar, which the server this daemon forwards to "
@@ -283,7 +292,7 @@ def _grammar_constraint(state: ServerState, lark: str, trigger: str, param: str,
     with state._grammar_lock:
         grammar = state._grammars.get(key)
         if grammar is None:
-            if state._vocabulary is None:
+            if state._vocabulary is None and masks_here(state.model.backend):
                 types = state.model.gguf.get("tokenizer.ggml.token_type") or []
                 special = [i for i, t in enumerate(types) if int(t) in (3, 4)]
                 state._vocabulary = vocabulary(state.model.backend, special)
@@ -642,21 +651,23 @@ async def completions(request: Request, state: ServerState) -> Response:
     job = _submit(state, prompt, params, PRIORITY_COMPLETION)
     base = {"id": f"cmpl-{secrets.token_hex(12)}", "created": int(time.time()), "model": state.model.name,
             "system_fingerprint": None}
+    as_ids = req.return_tokens_as_token_ids
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_completion_stream(state, request, job, base, params.logprobs is not None,
-                                                    include_usage),
+                                                    include_usage, as_ids),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
     text, last, events = await _collect(state, request, job, "/v1/completions")
-    logprobs = _completion_logprobs(state, events, 0) if params.logprobs is not None else None
+    logprobs = _completion_logprobs(state, events, 0, as_ids)[0] if params.logprobs is not None else None
     return JSONResponse({**base, "object": "text_completion", "choices": [
         {"index": 0, "text": text, "finish_reason": _finish(last.finish_reason if last else None),
          "logprobs": logprobs}], "usage": _usage(last)})
 
 
 async def _completion_stream(state: ServerState, request: Request, job: Job, base: dict[str, Any],
-                             with_logprobs: bool = False, include_usage: bool = False) -> AsyncIterator[bytes]:
+                             with_logprobs: bool = False, include_usage: bool = False,
+                             as_ids: bool = False) -> AsyncIterator[bytes]:
     route, t0, last, first = "/v1/completions", time.perf_counter(), None, True
     held: list[GenerationEvent] = []
     offset = 0
@@ -665,8 +676,7 @@ async def _completion_stream(state: ServerState, request: Request, job: Job, bas
         nonlocal offset
         logprobs = None
         if with_logprobs and held:
-            logprobs = _completion_logprobs(state, held, offset)
-            offset += sum(len(t) for t in logprobs["tokens"])
+            logprobs, offset = _completion_logprobs(state, held, offset, as_ids)
             held.clear()
         return _sse({**base, "object": "text_completion",
                      "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}],

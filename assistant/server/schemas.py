@@ -156,6 +156,8 @@ class CompletionRequest(_Sampling):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     stop_token_ids: list[StrictInt] | None = Field(default=None, max_length=64)
+    # vLLM's: logprobs name tokens `token_id:N` instead of their text (what the remote backend asks)
+    return_tokens_as_token_ids: StrictBool = False
     # this daemon's extension: decode under a grammar (what the TUI's tool calls need)
     grammar: GrammarSpec | None = None
 

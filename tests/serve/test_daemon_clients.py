@@ -108,3 +108,30 @@ def test_the_editor_completer_follows_the_daemon(serve_env, monkeypatch) -> None
         assert completer.model().backend.name == "llama"
     finally:
         completer.close()
+
+
+def test_a_daemon_killed_mid_answer_is_an_error_not_a_short_answer(serve_env, monkeypatch) -> None:
+    """A daemon killed while it streams closes the connection between two chunks, which http.client
+    reads as a whole answer: the daemon backend raises a RemoteError saying the daemon stopped
+    answering, after the text that came, never a finish that passes the cut answer for whole."""
+    from engine.remote import RemoteError
+    from tests.serve.conftest import start_daemon
+
+    env = serve_env()
+    d = start_daemon(env)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", env["XDG_RUNTIME_DIR"])
+    shared = load_model(_settings(), use_daemon=True)
+    got = []
+    try:
+        assert shared.backend.name == "daemon"
+        events = shared.backend.generate(shared.backend.tokenize("1, 2, 3, 4, 5,", add_special=False),
+                                         SamplingParams(temperature=0.0, max_tokens=400))
+        got += [next(events) for _ in range(3)]
+        d.proc.kill()  # 397 tokens are still to come: the answer is cut
+        d.proc.wait()
+        with pytest.raises(RemoteError, match=f"^the daemon at {d.url} stopped answering: "):
+            got += list(events)
+    finally:
+        shared.close()
+        d.stop()
+    assert len(got) >= 3 and all(ev.finish_reason is None for ev in got)

@@ -18,6 +18,7 @@ from engine.constrained import Grammar, vocabulary
 from engine.remote import Endpoint, RemoteBackend
 from engine.select import BackendChoice
 from models.gguf import read_gguf
+from tests.serve.conftest import start_daemon
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
                                            "days": {"type": "integer", "minimum": 1, "maximum": 9}},
@@ -122,3 +123,46 @@ def test_a_server_without_grammars_gets_no_constrained_request(daemon, smollm2_p
             gguf.close()
     finally:
         backend.close()
+
+
+@pytest.fixture(scope="module")
+def qwen_daemon(serve_env, qwen_path: Path):
+    """A daemon serving Qwen2.5-Coder, whose `<tool_call>` is a special token."""
+    d = start_daemon(serve_env(), "--model", str(qwen_path), "--context-length", "2048")
+    yield d
+    d.stop()
+
+
+@pytest.mark.slow
+def test_tool_calls_on_the_daemon_build_no_vocabulary_here(qwen_daemon, qwen_path: Path, monkeypatch) -> None:
+    """Through the daemon the tool-call grammar goes as text and llguidance's vocabulary is never
+    built in this process, yet the daemon decodes under it: the same greedy prompt held to
+    list_dir gives a list_dir call, and held to read_file a read_file call."""
+    from assistant.prompts import encode_text
+    from assistant.toolcalls import OPEN, ToolCallGrammar, parse_turn
+    from assistant.tools import SPECS
+    from engine.constrained import GrammarText
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", qwen_daemon.env["XDG_RUNTIME_DIR"])  # this process finds it
+    model = load_model(Settings(model=str(qwen_path), backend="llama", threads=1, context_length=2048),
+                       use_daemon=True)
+    try:
+        assert model.backend.name == "daemon"
+        grammar = ToolCallGrammar(model)
+        messages = [{"role": "user", "content": "Show me the contents of src/calc.py."}]
+        prompt = encode_text(model, model.chat_template.render(messages, tools=[s.definition() for s in SPECS]) + OPEN)
+
+        def call_held_to(name: str) -> tuple[str, dict]:
+            constraint = grammar.constraint([s for s in SPECS if s.name == name], lazy=False)
+            assert isinstance(constraint, GrammarText) and constraint.trigger == b""
+            params = SamplingParams(temperature=0.0, max_tokens=40, constraint=constraint)
+            turn = parse_turn(OPEN + "".join(ev.text for ev in model.backend.generate(prompt, params)))
+            assert len(turn.calls) == 1, turn
+            return turn.calls[0].name, turn.calls[0].arguments
+
+        listed, read = call_held_to("list_dir"), call_held_to("read_file")
+        assert grammar._tokenizer is None  # no vocabulary was built here, before or after the requests
+    finally:
+        model.close()
+    assert listed[0] == "list_dir" and set(listed[1]) <= {"path"}
+    assert read[0] == "read_file" and read[1]["path"].endswith("calc.py")

@@ -106,6 +106,27 @@ def test_cancel_stops_the_remote_generation(remote, daemon) -> None:
     assert daemon.wait_idle()["busy_slots"] == 0
 
 
+def test_log_probabilities_are_read_in_each_servers_shape(remote, daemon) -> None:
+    """The server's answer with tokens named `token_id:N`, the same answer with tokens named by
+    their text (OpenAI's shape), and it rewritten in llama-server's shape (`content` entries with
+    ids) give the same ids, log-probabilities and alternatives, best first, cut to those asked."""
+    body = {"model": "smollm2-135m", "prompt": "def fibonacci(n):\n", "max_tokens": 8, "temperature": 0,
+            "logprobs": 3}
+    as_text = _post(daemon, "/v1/completions", body)["choices"][0]["logprobs"]
+    as_ids = _post(daemon, "/v1/completions", {**body, "return_tokens_as_token_ids": True})["choices"][0]["logprobs"]
+    ids = [int(t.removeprefix("token_id:")) for t in as_ids["tokens"]]
+    rows = zip(ids, as_text["tokens"], as_ids["token_logprobs"], as_ids["top_logprobs"], strict=True)
+    llama_server = {"content": [
+        {"id": i, "token": t, "logprob": lp,
+         "top_logprobs": [{"id": int(k.removeprefix("token_id:")), "token": "", "logprob": v} for k, v in top.items()]}
+        for i, t, lp, top in rows]}
+    read = remote._token_logprobs(as_ids, 3)
+    assert [t for t, _, _ in read] == ids and [lp for _, lp, _ in read] == as_ids["token_logprobs"]
+    assert all(len(top) == 3 and top[0] == (t, lp) for t, lp, top in read)  # greedy: the token is the best
+    assert remote._token_logprobs(as_text, 3) == read == remote._token_logprobs(llama_server, 3)
+    assert remote._token_logprobs(as_ids, 1) == [(t, lp, top[:1]) for t, lp, top in read]
+
+
 def test_unreachable_and_refused_are_one_clear_error(daemon, smollm2_path: Path) -> None:
     """No server at the URL, a wrong or missing API key, and a URL that is not one, each give
     a RemoteError that says which."""
@@ -242,6 +263,57 @@ def test_a_forwarding_daemon_passes_grammars_on(proxy, upstream) -> None:
             "grammar": {"lark": 'start: " maybe" | " never"'}}
     text = _post(proxy, "/v1/completions", body)["choices"][0]["text"]
     assert text in (" maybe", " never") and text == _post(upstream, "/v1/completions", body)["choices"][0]["text"]
+
+
+def _streamed_logprobs(d: Daemon, body: dict) -> dict[str, list]:
+    """The legacy `logprobs` of a streamed completion, its chunks' lists joined."""
+    code, _, raw = d.request("POST", "/v1/completions", {**body, "stream": True})
+    assert code == 200, raw
+    joined: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for line in raw.decode().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for choice in json.loads(line[6:])["choices"]:
+                for key, values in (choice.get("logprobs") or {}).items():
+                    joined[key] += values
+    return joined
+
+
+def _same_logprobs(got: dict, expected: dict) -> None:
+    assert got["tokens"] == expected["tokens"] and got["text_offset"] == expected["text_offset"]
+    assert got["token_logprobs"] == pytest.approx(expected["token_logprobs"], abs=1e-5)
+    for top, top_expected in zip(got["top_logprobs"], expected["top_logprobs"], strict=True):
+        assert list(top) == list(top_expected) and list(top.values()) == pytest.approx(list(top_expected.values()),
+                                                                                       abs=1e-5)
+
+
+def test_a_forwarding_daemon_passes_log_probabilities_on(proxy, upstream) -> None:
+    """At temperature 0 the forwarding daemon answers `logprobs` with the token log-probabilities
+    and best alternatives its upstream gives directly (completions plain and streamed, chat); the
+    upstream names tokens `token_id:N` when asked, as vLLM does."""
+    completion = {"model": "smollm2-135m", "prompt": "def fibonacci(n):\n", "max_tokens": 12, "temperature": 0,
+                  "logprobs": 3}
+    direct = _post(upstream, "/v1/completions", completion)["choices"][0]["logprobs"]
+    assert len(direct["tokens"]) == 12 and all(len(top) == 3 for top in direct["top_logprobs"])
+    # greedy: each token is its own best alternative
+    assert direct["token_logprobs"] == [max(top.values()) for top in direct["top_logprobs"]]
+    _same_logprobs(_post(proxy, "/v1/completions", completion)["choices"][0]["logprobs"], direct)
+    _same_logprobs(_streamed_logprobs(proxy, completion), direct)
+    _same_logprobs(_streamed_logprobs(upstream, completion), direct)
+
+    by_id = _post(upstream, "/v1/completions", {**completion, "return_tokens_as_token_ids": True})["choices"][0]
+    assert all(t.startswith("token_id:") and t[9:].isdigit() for t in by_id["logprobs"]["tokens"])
+    assert by_id["logprobs"]["token_logprobs"] == direct["token_logprobs"]
+    assert by_id["logprobs"]["text_offset"] == direct["text_offset"]
+
+    chat = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "What is a Python list?"}],
+            "max_tokens": 8, "temperature": 0, "logprobs": True, "top_logprobs": 2}
+    direct_chat = _post(upstream, "/v1/chat/completions", chat)["choices"][0]["logprobs"]["content"]
+    forwarded_chat = _post(proxy, "/v1/chat/completions", chat)["choices"][0]["logprobs"]["content"]
+    assert len(direct_chat) == 8
+    assert [e["token"] for e in forwarded_chat] == [e["token"] for e in direct_chat]
+    assert [e["logprob"] for e in forwarded_chat] == pytest.approx([e["logprob"] for e in direct_chat], abs=1e-5)
+    assert [[t["token"] for t in e["top_logprobs"]] for e in forwarded_chat] == \
+        [[t["token"] for t in e["top_logprobs"]] for e in direct_chat]
 
 
 def test_a_forwarding_daemon_says_when_its_upstream_is_gone(proxy, upstream) -> None:

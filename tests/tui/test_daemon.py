@@ -1,10 +1,12 @@
 """The chat on the daemon: with a live `assistant serve` holding the same model file, the real app
 (under Pilot) generates through it, tool calls included (their grammar goes along), says so in the
-status bar, and loads the model itself once the daemon is gone."""
+status bar, and loads the model itself once the daemon is gone, between turns or during one (killed:
+the turn ends with one error line; stopped: the daemon drains, so the answer comes whole)."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from pathlib import Path
 
@@ -78,6 +80,91 @@ def test_the_chat_uses_the_daemon_and_falls_back_when_it_stops(own_daemon, smoll
             assert app.runtime.model.backend.name == "llama" and screen.status.backend == "llama"
             assert answers(app)[1].text.strip()
             assert [m["role"] for m in screen.history] == ["user", "assistant", "user", "assistant"]
+
+    run(scenario())
+
+
+LONG = "Write the numbers from 1 to 300, one per line."  # SmolLM2 answers at length: hundreds of tokens
+
+
+def notes(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def _settings(max_tokens: int):
+    return load_settings(model="smollm2-135m", backend="llama", threads=1, context_length=1024, temperature=0.0,
+                         max_tokens=max_tokens)
+
+
+def test_a_daemon_killed_mid_answer_is_reported_and_the_next_turn_runs_here(own_daemon, workspace: Path,
+                                                                            tmp_path: Path) -> None:
+    """The daemon dies while the answer streams (killed once its first words are on screen): the
+    turn ends with one error line naming the daemon, the words that came stay as an interrupted
+    answer, the chat says it loads the model in this process and does, and the next message is
+    answered here."""
+    d = own_daemon()
+    app = make_app(_settings(600), workspace=workspace, store=SessionStore(tmp_path / "s.sqlite3"),
+                   rules=ApprovalRules(tmp_path / "rules.toml"))
+
+    async def scenario() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = chat(app)
+            await wait_for(pilot, lambda: app.runtime is not None, timeout=60)
+            assert app.runtime.model.backend.name == "daemon"
+            await send(pilot, LONG)
+            await wait_for(pilot, lambda: bool(answers(app) and answers(app)[0].text.strip()), timeout=60)
+            assert screen.busy  # mid-answer: hundreds of tokens are still to come
+            # Killed and reaped in one step on the UI thread, so that no UI callback sees the dead
+            # process as a zombie (a detached daemon has no parent here to leave one behind).
+            d.proc.kill()
+            d.proc.wait()
+            await wait_for(pilot, lambda: "the daemon stopped: loading the model in this process" in notes(app),
+                           timeout=60)
+            failed = [m for m in notes(app) if f"the daemon at {d.url} stopped answering" in m]
+            assert len(failed) == 1 and "\n" not in failed[0] and "Traceback" not in failed[0], notes(app)
+            broken = answers(app)[0]
+            assert broken.note == "interrupted" and broken.text.strip()
+            await wait_for(pilot, lambda: app.runtime is not None, timeout=120)
+            assert app.runtime.model.backend.name == "llama" and screen.status.backend == "llama"
+
+            await send(pilot, "What is a Python list?")
+            await wait_for(pilot, lambda: len(answers(app)) == 2 and not screen.busy, timeout=120)
+            assert answers(app)[1].text.strip() and answers(app)[1].note == ""
+            assert screen.history[-1]["role"] == "assistant" and screen.history[-1]["content"].strip()
+
+    run(scenario())
+
+
+def test_a_daemon_stopped_mid_answer_finishes_it_and_the_next_turn_runs_here(own_daemon, workspace: Path,
+                                                                             tmp_path: Path) -> None:
+    """`assistant stop` (SIGTERM) while the answer streams: the daemon drains, so the answer comes
+    whole; once its process has exited the next message loads the model in this process, says so,
+    and is answered here."""
+    d = own_daemon()
+    app = make_app(_settings(120), workspace=workspace, store=SessionStore(tmp_path / "s.sqlite3"),
+                   rules=ApprovalRules(tmp_path / "rules.toml"))
+
+    async def scenario() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            screen = chat(app)
+            await wait_for(pilot, lambda: app.runtime is not None, timeout=60)
+            assert app.runtime.model.backend.name == "daemon"
+            await send(pilot, LONG)
+            await wait_for(pilot, lambda: bool(answers(app) and answers(app)[0].text.strip()), timeout=60)
+            assert screen.busy  # mid-answer
+            d.proc.send_signal(signal.SIGTERM)
+            await wait_for(pilot, lambda: not screen.busy, timeout=120)
+            assert d.proc.wait(timeout=60) == 0
+            done = screen.history[-1]
+            assert done["role"] == "assistant" and done.get("status") != "stopped"
+            assert answers(app)[0].note == "" and answers(app)[0].text == done["content"]
+            assert not [m for m in notes(app) if "stopped answering" in m or "shutting down" in m], notes(app)
+
+            await send(pilot, "What is a Python list?")
+            await wait_for(pilot, lambda: len(answers(app)) == 2 and not screen.busy and app.runtime is not None,
+                           timeout=120)
+            assert "the daemon stopped: loading the model in this process" in notes(app)
+            assert app.runtime.model.backend.name == "llama" and answers(app)[1].text.strip()
 
     run(scenario())
 
