@@ -3,8 +3,8 @@
 The socket is bound before the model loads, so a port in use is one clear error at once. The
 token file (`daemon.json` in the user runtime dir, mode 0600) holds the URL, port, pid and a
 random token; clients (`assistant.client`) read it to find and reach the daemon, and it is
-removed on exit. SIGTERM (or Ctrl-C) drains: new requests get 503, the ones accepted finish,
-then uvicorn stops.
+removed when the daemon starts draining or exits. SIGTERM (or Ctrl-C) drains: the token file
+goes, new requests get 503, the ones accepted finish, then uvicorn stops.
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ class _DrainingServer(uvicorn.Server):
         self._drain_started = True
         log.info("signal %d: draining (new requests get 503)", sig)
         self._scheduler.drain()
+        # Clients look for a daemon through the token file: from now on they should not find
+        # this one (they would get 503s), but start in-process or find the next daemon.
+        remove_token_file(os.getpid())
 
         def wait_then_exit() -> None:
             if not self._scheduler.wait_idle(DRAIN_TIMEOUT_S):

@@ -167,7 +167,8 @@ def test_llama_backend_keeps_a_replaced_prompt_for_its_return(daemon):
 
 
 def test_sigterm_drains_then_exits(serve_env):
-    """SIGTERM: the stream in flight finishes with [DONE], new requests get 503, the process exits 0."""
+    """SIGTERM: the token file goes at once (clients stop finding the daemon), the stream in
+    flight finishes with [DONE], new requests get 503, the process exits 0."""
     d = start_daemon(serve_env())
     try:
         s = open_stream(d, {**LONG, "max_tokens": 60})
@@ -176,6 +177,7 @@ def test_sigterm_drains_then_exits(serve_env):
         code, _, raw = d.request("POST", "/v1/completions", {"model": "smollm2-135m", "prompt": "x", "max_tokens": 1})
         assert code == 503, raw
         assert json.loads(raw)["error"]["code"] == "shutting_down"
+        assert not d.token_file.exists() and d.proc.poll() is None  # gone while the daemon still drains
         rest = b""
         while True:
             chunk = s.recv(65536)
@@ -188,6 +190,5 @@ def test_sigterm_drains_then_exits(serve_env):
         assert b'"finish_reason": "length"' in rest or b'"finish_reason": "stop"' in rest
         assert b"data: [DONE]" in rest
         assert d.proc.wait(timeout=60) == 0
-        assert not d.token_file.exists()
     finally:
         d.stop()
