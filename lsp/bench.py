@@ -6,8 +6,9 @@ each keystroke asks for a single-line completion through the same `Completer` th
 server uses; it reports p50/p95 latency with the KV prefix reused, and with the cache dropped
 before every request. `python -m lsp.bench quality` cuts cases from the same package, or
 several (`--package jinja2,rich`): a line that uses a name imported from another of its files,
-the cursor at the line's first character; with `--strict` only lines whose use of that name
-appears nowhere else in the file, where only the other file can show it. It completes each with
+the cursor at the line's first character (`--cut use`: right at the use, after `nodes.` in
+`nodes.Or(...)`); with `--strict` only lines whose use of that name appears nowhere else in the
+file, where only the other file can show it. It completes each with
 the cross-file context on and off and reports next-line exact match and edit similarity.
 `python -m lsp.bench coverage` takes the same cases and only builds their context (no
 generation, seconds for hundreds of cases): for how many does the context name what the line
@@ -47,19 +48,24 @@ def package_root(name: str) -> Path:
 @dataclass(frozen=True)
 class Case:
     path: Path
-    text: str  # the file with the line's content removed
-    offset: int  # cursor: where the line's content was
-    expected: str  # the line's content
+    text: str  # the file with the line's content (from the cursor on) removed
+    offset: int  # cursor: where the line's content was (or, cut at the use, inside it)
+    expected: str  # the line's content from the cursor on
+    line: str = ""  # the line's whole content
 
 
 IMPORTED_USE = r"(?:\.\w+)*(?=[(.])"
 """What follows an imported name in a use the cases count: attributes, then a call or a dot."""
 
 
-def cross_file_cases(index: CodeIndex, limit: int, seed: int, *, package: str = "", strict: bool = False) -> list[Case]:
+def cross_file_cases(index: CodeIndex, limit: int, seed: int, *, package: str = "", strict: bool = False,
+                     cut: str = "line") -> list[Case]:
     """Lines inside functions that use a name the file imports from another file of the package
     (a relative import, or an absolute one of `package`). `strict`: only lines where such a use
-    (`name(`, `name.attr`) appears nowhere else in the file, so the file itself cannot show it."""
+    (`name(`, `name.attr`) appears nowhere else in the file, so the file itself cannot show it.
+    `cut`: the cursor at the line's first character (`line`: what the line does is to be guessed
+    too), or at the use (`use`: after `nodes.` in `nodes.Or(...)`, before a bare `describe(`; the
+    code so far says what it wants, the rest of the line is how: where another file's API shows)."""
     cases: list[Case] = []
     for path in index.files():
         symbols = index.file_symbols(path)
@@ -75,17 +81,22 @@ def cross_file_cases(index: CodeIndex, limit: int, seed: int, *, package: str = 
             body = line.strip()
             if not line.startswith("    ") or len(body) < 12 or body.startswith(("#", '"', "'")):
                 continue
-            used = [m.group(0) for m in uses.finditer(body)]
-            if not used:
+            found = list(uses.finditer(body))
+            if not found:
                 continue
+            rest = "\n".join(lines[:i] + lines[i + 1:])
             if strict:
-                rest = "\n".join(lines[:i] + lines[i + 1:])
-                if all(u in rest for u in used):
+                found = [m for m in found if m.group(0) not in rest]
+                if not found:
                     continue
+            at = 0
+            if cut == "use":
+                use = found[0].group(0)
+                at = found[0].start() + (use.index(".") + 1 if "." in use else 0)
             indent = line[: len(line) - len(line.lstrip())]
-            before = "\n".join(lines[:i]) + "\n" + indent
+            before = "\n".join(lines[:i]) + "\n" + indent + body[:at]
             after = "\n" + "\n".join(lines[i + 1 :])
-            cases.append(Case(path, before + after, len(before), body))
+            cases.append(Case(path, before + after, len(before), body[at:], body))
     random.Random(seed).shuffle(cases)
     return cases[:limit]
 
@@ -148,14 +159,15 @@ def run_latency(index: CodeIndex, lines: int, seed: int, reuse: bool, stride: in
 
 
 def run_quality(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool,
-                context_tokens: int | None = None, modes: tuple[bool, ...] = (True, False)) -> dict[str, Any]:
+                context_tokens: int | None = None, modes: tuple[bool, ...] = (True, False),
+                cut: str = "line") -> dict[str, Any]:
     """`n` cases split evenly over the packages, each completed with the cross-file context on
     and/or off (`modes`; the cases of one file in a row, so the KV of what they share is reused)."""
     per = -(-n // len(indexes))
     picked = [(pkg, c) for pkg, index in indexes.items()
-              for c in cross_file_cases(index, per, seed, package=pkg, strict=strict)][:n]
+              for c in cross_file_cases(index, per, seed, package=pkg, strict=strict, cut=cut)][:n]
     picked.sort(key=lambda pc: (str(pc[1].path), pc[1].offset))
-    out: dict[str, Any] = {"cases": len(picked), "strict": strict,
+    out: dict[str, Any] = {"cases": len(picked), "strict": strict, "cut": cut,
                            "per_package": {pkg: sum(p == pkg for p, _ in picked) for pkg in indexes}}
     for cross_file in modes:
         scores: dict[str, list[tuple[bool, float]]] = {pkg: [] for pkg in indexes}
@@ -187,7 +199,7 @@ def _deepest_defined(index: CodeIndex, use: str) -> str:
 
 
 def run_coverage(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool,
-                 context_tokens: int | None = None) -> dict[str, Any]:
+                 context_tokens: int | None = None, cut: str = "line") -> dict[str, Any]:
     """For `n` cases, build the context the completion would get and check that it names the
     deepest part of every imported name the cut line uses that the workspace defines (the
     member it reaches for)."""
@@ -198,10 +210,10 @@ def run_coverage(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool,
     for pkg, index in indexes.items():
         completer = _completer(index, cross_file=True, context_tokens=context_tokens)
         try:
-            for i, case in enumerate(cross_file_cases(index, per, seed, package=pkg, strict=strict)):
+            for i, case in enumerate(cross_file_cases(index, per, seed, package=pkg, strict=strict, cut=cut)):
                 symbols = index.file_symbols(case.path)
                 names = {imp.alias or imp.name for imp in symbols.imports if imp.alias or imp.name} if symbols else set()
-                wanted = {_deepest_defined(index, m.group(0)) for m in _uses_of(names).finditer(case.expected)} if names else set()
+                wanted = {_deepest_defined(index, m.group(0)) for m in _uses_of(names).finditer(case.line)} if names else set()
                 req = Request(uri=case.path.as_uri(), path=case.path, version=i, text=case.text, offset=case.offset)
                 ctx = completer.context_for(req)
                 shown = "\n".join(text for _, text in render_files(ctx)) if ctx is not None else ""
@@ -209,11 +221,11 @@ def run_coverage(indexes: dict[str, CodeIndex], n: int, seed: int, strict: bool,
                 covered.setdefault(pkg, []).append(hit)
                 tokens.append(ctx.tokens if ctx is not None else 0)
                 if not hit and len(misses) < 20:
-                    misses.append(f"{index.relative(case.path)}: {case.expected[:80]}")
+                    misses.append(f"{index.relative(case.path)}: {case.line[:80]}")
         finally:
             completer.close()
     every = [h for rows in covered.values() for h in rows]
-    return {"cases": len(every), "strict": strict,
+    return {"cases": len(every), "strict": strict, "cut": cut,
             "covered": sum(every) / max(1, len(every)),
             "per_package": {pkg: sum(rows) / max(1, len(rows)) for pkg, rows in covered.items()},
             "context_tokens_mean": statistics.fmean(tokens) if tokens else 0.0,
@@ -235,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="quality, coverage: the context budget (context.maxTokens; default: the setting's default)")
     p.add_argument("--cross-file", choices=("both", "on", "off"), default="both",
                    help="quality: complete with the cross-file context on, off, or both")
+    p.add_argument("--cut", choices=("line", "use"), default="line",
+                   help="quality, coverage: the cursor at the line's start, or at the imported name's use in it")
     p.add_argument("--seed", type=int, default=7)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -249,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         report["with_reuse"] = run_latency(index, a.lines, a.seed, reuse=True)
         report["without_reuse"] = run_latency(index, a.lines, a.seed, reuse=False, stride=a.cold_stride)
     elif a.what == "coverage":
-        report.update(run_coverage(indexes, a.cases, a.seed, a.strict, a.context_tokens))
+        report.update(run_coverage(indexes, a.cases, a.seed, a.strict, a.context_tokens, a.cut))
     else:
         modes = {"both": (True, False), "on": (True,), "off": (False,)}[a.cross_file]
-        report.update(run_quality(indexes, a.cases, a.seed, a.strict, a.context_tokens, modes))
+        report.update(run_quality(indexes, a.cases, a.seed, a.strict, a.context_tokens, modes, a.cut))
     sys.stdout.write(json.dumps(report, indent=2) + "\n")
     return 0
 
