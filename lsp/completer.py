@@ -83,6 +83,10 @@ class Stats:
         return dict(self.__dict__)
 
 
+COUNTS_KEPT = 4096
+"""Token counts of context texts kept between requests."""
+
+
 class Completer:
     """Owns the model and the worker thread; every method but `submit` runs on that thread."""
 
@@ -96,6 +100,8 @@ class Completer:
         self.stats = Stats()
         self._shown: _Shown | None = None
         self._last_context: tuple[Any, int, Any] | None = None  # (cursor key, index generation, context)
+        self._counts: dict[str, int] = {}  # text -> tokens, for the model in _counts_for
+        self._counts_for: LoadedModel | None = None
 
     # --- model --------------------------------------------------------------------------------
 
@@ -127,7 +133,18 @@ class Completer:
             self._model.backend.reset()
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model().backend.tokenize(text, add_special=False, parse_special=False))
+        """Tokens of `text` for the loaded model; the context prices the same definitions and
+        outlines request after request, so counts are kept (per model, the last COUNTS_KEPT)."""
+        model = self.model()
+        if self._counts_for is not model:
+            self._counts, self._counts_for = {}, model
+        n = self._counts.get(text)
+        if n is None:
+            n = len(model.backend.tokenize(text, add_special=False, parse_special=False))
+            if len(self._counts) >= COUNTS_KEPT:
+                self._counts.pop(next(iter(self._counts)))
+            self._counts[text] = n
+        return n
 
     # --- work ---------------------------------------------------------------------------------
 

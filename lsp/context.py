@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -378,12 +379,32 @@ def _rank(index: CodeIndex, candidates: list[_Candidate], now: float) -> list[Sn
     return out
 
 
+_OUTLINES: dict[tuple[Path, int, float], list[tuple[str, str]]] = {}
+_OUTLINES_KEPT = 256
+_outlines_lock = threading.Lock()
+
+
+def _module_outline(symbols: FileSymbols) -> list[tuple[str, str]]:
+    """`module_outline`, kept for the file's version (its digest): the same modules are
+    outlined for every request in a file."""
+    key = (symbols.path, symbols.digest, symbols.mtime)
+    with _outlines_lock:
+        lines = _OUTLINES.get(key)
+    if lines is None:
+        lines = module_outline(symbols)
+        with _outlines_lock:
+            if len(_OUTLINES) >= _OUTLINES_KEPT:
+                _OUTLINES.pop(next(iter(_OUTLINES)))
+            _OUTLINES[key] = lines
+    return lines
+
+
 def _outlines(index: CodeIndex, modules: list[tuple[Path, str]], now: float) -> list[Snippet]:
     """One snippet per imported module: its outline, before its definitions in the file."""
     out = []
     for path, module in modules:
         symbols = index.file_symbols(path)
-        lines = module_outline(symbols) if symbols is not None else []
+        lines = _module_outline(symbols) if symbols is not None else []
         if not lines:
             continue
         edited = symbols.edited_at
@@ -431,15 +452,27 @@ def _fit(index: CodeIndex, snippets: list[Snippet], max_tokens: int,
 def _cut_outline(text: str, budget: int, count_tokens: Callable[[str], int]) -> str:
     """The lines of an outline that fit `budget` tokens, taken in file order (a line too long
     for what is left is skipped, a shorter one after it may fit); "" when fewer than
-    OUTLINE_MIN_TOKENS would."""
+    OUTLINE_MIN_TOKENS would. Lines are priced by their share of the whole text's tokens, then
+    the cut is counted and, if the estimate was short, trimmed: two or three counts, not one
+    per line (a tokenizer call each)."""
+    lines = text.split("\n")
+    per_char = count_tokens(text) / max(1, len(text))
     kept: list[str] = []
-    used = 0
-    for line in text.split("\n"):
-        cost = count_tokens(line) + 1
+    used = 0.0
+    for line in lines:
+        cost = (len(line) + 1) * per_char
         if used + cost <= budget:
             kept.append(line)
             used += cost
-    return "\n".join(kept) if used >= OUTLINE_MIN_TOKENS else ""
+    while kept:
+        cut = "\n".join(kept)
+        actual = count_tokens(cut)
+        if actual <= budget:
+            return cut if actual >= OUTLINE_MIN_TOKENS else ""
+        over = actual - budget
+        while kept and over > 0:  # drop lines from the end by their estimated cost
+            over -= (len(kept.pop()) + 1) * per_char
+    return ""
 
 
 def _relative(root: Path, path: Path) -> str:

@@ -224,7 +224,8 @@ class CodeIndex:
 
     def normalize(self, path: Path | str) -> Path:
         """An absolute path, relative ones taken from the workspace root."""
-        path = Path(path)
+        if not isinstance(path, Path):  # Path(a Path) parses it again: a cost on every lookup
+            path = Path(path)
         return path if path.is_absolute() else self.root / path
 
     def relative(self, path: Path) -> str:

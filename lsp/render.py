@@ -25,8 +25,9 @@ def render_symbol(sym: Symbol, symbols: FileSymbols | None) -> str:
     placeholder = spec.body_placeholder if spec is not None and not python else ""
     if sym.kind in CLASS_KINDS:
         members = list(symbols.members.get(sym.name, ())) if symbols is not None else []
-        inside = [m for m in members if sym.start_byte <= m.start_byte < sym.end_byte]
-        outside = [m for m in members if m not in inside][:MAX_OUTLINE_MEMBERS]
+        within = [sym.start_byte <= m.start_byte < sym.end_byte for m in members]
+        inside = [m for m, w in zip(members, within) if w]
+        outside = [m for m, w in zip(members, within) if not w][:MAX_OUTLINE_MEMBERS]
         parts = [sym.text or _outline(sym, inside[:MAX_OUTLINE_MEMBERS], python, placeholder)]
         groups: dict[str | None, list[str]] = {}  # Rust impl blocks, Go methods (no container)
         for m in outside:
