@@ -199,13 +199,30 @@ class NativeBackend(VocabText):
             chunks.append(logits)
         return np.concatenate(chunks) if all_logits else chunks[-1][0]
 
-    def decode_together(self, tokens: Sequence[int], slots: Sequence[int]) -> np.ndarray:
-        """Evaluate one token after each of several slots' caches, in one batched pass; their logits
-        (n, n_vocab). The tokens are not added to the slots' token lists (the caller does)."""
+    def decode_together(self, tokens: Sequence[int], slots: Sequence[int], *, chunks: Sequence[tuple[int, Sequence[int]]] = (),
+                        heads: Sequence[int] = ()) -> np.ndarray:
+        """Evaluate one token after each of several slots' caches and, in the same pass, `chunks`
+        of prompts ((slot, tokens) appended to those slots' caches and token lists); the logits
+        (n, n_vocab) of the decoded tokens, then of the chunks' rows `heads` (indices into the
+        chunks' tokens taken in order). The decoded tokens are not added to their slots' token
+        lists (the caller does)."""
         self._threads()
-        positions = np.array([len(self._slot_tokens[s]) for s in slots], np.int64)
-        return T.forward_batch(self.cfg, self.weights, self.state, np.asarray(tokens, np.int64),
-                               np.asarray(slots, np.int64), positions)
+        rows_tok = list(tokens)
+        rows_slot = list(slots)
+        rows_pos = [len(self._slot_tokens[s]) for s in slots]
+        for slot, chunk in chunks:
+            cached = self._slot_tokens[slot]
+            if not cached:
+                self._slot_salt[slot] = _UNIFORM
+            rows_tok += chunk
+            rows_slot += [slot] * len(chunk)
+            rows_pos += range(len(cached), len(cached) + len(chunk))
+        head = np.concatenate([np.arange(len(tokens)), len(tokens) + np.asarray(heads, np.int64)]).astype(np.int64)
+        logits = T.forward_batch(self.cfg, self.weights, self.state, np.asarray(rows_tok, np.int64),
+                                 np.asarray(rows_slot, np.int64), np.asarray(rows_pos, np.int64), head)
+        for slot, chunk in chunks:
+            self._slot_tokens[slot].extend(int(t) for t in chunk)
+        return logits
 
     def decode_step(self, token: int) -> np.ndarray:
         """Evaluate one token after the cache; its logits (n_vocab,)."""
@@ -290,11 +307,11 @@ class NativeBackend(VocabText):
         ignore_eos: bool = False,
     ) -> Iterator[tuple[int, GenerationEvent]]:
         """Generate the continuations of several prompts together (at most n_slots) through a
-        `BatchDecoder`, every prompt prefilled before the first decode step. Yields (request index,
+        `BatchDecoder`, the prompts prefilled together (n_batch tokens a pass). Yields (request index,
         event), each sequence's events in order and the same tokens it gets alone (greedy or
         seeded); an error in one request is raised."""
         assert 0 < len(requests) <= self.state.n_slots, (len(requests), self.state.n_slots)
-        # every prompt prefilled in the first step: all of them are known now
+        # every prompt as soon as a pass has room: all of them are known now
         decoder = BatchDecoder(self, prefill_budget=sum(len(p) for p, _ in requests))
         index = {}
         for i, (prompt, params) in enumerate(requests):
@@ -397,9 +414,10 @@ class _Sequence:
 class BatchDecoder:
     """Sequences that join and leave between decode steps on one native backend (continuous
     batching, for the daemon). `add` gives a request a free slot, the one whose cached tokens share
-    the longest prefix with its prompt; each `step` first prefills waiting prompts, up to
-    `prefill_budget` tokens (one chunk by default, so a long prompt goes in pieces while the running
-    streams keep flowing), then evaluates one token of every running sequence in one batched pass.
+    the longest prefix with its prompt; each `step` is one batched pass of the model over a token of
+    every running sequence and chunks of waiting prompts, up to `prefill_budget` tokens (one chunk
+    by default, so a long prompt goes in pieces while the running streams keep flowing): several
+    prompts that arrive together are prefilled in one pass, and beside the decoding ones.
     Every evaluation goes through the batched kernels, so a sequence's tokens do not depend on what
     runs beside it or on how its prompt was split. A cancelled sequence ends at the next step and
     frees its slot."""
@@ -440,12 +458,21 @@ class BatchDecoder:
         return slot
 
     def step(self) -> list[tuple[int, GenerationEvent | BaseException]]:
-        """Prefill, then decode one token for every running sequence: the events this produced, per
-        slot (an exception is that request's error; its slot is freed like a finished one)."""
+        """One pass of the model: a token of every running sequence and, beside them, chunks of
+        waiting prompts (up to `prefill_budget` tokens and what the pass holds), so the weights
+        are read once for both; the events this produced, per slot (an exception is that
+        request's error; its slot is freed like a finished one)."""
         b = self.backend
         out: list[tuple[int, GenerationEvent | BaseException]] = []
         with b._lock:
-            budget = self.prefill_budget
+            # one token of every running sequence; one whose next token would not fit ends in its
+            # stream ('length'), unevaluated
+            ready = [s for s in self._pending if len(b._slot_tokens[s]) + 1 < b.summary.n_ctx]
+            room = min(self.prefill_budget, b.state.n_batch - len(ready))
+            chunks: list[tuple[int, list[int]]] = []
+            heads: list[int] = []
+            finishing: list[int] = []
+            at = 0
             for slot, seq in list(self._seqs.items()):
                 if seq.stream is not None:
                     continue
@@ -455,29 +482,28 @@ class BatchDecoder:
                         len(seq.prompt), seq.reused, time.perf_counter() - seq.t0, 0, 0.0,
                         time.perf_counter() - seq.t0))))
                     continue
-                if budget <= 0:
+                if room <= 0:
                     continue
-                n = min(len(seq.prompt) - seq.done, budget)  # where it splits changes no value (uniform)
-                try:
-                    logits = b.prefill(seq.prompt[seq.done:seq.done + n], slot=slot, uniform=True)
-                except Exception as e:  # noqa: BLE001 - the request's own failure, reported to it
-                    del self._seqs[slot]
-                    out.append((slot, e))
-                    continue
+                n = min(len(seq.prompt) - seq.done, room)  # where it splits changes no value (uniform)
+                chunks.append((slot, seq.prompt[seq.done:seq.done + n]))
                 seq.done += n
-                budget -= n
+                room -= n
+                at += n
                 if seq.done == len(seq.prompt):
-                    seq.stream = b._stream(seq.prompt, seq.params, seq.cancel, seq.ignore_eos, slot, self._logits,
-                                           logits, seq.reused, seq.t0, time.perf_counter() - seq.t0)
-                    out.extend(self._pump(slot))
-            # one token of every running sequence; one whose next token would not fit ends in its
-            # stream ('length'), unevaluated
-            ready = [s for s in self._pending if len(b._slot_tokens[s]) + 1 < b.summary.n_ctx]
-            if ready:
-                rows = b.decode_together([self._pending[s] for s in ready], ready)
+                    heads.append(at - 1)
+                    finishing.append(slot)
+            if ready or chunks:
+                rows = b.decode_together([self._pending[s] for s in ready], ready, chunks=chunks, heads=heads)
                 for j, s in enumerate(ready):
                     self._logits[s] = rows[j]
+                for j, slot in enumerate(finishing):
+                    seq = self._seqs[slot]
+                    seq.stream = b._stream(seq.prompt, seq.params, seq.cancel, seq.ignore_eos, slot, self._logits,
+                                           rows[len(ready) + j], seq.reused, seq.t0, time.perf_counter() - seq.t0)
+                    out.extend(self._pump(slot))
             for s in list(self._pending):
+                if s in finishing:
+                    continue
                 del self._pending[s]
                 out.extend(self._pump(s))
         return out

@@ -297,7 +297,7 @@ def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int
 def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos0: int, n: int, slot: int = 0,
                     batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """x[:n] += the attention block of n tokens: positions pos0.. of sequence `slot`, or, with
-    `batch` (slots, positions), one token of each of n sequences (batched decode)."""
+    `batch` (slots, positions), token i at positions[i] of sequence slots[i] (see forward_batch)."""
     if n == 1 and st.cuda is None and not st.batched:
         _attention_one_token(cfg, lw, st, layer, pos0, slot)
         return
@@ -325,7 +325,7 @@ def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos
     att = st.attn_out.view(n).reshape(n, n_head, d)  # (n_tokens, n_head, head_dim)
     scale = 1.0 / math.sqrt(d)
     if batch is not None:
-        # one token per sequence: each k, v at its position in its own slot, attention over each slot
+        # each k, v at its position in its own slot (all of them first), then attention over each slot
         slots, positions = batch
         kc, vc = st.k_slots[layer], st.v_slots[layer]
         rows = positions % kc.shape[1]
@@ -496,19 +496,23 @@ def forward(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int
 
 
 def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slots: np.ndarray,
-                  positions: np.ndarray) -> np.ndarray:
-    """One token of each of n different sequences (batched decode): tokens[i] at positions[i] of
-    sequence slots[i]. Every matrix is read once for all n (engine.int8); attention runs over each
-    sequence's own cache. One sequence's numbers do not depend on which others run with it (n = 1
-    included: the same kernels). Returns the logits (n, n_vocab)."""
+                  positions: np.ndarray, head_rows: np.ndarray | None = None) -> np.ndarray:
+    """Tokens of several sequences in one pass (continuous batching): tokens[i] at positions[i]
+    of sequence slots[i]: one token each of sequences that decode, and chunks of prompts (a
+    sequence's tokens at consecutive positions: each row's keys and values are stored before any
+    row attends, and a row sees only its own sequence's positions up to its own, so a chunk is
+    causal as in `forward`). Every matrix is read once for all rows (engine.int8); one row's
+    numbers do not depend on which others run with it (n = 1 included: the same kernels).
+    Returns the logits (len(head_rows), n_vocab) of the rows `head_rows` (default: every row)."""
     n = tokens.shape[0]
     assert 0 < n <= st.n_batch and slots.shape == positions.shape == (n,), (n, slots.shape, positions.shape)
-    assert len(set(slots.tolist())) == n and int(positions.max()) < st.n_ctx, (slots, positions)
+    assert int(positions.max()) < st.n_ctx, positions
     embed(cfg, w, st, tokens, positions)
-    return _layers_and_head(cfg, w, st, n, True, slice(0, n), batch=(slots, positions))
+    return _layers_and_head(cfg, w, st, n, True, slice(0, n) if head_rows is None else head_rows,
+                            batch=(slots, positions))
 
 
-def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: bool, rows: slice, *,
+def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: bool, rows: slice | np.ndarray, *,
                      pos0: int = 0, slot: int = 0, batch: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Every layer over the n embedded tokens, then the head over `rows` of them; `batched` holds
     for the whole pass (the batched kernels even for one token)."""

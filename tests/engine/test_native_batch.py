@@ -118,3 +118,57 @@ def test_a_prefix_held_by_another_slot_is_copied_not_recomputed(smollm2_path: Pa
         assert [e.token for e in events] == [e.token for e in alone]
     finally:
         b.close()
+
+
+def test_prompts_prefilled_in_chunks_beside_running_decodes(batched_smollm2) -> None:
+    """Two prompts that arrive together are prefilled in one pass; a long prompt that joins while
+    they decode goes in chunks (a small prefill budget), each chunk in the same pass as their
+    tokens, so they keep getting a token every step; every sequence still gets, token for token,
+    what it gets alone."""
+    from engine import transformer as T
+    from engine.native import BatchDecoder
+
+    b = batched_smollm2
+    long_prompt = b.tokenize("# utilities\n" + "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(12)),
+                             add_special=False)
+    short = [b.tokenize(PROMPTS[1], add_special=False), b.tokenize(PROMPTS[3], add_special=False)]
+    budget = 32
+    assert sum(map(len, short)) <= budget < len(long_prompt) // 3
+    params = SamplingParams(temperature=0.0, max_tokens=24)
+
+    def tokens(events) -> list[int]:
+        return [e.token for e in events if e.token is not None]
+
+    passes = 0
+    real = T.forward_batch
+
+    def counted(*args, **kwargs):
+        nonlocal passes
+        passes += 1
+        return real(*args, **kwargs)
+
+    T.forward_batch = counted
+    try:
+        decoder = BatchDecoder(b, prefill_budget=budget)
+        slots = [decoder.add(p, params) for p in short]
+        got: dict[int, list] = {}
+        per_step: list[set[int]] = []
+        while decoder.running:
+            if len(per_step) == 2:
+                slots.append(decoder.add(long_prompt, params))  # joins while the others decode
+                left = len(long_prompt) - decoder._seqs[slots[2]].reused
+            events = decoder.step()
+            per_step.append({slot for slot, ev in events})
+            for slot, ev in events:
+                assert not isinstance(ev, BaseException), ev
+                got.setdefault(slot, []).append(ev)
+    finally:
+        T.forward_batch = real
+    alone = [tokens(_collect(b.generate_batch([(p, params)]))[0]) for p in (*short, long_prompt)]
+    assert [tokens(got[s]) for s in slots] == alone
+    assert per_step[0] == set(slots[:2])  # both first tokens after one pass
+    prefilling = -(-left // budget)  # steps until the long prompt's first token
+    assert prefilling >= 2
+    assert all(set(slots[:2]) <= per_step[i] for i in range(2, 2 + prefilling))  # the others kept going
+    assert slots[2] in per_step[2 + prefilling - 1] and slots[2] not in per_step[2 + prefilling - 2]
+    assert passes == len(per_step)  # one pass of the model per step
