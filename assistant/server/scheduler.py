@@ -25,6 +25,8 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -87,9 +89,16 @@ class Scheduler:
     worker (`workers` of them) or, with a `decoder`, one worker stepping as many jobs as it has slots."""
 
     def __init__(self, backend: Backend, *, max_queue: int = 16, on_finish: Callable[[Job, GenerationEvent], None]
-                 | None = None, decoder: BatchDecoder | None = None, workers: int = 1) -> None:
+                 | None = None, decoder: BatchDecoder | None = None, workers: int = 1,
+                 engine_thread: ThreadPoolExecutor | None = None) -> None:
+        """`engine_thread`: a one-thread executor to work on instead of a thread of the scheduler's
+        own, the one the model was loaded on: Numba's OpenMP layer keeps a team of threads per
+        thread that starts parallel regions, and two teams on the same cores (the loading
+        thread's, the decoding thread's) made batched decoding ~30% slower (measured,
+        docs/benchmarks.md)."""
         assert max_queue >= 1 and workers >= 1, (max_queue, workers)
         assert decoder is None or workers == 1, workers
+        assert engine_thread is None or workers == 1, workers
         self.backend = backend
         self.decoder = decoder
         self.max_queue = max_queue
@@ -105,10 +114,15 @@ class Scheduler:
             targets = [self._work_batched]
         else:
             targets = [lambda slot=slot: self._work(slot) for slot in range(workers)]
-        self._threads = [threading.Thread(target=t, name=f"assistant-scheduler-{i}", daemon=True)
-                         for i, t in enumerate(targets)]
-        for t in self._threads:
-            t.start()
+        self._threads: list[threading.Thread] = []
+        self._futures: list[Future] = []
+        if engine_thread is not None:
+            self._futures = [engine_thread.submit(targets[0])]
+        else:
+            self._threads = [threading.Thread(target=t, name=f"assistant-scheduler-{i}", daemon=True)
+                             for i, t in enumerate(targets)]
+            for t in self._threads:
+                t.start()
 
     # --- what the app sees --------------------------------------------------------------------
 
@@ -159,6 +173,7 @@ class Scheduler:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=30)
+        futures_wait(self._futures, timeout=30)
 
     # --- the workers --------------------------------------------------------------------------
 
