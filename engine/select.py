@@ -4,8 +4,8 @@
 follows it. `remote` is only ever asked for: the file then gives the vocabulary and prompt
 formats, and an OpenAI-compatible server (engine.remote) runs the model. The native engine runs a file when it knows its architecture and every tensor's
 quant type (on an NVIDIA GPU when numba.cuda finds one, else on the CPU) and is asked for with
-`--backend native`; `auto` picks llama.cpp for now, because it is measured faster here, and
-says whether the native engine could run the file or why not.
+`--backend native`; `auto` picks llama.cpp for now (see the measurements noted in
+`choose_backend`), and says whether the native engine could run the file or why not.
 """
 
 from __future__ import annotations
@@ -47,10 +47,13 @@ def choose_backend(gguf: GGUFFile, requested: str = "auto", *, remote_url: str |
             return BackendChoice("native", f"native was asked for: '{arch}' with {types} tensors, "
                                            f"on the {native_device()}")
         if why is None:
-            # Measured (docs/benchmarks.md): native decodes at 0.55-0.71x llama.cpp on this CPU
-            # today, so auto keeps llama.cpp until the speed work makes native the faster one.
-            return BackendChoice("llama", f"auto: llama.cpp, faster than the native engine on the CPU today "
-                                          f"(the native engine can run this '{arch}' file: --backend native)")
+            # Measured (docs/benchmarks.md): on the bundled dense models the native engine now
+            # decodes at 1.0-1.2x llama.cpp and prefills at ~1.0x (more with the daemon's
+            # batching), but MoE files decode at 0.68-0.87x, its first use compiles for ~15 s, it
+            # takes ~1.6x the file in memory, and its GPU path has not run on a GPU yet; auto
+            # keeps llama.cpp until those are settled (issues 3 and 4).
+            return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
+                                          "--backend native; auto moves to it once its GPU path is verified)")
         if requested == "native":
             raise EngineError(f"the native engine cannot run this file: {why}")
         return BackendChoice("llama", f"auto: llama.cpp runs it because the native engine cannot: {why}")
