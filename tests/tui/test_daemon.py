@@ -96,6 +96,23 @@ def _settings(max_tokens: int):
                          max_tokens=max_tokens)
 
 
+def _app(max_tokens: int, workspace: Path, tmp_path: Path):
+    return make_app(_settings(max_tokens), workspace=workspace, store=SessionStore(tmp_path / "s.sqlite3"),
+                    rules=ApprovalRules(tmp_path / "rules.toml"))
+
+
+async def _mid_answer(app, pilot):
+    """Once the chat runs through the daemon, send LONG and wait for the answer's first words; the
+    chat screen, still busy with the rest."""
+    screen = chat(app)
+    await wait_for(pilot, lambda: app.runtime is not None, timeout=60)
+    assert app.runtime.model.backend.name == "daemon"
+    await send(pilot, LONG)
+    await wait_for(pilot, lambda: bool(answers(app) and answers(app)[0].text.strip()), timeout=60)
+    assert screen.busy
+    return screen
+
+
 def test_a_daemon_killed_mid_answer_is_reported_and_the_next_turn_runs_here(own_daemon, workspace: Path,
                                                                             tmp_path: Path) -> None:
     """The daemon dies while the answer streams (killed once its first words are on screen): the
@@ -103,17 +120,11 @@ def test_a_daemon_killed_mid_answer_is_reported_and_the_next_turn_runs_here(own_
     answer, the chat says it loads the model in this process and does, and the next message is
     answered here."""
     d = own_daemon()
-    app = make_app(_settings(600), workspace=workspace, store=SessionStore(tmp_path / "s.sqlite3"),
-                   rules=ApprovalRules(tmp_path / "rules.toml"))
+    app = _app(600, workspace, tmp_path)
 
     async def scenario() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            screen = chat(app)
-            await wait_for(pilot, lambda: app.runtime is not None, timeout=60)
-            assert app.runtime.model.backend.name == "daemon"
-            await send(pilot, LONG)
-            await wait_for(pilot, lambda: bool(answers(app) and answers(app)[0].text.strip()), timeout=60)
-            assert screen.busy  # mid-answer: hundreds of tokens are still to come
+            screen = await _mid_answer(app, pilot)  # hundreds of tokens are still to come
             # Killed and reaped in one step on the UI thread, so that no UI callback sees the dead
             # process as a zombie (a detached daemon has no parent here to leave one behind).
             d.proc.kill()
@@ -141,17 +152,11 @@ def test_a_daemon_stopped_mid_answer_finishes_it_and_the_next_turn_runs_here(own
     whole; once its process has exited the next message loads the model in this process, says so,
     and is answered here."""
     d = own_daemon()
-    app = make_app(_settings(120), workspace=workspace, store=SessionStore(tmp_path / "s.sqlite3"),
-                   rules=ApprovalRules(tmp_path / "rules.toml"))
+    app = _app(120, workspace, tmp_path)
 
     async def scenario() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            screen = chat(app)
-            await wait_for(pilot, lambda: app.runtime is not None, timeout=60)
-            assert app.runtime.model.backend.name == "daemon"
-            await send(pilot, LONG)
-            await wait_for(pilot, lambda: bool(answers(app) and answers(app)[0].text.strip()), timeout=60)
-            assert screen.busy  # mid-answer
+            screen = await _mid_answer(app, pilot)
             d.proc.send_signal(signal.SIGTERM)
             await wait_for(pilot, lambda: not screen.busy, timeout=120)
             assert d.proc.wait(timeout=60) == 0
