@@ -62,10 +62,7 @@ class Job:
     started: threading.Event = field(default_factory=threading.Event)
 
     def _put(self, item: GenerationEvent | BaseException | None) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
+        _deliver([(self, item)])
 
 
 def _deliver(items: list[tuple[Job, GenerationEvent | BaseException | None]]) -> None:
