@@ -379,12 +379,12 @@ def _rank(index: CodeIndex, candidates: list[_Candidate], now: float) -> list[Sn
     return out
 
 
-_OUTLINES: dict[tuple[Path, int, float], list[tuple[str, str]]] = {}
+_OUTLINES: dict[tuple[Path, int, float], list[str]] = {}
 _OUTLINES_KEPT = 256
 _outlines_lock = threading.Lock()
 
 
-def _module_outline(symbols: FileSymbols) -> list[tuple[str, str]]:
+def _module_outline(symbols: FileSymbols) -> list[str]:
     """`module_outline`, kept for the file's version (its digest): the same modules are
     outlined for every request in a file."""
     key = (symbols.path, symbols.digest, symbols.mtime)
@@ -409,7 +409,7 @@ def _outlines(index: CodeIndex, modules: list[tuple[Path, str]], now: float) -> 
             continue
         edited = symbols.edited_at
         recency = math.exp(-max(0.0, now - edited) / RECENCY_SECONDS) if edited else 0.0
-        out.append(Snippet(path, "\n".join(line for _, line in lines), round(_BASE["outline"] + 0.5 * recency, 4),
+        out.append(Snippet(path, "\n".join(lines), round(_BASE["outline"] + 0.5 * recency, 4),
                            f"outline ({len(lines)} definitions): imported as {module}", -1,
                            outline=True))
     return out

@@ -65,9 +65,9 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line if line else line for line in text.split("\n"))
 
 
-def module_outline(symbols: FileSymbols) -> list[tuple[str, str]]:
-    """A module as (name, line) pairs, one per public top-level definition in file order: its
-    signature on one line (decorators dropped), `...` or the language's body placeholder after it."""
+def module_outline(symbols: FileSymbols) -> list[str]:
+    """A module as lines, one per public top-level definition in file order: its signature on
+    one line (decorators dropped), `...` or the language's body placeholder after it."""
     spec = language_for_path(symbols.path)
     python = spec is not None and spec.python_docstrings
     lines = []
@@ -85,7 +85,7 @@ def module_outline(symbols: FileSymbols) -> list[tuple[str, str]]:
             line += " ..."
         elif not python and spec is not None and (sym.kind in FUNCTION_KINDS or sym.kind in CLASS_KINDS):
             line += spec.body_placeholder
-        lines.append((sym.name, line))
+        lines.append(line)
         if len(lines) >= MAX_MODULE_OUTLINE:
             break
     return lines
