@@ -130,82 +130,114 @@ def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarra
 
 
 @njit(fastmath=FAST, cache=True)
-def _rows_i8(out, layout, q, s, xq, xd, r0, r1, base):
-    """out[t, r - base] for rows r0..r1-1 and every token, tokens in groups of 8, 4 and 1 (the
-    per-token arithmetic is the same in each, engine.int8)."""
+def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
+    """out[t, r] for rows r0..r1-1 and every token: rows in pairs, tokens in groups of 8 and 4
+    (then single rows and tokens; the per-token arithmetic is the same in each, engine.int8);
+    `off` the weights' stored offset."""
     n_tok = xq.shape[0]
-    for r in range(r0, r1):
-        qr, sr, j = q[r], s[r], r - base
+    oi = np.int64(off)
+    if n_tok < 4:  # a token or three (decode): one row at a time, as fast as memory brings it
+        for r in range(r0, r1):
+            for t in range(n_tok):
+                out[t, r] = _dot1(layout, q, s, r, xq, xd, oi, t)
+        return
+    r = r0
+    while r + 2 <= r1:
         t = 0
         while t + 8 <= n_tok:
             if layout == I8.NIB:
-                o = I8.dot8_nib(qr, sr, xq, xd, t)
+                o = I8.dot2x8_nib(q, s, r, xq, xd, oi, t)
             elif layout == I8.BYTE16:
-                o = I8.dot8_byte16(qr, sr, xq, xd, t)
+                o = I8.dot2x8_byte16(q, s, r, xq, xd, oi, t)
             else:
-                o = I8.dot8_byte32(qr, sr, xq, xd, t)
+                o = I8.dot2x8_byte32(q, s, r, xq, xd, oi, t)
             for u in range(8):
-                out[t + u, j] = o[u]
+                out[t + u, r] = o[u]
+                out[t + u, r + 1] = o[8 + u]
             t += 8
         while t + 4 <= n_tok:
             if layout == I8.NIB:
-                o4 = I8.dot4_nib(qr, sr, xq, xd, t)
+                o4 = I8.dot2x4_nib(q, s, r, xq, xd, oi, t)
             elif layout == I8.BYTE16:
-                o4 = I8.dot4_byte16(qr, sr, xq, xd, t)
+                o4 = I8.dot2x4_byte16(q, s, r, xq, xd, oi, t)
             else:
-                o4 = I8.dot4_byte32(qr, sr, xq, xd, t)
+                o4 = I8.dot2x4_byte32(q, s, r, xq, xd, oi, t)
             for u in range(4):
-                out[t + u, j] = o4[u]
+                out[t + u, r] = o4[u]
+                out[t + u, r + 1] = o4[4 + u]
             t += 4
-        while t < n_tok:
-            if layout == I8.NIB:
-                out[t, j] = I8.dot1_nib(qr, sr, xq, xd, t)
-            elif layout == I8.BYTE16:
-                out[t, j] = I8.dot1_byte16(qr, sr, xq, xd, t)
-            else:
-                out[t, j] = I8.dot1_byte32(qr, sr, xq, xd, t)
-            t += 1
+        if t < n_tok:
+            _row_i8(out, layout, q, s, xq, xd, oi, r, t)
+            _row_i8(out, layout, q, s, xq, xd, oi, r + 1, t)
+        r += 2
+    if r < r1:
+        _row_i8(out, layout, q, s, xq, xd, oi, r, 0)
+
+
+@njit(fastmath=FAST, cache=True)
+def _row_i8(out, layout, q, s, xq, xd, oi, r, t):
+    """out[t:, r]: one row against the tokens from t on (groups of 8, 4, then single tokens)."""
+    n_tok = xq.shape[0]
+    while t + 8 <= n_tok:
+        if layout == I8.NIB:
+            o = I8.dot1x8_nib(q, s, r, xq, xd, oi, t)
+        elif layout == I8.BYTE16:
+            o = I8.dot1x8_byte16(q, s, r, xq, xd, oi, t)
+        else:
+            o = I8.dot1x8_byte32(q, s, r, xq, xd, oi, t)
+        for u in range(8):
+            out[t + u, r] = o[u]
+        t += 8
+    while t + 4 <= n_tok:
+        if layout == I8.NIB:
+            o4 = I8.dot1x4_nib(q, s, r, xq, xd, oi, t)
+        elif layout == I8.BYTE16:
+            o4 = I8.dot1x4_byte16(q, s, r, xq, xd, oi, t)
+        else:
+            o4 = I8.dot1x4_byte32(q, s, r, xq, xd, oi, t)
+        for u in range(4):
+            out[t + u, r] = o4[u]
+        t += 4
+    while t < n_tok:
+        out[t, r] = _dot1(layout, q, s, r, xq, xd, oi, t)
+        t += 1
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
+def _dot1(layout, q, s, r, xq, xd, oi, t):
+    """Row r against token t."""
+    if layout == I8.NIB:
+        return I8.dot1x1_nib(q, s, r, xq, xd, oi, t)
+    if layout == I8.BYTE16:
+        return I8.dot1x1_byte16(q, s, r, xq, xd, oi, t)
+    return I8.dot1x1_byte32(q, s, r, xq, xd, oi, t)
 
 
 @njit(fastmath=FAST, cache=True)
 def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
-                    xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xs16: np.ndarray,
-                    r0: int, r1: int, base: int = 0) -> None:
-    """out[t, r - base] = W[r] . x_t for rows r0..r1-1 and every token t of xq (T, K), with integer
-    dot products: the stored weights times the int8 activation per block, then the offset and min
-    terms through the activation's block sums (per 16 for the 16-weight blocks of Q6_K)."""
-    o = np.float32(off)
+                    xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, r0: int, r1: int) -> None:
+    """out[t, r] = W[r] . x_t for rows r0..r1-1 and every token t of xq (T, K), with integer dot
+    products of the signed weights (stored value - off) and the int8 activation per block, then
+    the min term through the activation's block sums."""
     sub16 = s.shape[1] * 16 == xq.shape[1]
     layout = I8.NIB if kind == KIND_NIB else I8.BYTE16 if sub16 else I8.BYTE32
-    _rows_i8(out, layout, q, s, xq, xd, r0, r1, base)
-    has_m = m.shape[0] > 0
-    if off == 0.0 and not has_m:
+    _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
+    if m.shape[0] == 0:
         return
-    nb = s.shape[1]
+    nb = m.shape[1]
     for r in range(r0, r1):
-        sr = s[r]
+        mr = m[r]
         for t in range(xq.shape[0]):
+            xt = xs[t]
             acc = np.float32(0.0)
-            if sub16:
-                xt = xs16[t]
-                for b in range(nb):
-                    acc += sr[b] * xt[b]
-                acc = -o * acc
-            elif has_m:
-                mr, xt = m[r], xs[t]
-                for b in range(nb):
-                    acc += (mr[b] - o * sr[b]) * xt[b]
-            else:
-                xt = xs[t]
-                for b in range(nb):
-                    acc += sr[b] * xt[b]
-                acc = -o * acc
-            out[t, r - base] += acc
+            for b in range(nb):
+                acc += mr[b] * xt[b]
+            out[t, r] += acc
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
 def matmul_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
-              xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xs16: np.ndarray, chunk: int) -> None:
+              xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, chunk: int) -> None:
     """out (T, rows) = W . x_t for every token, rows in work items of `chunk`; tokens in blocks of
     64 so that a block's int8 activations stay in the first-level cache while a row is reused."""
     n_tok, rows = out.shape
@@ -213,14 +245,14 @@ def matmul_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarr
         r0, r1 = c * chunk, min(rows, (c + 1) * chunk)
         for t0 in range(0, n_tok, 64):
             t1 = min(n_tok, t0 + 64)
-            _matmul_rows_i8(out[t0:t1], kind, off, q, s, m, xq[t0:t1], xd[t0:t1], xs[t0:t1], xs16[t0:t1], r0, r1)
+            _matmul_rows_i8(out[t0:t1], kind, off, q, s, m, xq[t0:t1], xd[t0:t1], xs[t0:t1], r0, r1)
 
 
 @njit(fastmath=FAST, cache=True)
 def matmul_i8_serial(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
-                     xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xs16: np.ndarray) -> None:
+                     xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> None:
     """`matmul_i8` on one thread (small matrices)."""
-    _matmul_rows_i8(out, kind, off, q, s, m, xq, xd, xs, xs16, 0, out.shape[1])
+    _matmul_rows_i8(out, kind, off, q, s, m, xq, xd, xs, 0, out.shape[1])
 
 
 # --- one token through a SwiGLU FFN, or through the experts a router picked ------------------------
@@ -344,13 +376,13 @@ def int8_weight(w: Packed) -> bool:
     return int8_activation(w.act, w.k) and w.kind != KIND_F32
 
 
-def matmul_int8(out: np.ndarray, w: Packed, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, xs16: np.ndarray) -> None:
+def matmul_int8(out: np.ndarray, w: Packed, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> None:
     """out (T, rows) = W . x_t for T > 1 tokens in their int8 form (`int8_weight(w)` must hold)."""
     assert out.shape == (xq.shape[0], w.rows) and xq.shape[1] == w.k, (out.shape, xq.shape, w.rows, w.k)
     if w.rows * w.k * xq.shape[0] < SERIAL_WEIGHTS:
-        matmul_i8_serial(out, w.kind, w.off, w.q, w.s, w.m, xq, xd, xs, xs16)
+        matmul_i8_serial(out, w.kind, w.off, w.q, w.s, w.m, xq, xd, xs)
     else:
-        matmul_i8(out, w.kind, w.off, w.q, w.s, w.m, xq, xd, xs, xs16, work_chunk(w.rows))
+        matmul_i8(out, w.kind, w.off, w.q, w.s, w.m, xq, xd, xs, work_chunk(w.rows))
 
 
 _GEMM_TILE = 1 << 20  # weights one thread dequantizes per SGEMM call (4 MB of float32 scratch)

@@ -307,15 +307,15 @@ def round_f16(x: float) -> np.float32:
 
 @njit(cache=True)
 def _quantize_row(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
-    _quantize_row8(act, x, xh, xs, np.empty(0, np.int8), np.empty(0, np.float32), np.empty(0, np.float32))
+    _quantize_row8(act, x, xh, xs, np.empty(0, np.int8), np.empty(0, np.float32))
 
 
 @njit(cache=True)
-def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: np.ndarray, xd: np.ndarray,
-                   xs16: np.ndarray) -> None:
+def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: np.ndarray,
+                   xd: np.ndarray) -> None:
     """x quantized for `act`: xh the values the dot product sees, xs their sums per 32; for the int8
-    families also, where xq is not empty, the int8 values xq, their scale per 32 xd and the sums per
-    16 xs16 (engine.int8's integer dot products)."""
+    families also, where xq is not empty, the int8 values xq and their scale per 32 xd
+    (engine.int8's integer dot products)."""
     k = x.shape[0]
     ints = xq.shape[0] > 0
     if act == ACT_F32:
@@ -342,20 +342,15 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             dh = round_f16(d)
             total = 0
-            half = 0
             for j in range(32):
                 qv = np.rint(x[b * 32 + j] * inv)
                 total += np.int64(qv)
                 xh[b * 32 + j] = np.float32(qv) * dh
                 if ints:
                     xq[b * 32 + j] = np.int8(qv)
-                    if j == 15:
-                        half = total
             xs[b] = round_f16(d * np.float32(total)) if act == ACT_Q8_1 else dh * np.float32(total)
             if ints:
                 xd[b] = dh
-                xs16[2 * b] = dh * np.float32(half)
-                xs16[2 * b + 1] = dh * np.float32(total - half)
     else:  # ACT_Q8_K, quantize_row_q8_K_ref: iscale = -127/max with max the signed largest |x|
         for b in range(k // QK_K):
             amax, vmax = np.float32(0.0), np.float32(0.0)
@@ -369,13 +364,11 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
                 if ints:
                     xq[b * QK_K:(b + 1) * QK_K] = 0
                     xd[b * 8:(b + 1) * 8] = 0.0
-                    xs16[b * 16:(b + 1) * 16] = 0.0
                 continue
             iscale = np.float32(-127.0) / vmax
             d = np.float32(1.0) / iscale
             for sb in range(8):
                 total = 0
-                half = 0
                 for j in range(32):
                     i = b * QK_K + sb * 32 + j
                     qv = min(np.int64(np.rint(iscale * x[i])), 127)
@@ -383,13 +376,9 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
                     xh[i] = d * np.float32(qv)
                     if ints:
                         xq[i] = np.int8(qv)
-                        if j == 15:
-                            half = total
                 xs[b * 8 + sb] = d * np.float32(total)
                 if ints:
                     xd[b * 8 + sb] = d
-                    xs16[b * 16 + 2 * sb] = d * np.float32(half)
-                    xs16[b * 16 + 2 * sb + 1] = d * np.float32(total - half)
 
 
 @njit(parallel=True, cache=True)
@@ -399,19 +388,19 @@ def _quantize_rows(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> N
 
 
 @njit(parallel=True, cache=True)
-def _quantize_rows8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: np.ndarray, xd: np.ndarray,
-                    xs16: np.ndarray) -> None:
+def _quantize_rows8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: np.ndarray,
+                    xd: np.ndarray) -> None:
     for t in prange(x.shape[0]):
-        _quantize_row8(act, x[t], xh[t], xs[t], xq[t], xd[t], xs16[t])
+        _quantize_row8(act, x[t], xh[t], xs[t], xq[t], xd[t])
 
 
 def quantize_activation8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: np.ndarray,
-                         xd: np.ndarray, xs16: np.ndarray) -> None:
-    """`quantize_activation` that also fills the int8 form: xq (T, K), xd (T, K/32), xs16 (T, K/16)."""
+                         xd: np.ndarray) -> None:
+    """`quantize_activation` that also fills the int8 form: xq (T, K) and xd (T, K/32)."""
     if x.shape[0] == 1:
-        _quantize_row8(act, x[0], xh[0], xs[0], xq[0], xd[0], xs16[0])
+        _quantize_row8(act, x[0], xh[0], xs[0], xq[0], xd[0])
     else:
-        _quantize_rows8(act, x, xh, xs, xq, xd, xs16)
+        _quantize_rows8(act, x, xh, xs, xq, xd)
 
 
 def quantize_activation(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:

@@ -138,7 +138,7 @@ def load_weights(gguf: GGUFFile, cfg: Config) -> Weights:
 class Activations:
     """One matmul input (T, K) and what it quantizes to per activation family, made on first use:
     the float values the dot product sees (xh, xs) and, for the int8 families on a CPU with integer
-    dot products, the int8 form (xq, xd, xs16) of engine.int8."""
+    dot products, the int8 form (xq, xd) of engine.int8."""
 
     def __init__(self, n_batch: int, k: int) -> None:
         self.x = np.zeros((n_batch, k), np.float32)
@@ -161,8 +161,7 @@ class Activations:
             f32 = np.float32
             self._bufs[act] = (np.zeros((n_batch, k), f32), np.zeros((n_batch, k // 32), f32),
                                np.zeros((n_batch, k if ints else 0), np.int8),
-                               np.zeros((n_batch, k // 32 if ints else 0), f32),
-                               np.zeros((n_batch, k // 16 if ints else 0), f32))
+                               np.zeros((n_batch, k // 32 if ints else 0), f32))
         bufs = tuple(b[: self._n] for b in self._bufs[act])
         if act not in self._ready or (ints and force and act not in self._ready8):
             if ints and (self._n > 1 or force):  # one token multiplies with the float kernels (linear)
@@ -178,7 +177,7 @@ class Activations:
         return self._quantize(act)[:2]
 
     def int8(self, act: int, force: bool = False) -> tuple[np.ndarray, ...]:
-        """(xh, xs, xq, xd, xs16); the int8 form (the last three) is filled for several tokens (or
+        """(xh, xs, xq, xd); the int8 form (the last two) is filled for several tokens (or
         one with `force`), and empty where integer dot products do not apply."""
         return self._quantize(act, force)
 
@@ -188,9 +187,9 @@ def linear(out: np.ndarray, w: Packed, inp: Activations, ints: bool = False) -> 
     Several tokens go through the integer dot products where the CPU has them, one token through
     the float kernels unless `ints` (batched decode: every sequence gets the same arithmetic
     whether it runs alone or with others)."""
-    xh, xs, xq, xd, xs16 = inp.int8(w.act, ints)
+    xh, xs, xq, xd = inp.int8(w.act, ints)
     if (out.shape[0] > 1 or ints) and M.int8_weight(w):
-        M.matmul_int8(out, w, xq, xd, xs, xs16)
+        M.matmul_int8(out, w, xq, xd, xs)
     else:
         matmul_packed(out, w, xh, xs)
 

@@ -98,22 +98,22 @@ def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int) 
     """The int8 kernels (engine.int8) compute W x for any number of tokens (groups of 8, 4 and
     single ones) to float32 rounding of the float64 product, and a token's result does not depend
     on the tokens beside it."""
-    rows, n_tok = 48, 13
+    rows, n_tok = 47, 13  # odd: a row left after the pairs
     raw = random_tensor(qtype, rows, k, seed=1)
     w = Q.pack(raw, qtype, k)
     assert int8_weight(w)
     x = np.random.default_rng(2).standard_normal((n_tok, k)).astype(np.float32)
     xh, xs = np.empty_like(x), np.empty((n_tok, k // 32), np.float32)
-    xq, xd, xs16 = np.empty((n_tok, k), np.int8), np.empty((n_tok, k // 32), np.float32), np.empty((n_tok, k // 16), np.float32)
-    Q.quantize_activation8(w.act, x, xh, xs, xq, xd, xs16)
+    xq, xd = np.empty((n_tok, k), np.int8), np.empty((n_tok, k // 32), np.float32)
+    Q.quantize_activation8(w.act, x, xh, xs, xq, xd)
     want = _reference_product(raw, qtype, xh, xs)
     scale = np.abs(xh).astype(np.float64) @ np.abs(Q.dequantize(raw, qtype).reshape(rows, k)).T.astype(np.float64)
     many = np.empty((n_tok, rows), np.float32)
-    matmul_int8(many, w, xq, xd, xs, xs16)
+    matmul_int8(many, w, xq, xd, xs)
     assert np.max(np.abs(many - want) / scale) < 1e-6
     for t in (0, 9, 12):  # in a group of 8, of 4, alone
         one = np.empty((1, rows), np.float32)
-        matmul_int8(one, w, xq[t:t + 1], xd[t:t + 1], xs[t:t + 1], xs16[t:t + 1])
+        matmul_int8(one, w, xq[t:t + 1], xd[t:t + 1], xs[t:t + 1])
         assert np.array_equal(one[0], many[t])
 
 
