@@ -370,9 +370,9 @@ def int8_activation(act: int, k: int) -> bool:
 
 
 def int8_weight(w: Packed) -> bool:
-    """Whether `w` multiplies several tokens through the integer dot products (its rows split into
-    64-byte steps). One token keeps the float kernels: decode is bound by memory, and there the
-    integer path measured slower (Qwen2.5-0.5B 55 vs 58 tok/s, OLMoE-shaped Q4_K_M 120 vs 137)."""
+    """Whether `w` multiplies through the integer dot products (its rows split into 64-byte steps):
+    several tokens always, one token when the caller asks (`transformer.forward` does for dense
+    models; a MoE's one-token path keeps the float kernels, see there)."""
     return int8_activation(w.act, w.k) and w.kind != KIND_F32
 
 

@@ -72,13 +72,15 @@ def test_stop_string_ends_generation_and_is_not_emitted(native_smollm2) -> None:
 
 def test_end_of_generation_token_stops(native_smollm2) -> None:
     """The model's end-of-turn token ends the answer with reason 'stop' before max_tokens."""
-    prompt = native_smollm2.tokenize("<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", add_special=False)
-    # from an empty cache: a 135M model's greedy answer turns on the last bits of the logits, and
-    # what earlier tests left cached changes how the prompt is split into matmuls
+    # a question whose short answer does not turn on near ties (to "Say hi." a 135M model's greedy
+    # answer ends or rambles on with the last bits of the logits); from an empty cache, since what
+    # earlier tests left cached changes how the prompt is split into matmuls
+    prompt = native_smollm2.tokenize("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+                                     add_special=False)
     native_smollm2.reset()
     text, events = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=100))
     assert events[-1].finish_reason == "stop" and events[-1].timings.generated_tokens < 100
-    assert "<|im_end|>" not in text
+    assert "<|im_end|>" not in text and "Paris" in text
 
 
 def test_cancel_from_another_thread(native_smollm2) -> None:
