@@ -6,7 +6,7 @@ local GGUF file that shares the remote model's vocabulary (the bundled Qwen2.5-C
 Qwen2.5-Coder-7B on vLLM), loaded vocabulary-only. The prompt goes to `/v1/completions` as token
 ids (vLLM, llama-server and `assistant serve` take those, as OpenAI's API does), or, for a server
 that takes only text (Ollama), as the text those ids spell: `prompt="auto"` sends ids and, when
-the server answers 400 or 422 to them, sends text and keeps doing so. Every sampler setting
+the server answers 400, 422 or 500 to them, sends text and keeps doing so once that is answered. Every sampler setting
 goes along (`top_k`, `min_p`, `repeat_penalty` and `stop_token_ids` as the llama.cpp-server /
 vLLM extensions), and the answer streams back as server-sent events. Cancelling closes the
 connection, which a server takes as the end of that generation.
@@ -53,8 +53,11 @@ PromptMode = Literal["tokens", "text", "auto"]
 # and the best alternatives (id, logprob), best first.
 _TokenLogprob = tuple[int | None, float | None, tuple[tuple[int, float], ...]]
 
-# Answers to a token-id prompt that mean "this server wants text" in auto mode.
-_REFUSED_IDS = (400, 422)
+# Answers to a token-id prompt that may mean "this server wants text" in auto mode (then the same
+# prompt goes again as text, and the mode stays text if that is answered): 400 and 422 as most
+# servers say it, 500 as llama-cpp-python's server does (its request validation errors come back
+# as 500s; tests/serve/test_remote_llama_server.py).
+_REFUSED_IDS = (400, 422, 500)
 
 
 class RemoteError(EngineError):

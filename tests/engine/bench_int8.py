@@ -1,0 +1,65 @@
+"""Time of the integer matrix kernels over one forward pass's matrices (not a test: run it by hand).
+
+The matrices have Qwen2.5-Coder-0.5B's shapes (24 layers of q, k+v, o, gate+up, down, then the
+151,936-row head) with random Q5_0-style bytes (offset 16); each is multiplied by T tokens through
+`engine.matmul.matmul_i8`, best of 7 pairs of calls, and the per-pass sum is printed with each
+matrix's time. The head comes from memory each call (136 MB); the layer matrices fit in the cache
+when one is timed alone, as they do not in a real pass, so read the sum as a lower bound.
+
+    .venv/bin/python -m tests.engine.bench_int8 [--tokens 1 8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+SHAPES = [("q", 896, 896, 24), ("kv", 256, 896, 24), ("o", 896, 896, 24), ("gate+up", 9728, 896, 24),
+          ("down", 896, 4864, 24), ("head", 151936, 896, 1)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+
+    import numba
+
+    from engine import int8
+    from engine import matmul as M
+
+    if not int8.AVAILABLE:
+        print("this CPU has no AVX-512 VNNI: the engine runs its float kernels, nothing to time")
+        return 1
+    numba.set_num_threads(a.threads)
+    rng = np.random.default_rng(0)
+    for n_tok in a.tokens:
+        total, parts = 0.0, []
+        for name, rows, k, reps in SHAPES:
+            q = rng.integers(0, 32, (rows, k), dtype=np.uint8)
+            s = rng.random((rows, k // 32), dtype=np.float32)
+            m = np.zeros((0, 0), np.float32)
+            xq = rng.integers(-127, 128, (n_tok, k), dtype=np.int8)
+            xd = rng.random((n_tok, k // 32), dtype=np.float32)
+            xs = rng.random((n_tok, k // 32), dtype=np.float32)
+            out = np.zeros((n_tok, rows), np.float32)
+            M.matmul_i8(out, M.KIND_BYTE, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))  # compile, warm
+            best = float("inf")
+            for _ in range(7):
+                t0 = time.perf_counter()
+                M.matmul_i8(out, M.KIND_BYTE, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))
+                M.matmul_i8(out, M.KIND_BYTE, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))
+                best = min(best, (time.perf_counter() - t0) / 2)
+            total += best * reps
+            parts.append(f"{name} {best * 1e3:.3f} ms")
+        print(f"{n_tok} token(s): {total * 1e3:.1f} ms per pass ({n_tok / total:.0f} tok/s, matrices only); "
+              + ", ".join(parts), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
