@@ -14,8 +14,10 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 from pathlib import Path
 
 import numba
@@ -38,6 +40,8 @@ from engine.tokenizer import VocabFile, VocabText
 from engine.transformer import Device
 from models import arch as A
 from models.gguf import GGUFFile, read_gguf
+
+_R = TypeVar("_R")
 
 # ======================================================================================
 # What the native engine runs, and where
@@ -78,8 +82,31 @@ DEFAULT_BLOCK_CACHE_BYTES = 256 << 20  # the block pool's cap, beside the slots'
 _SINGLE, _UNIFORM = b"single", b"uniform"  # one generation's kernels, or the batched ones for every token
 
 
+class _EngineThread:
+    """The one thread that runs a model's kernels. Numba's OpenMP layer starts a team of worker
+    threads for each thread that opens parallel regions, and two teams on the same cores cost
+    ~25-30%: a model loaded on one thread and decoded on another (the TUI's worker, the language
+    server's, the daemon's scheduler) ran at 46-47 tok/s against 64 (Qwen2.5-0.5B, 2 threads).
+    Calls from any thread are run here; a call from this thread runs at once."""
+
+    def __init__(self, n_threads: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="native-engine")
+        self._ident = self._pool.submit(threading.get_ident).result()
+        self.run(numba.set_num_threads, n_threads)
+        self.run(single_threaded_blas)
+
+    def run(self, fn: Callable[..., _R], *args: object, **kwargs: object) -> _R:
+        if threading.get_ident() == self._ident:
+            return fn(*args, **kwargs)
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
 class NativeBackend(VocabText):
-    """One GGUF model on the native CPU engine, with a single sequence of KV cache."""
+    """One GGUF model on the native CPU engine, with a single sequence of KV cache. Its kernels run
+    on a thread of its own (`_EngineThread`), whichever thread calls it."""
 
     name = "native"
 
@@ -107,13 +134,14 @@ class NativeBackend(VocabText):
         if why is not None:
             raise EngineError(f"the native engine cannot run {self.path.name}: {why}")
         self.cfg = A.config_from_gguf(self.gguf)
-        # Numba's thread count is per calling thread: `prefill`, which generation goes through, sets
-        # it again, since the LSP worker and the daemon generate from threads other than this one
         self.n_threads = max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS))
-        numba.set_num_threads(self.n_threads)
-        single_threaded_blas()
-        self.vocab = VocabFile(self.path)
-        self.weights = T.load_weights(self.gguf, self.cfg)
+        self._engine = _EngineThread(self.n_threads)
+        try:
+            self.vocab = VocabFile(self.path)
+            self.weights = self._engine.run(T.load_weights, self.gguf, self.cfg)
+        except BaseException:
+            self._engine.close()
+            raise
         self.device: Device = device or ("cuda" if cuda_present() else "cpu")
         self.state = T.RunState(self.cfg, n_ctx, max(min(n_batch, n_ctx), n_slots), self.device, n_slots)
         self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # per slot: tokens whose K/V it holds
@@ -177,10 +205,6 @@ class NativeBackend(VocabText):
         return {"slots_bytes": self.state.kv_bytes, "kept_bytes": pool.used_bytes if pool else 0,
                 "kept_cap_bytes": pool.cap_bytes if pool else 0, "kept_evictions": pool.stats.evicted_blocks if pool else 0}
 
-    def _threads(self) -> None:
-        if numba.get_num_threads() != self.n_threads:  # another thread than the one that loaded
-            numba.set_num_threads(self.n_threads)
-
     def prefill(self, tokens: Sequence[int], *, all_logits: bool = False, slot: int = 0,
                 uniform: bool = False) -> np.ndarray:
         """Append `tokens` to a slot's cache in chunks; the logits of the last (or of every) token.
@@ -188,13 +212,13 @@ class NativeBackend(VocabText):
         the prompt was split (continuous batching splits it by what else is running)."""
         cached = self._slot_tokens[slot]
         assert tokens and len(cached) + len(tokens) <= self.state.n_ctx
-        self._threads()
         if not cached:
             self._slot_salt[slot] = _UNIFORM if uniform else _SINGLE
         chunks = []
         for i in range(0, len(tokens), self.state.n_batch):
             chunk = np.asarray(tokens[i:i + self.state.n_batch], dtype=np.int64)
-            logits = T.forward(self.cfg, self.weights, self.state, chunk, len(cached), all_logits, slot, uniform)
+            logits = self._engine.run(T.forward, self.cfg, self.weights, self.state, chunk, len(cached), all_logits,
+                                      slot, uniform)
             cached.extend(int(t) for t in chunk)
             chunks.append(logits)
         return np.concatenate(chunks) if all_logits else chunks[-1][0]
@@ -206,7 +230,6 @@ class NativeBackend(VocabText):
         (n, n_vocab) of the decoded tokens, then of the chunks' rows `heads` (indices into the
         chunks' tokens taken in order). The decoded tokens are not added to their slots' token
         lists (the caller does)."""
-        self._threads()
         rows_tok = list(tokens)
         rows_slot = list(slots)
         rows_pos = [len(self._slot_tokens[s]) for s in slots]
@@ -218,8 +241,8 @@ class NativeBackend(VocabText):
             rows_slot += [slot] * len(chunk)
             rows_pos += range(len(cached), len(cached) + len(chunk))
         head = np.concatenate([np.arange(len(tokens)), len(tokens) + np.asarray(heads, np.int64)]).astype(np.int64)
-        logits = T.forward_batch(self.cfg, self.weights, self.state, np.asarray(rows_tok, np.int64),
-                                 np.asarray(rows_slot, np.int64), np.asarray(rows_pos, np.int64), head)
+        logits = self._engine.run(T.forward_batch, self.cfg, self.weights, self.state, np.asarray(rows_tok, np.int64),
+                                  np.asarray(rows_slot, np.int64), np.asarray(rows_pos, np.int64), head)
         for slot, chunk in chunks:
             self._slot_tokens[slot].extend(int(t) for t in chunk)
         return logits
@@ -238,8 +261,8 @@ class NativeBackend(VocabText):
         """One layer on the residual stream x (n, n_embd) at positions 0..n-1, in chunks (for parity tests)."""
         assert x.shape[0] <= self.state.n_ctx and x.shape[1] == self.cfg.n_embd, x.shape
         out = np.empty_like(x)
-        with self._lock:
-            self.reset()
+
+        def run() -> None:
             st, lw = self.state, self.weights.layers[layer]
             for pos0 in range(0, x.shape[0], st.n_batch):
                 n = min(st.n_batch, x.shape[0] - pos0)
@@ -248,6 +271,10 @@ class NativeBackend(VocabText):
                 T.attention_block(self.cfg, lw, st, layer, pos0, n)
                 T.ffn_block(self.cfg, lw, st, layer, n)
                 out[pos0:pos0 + n] = st.x[:n]
+
+        with self._lock:
+            self.reset()
+            self._engine.run(run)
         return out
 
     def eval_head(self, x: np.ndarray) -> np.ndarray:
@@ -255,7 +282,7 @@ class NativeBackend(VocabText):
         x = np.ascontiguousarray(x, np.float32)
         step = self.state.n_batch
         with self._lock:
-            return np.concatenate([T.head_logits(self.cfg, self.weights, self.state, x[i:i + step])
+            return np.concatenate([self._engine.run(T.head_logits, self.cfg, self.weights, self.state, x[i:i + step])
                                    for i in range(0, x.shape[0], step)])
 
     def _reuse_prefix(self, prompt: Sequence[int], slot: int = 0, uniform: bool = False) -> int:
@@ -384,6 +411,8 @@ class NativeBackend(VocabText):
         )
 
     def close(self) -> None:
+        if getattr(self, "_engine", None) is not None:
+            self._engine.close()
         if getattr(self, "vocab", None) is not None:
             self.vocab.close()
             self.vocab = None

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvicorn
@@ -132,9 +131,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = DEFAULT_PO
         raise ServeError(f"a daemon already runs at {running.url} (pid {running.pid}); stop it with: assistant stop")
     sock = bind(host, port)
     port = sock.getsockname()[1]
-    # The model loads on the thread that will run it (see Scheduler's engine_thread).
-    engine_thread = ThreadPoolExecutor(1, thread_name_prefix="assistant-engine")
-    model = engine_thread.submit(load_model, settings, n_slots=max(1, slots)).result()
+    model = load_model(settings, n_slots=max(1, slots))
     decoder, workers = None, 1
     if model.backend.name == "native" and slots > 1:
         from engine.native import BatchDecoder
@@ -150,8 +147,7 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = DEFAULT_PO
     metrics = Metrics()
     # Counted where the generation ends, so a stream whose client left is counted too.
     scheduler = Scheduler(model.backend, max_queue=max_queue, decoder=decoder, workers=workers,
-                          on_finish=lambda job, ev: metrics.generation(ev.timings, ev.finish_reason),
-                          engine_thread=engine_thread if workers == 1 else None)
+                          on_finish=lambda job, ev: metrics.generation(ev.timings, ev.finish_reason))
     token = token or secrets.token_urlsafe(32)
     url_host = f"[{host.strip('[]')}]" if ":" in host else host
     info = DaemonInfo(url=f"http://{url_host}:{port}", host=host, port=port, pid=os.getpid(), token=token,
@@ -169,7 +165,6 @@ def serve(settings: Settings, *, host: str = "127.0.0.1", port: int = DEFAULT_PO
         remove_token_file(os.getpid())
         scheduler.close()
         model.close()
-        engine_thread.shutdown(wait=False)
         sock.close()
     return 0
 

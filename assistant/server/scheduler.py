@@ -25,8 +25,6 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -86,16 +84,11 @@ class Scheduler:
     worker (`workers` of them) or, with a `decoder`, one worker stepping as many jobs as it has slots."""
 
     def __init__(self, backend: Backend, *, max_queue: int = 16, on_finish: Callable[[Job, GenerationEvent], None]
-                 | None = None, decoder: BatchDecoder | None = None, workers: int = 1,
-                 engine_thread: ThreadPoolExecutor | None = None) -> None:
-        """`engine_thread`: a one-thread executor to work on instead of a thread of the scheduler's
-        own, the one the model was loaded on: Numba's OpenMP layer keeps a team of threads per
-        thread that starts parallel regions, and two teams on the same cores (the loading
-        thread's, the decoding thread's) made batched decoding ~30% slower (measured,
-        docs/benchmarks.md)."""
+                 | None = None, decoder: BatchDecoder | None = None, workers: int = 1) -> None:
+        """The native backend runs its kernels on a thread of its own, whichever thread steps it
+        (engine.native._EngineThread), so the workers here are plain threads."""
         assert max_queue >= 1 and workers >= 1, (max_queue, workers)
         assert decoder is None or workers == 1, workers
-        assert engine_thread is None or workers == 1, workers
         self.backend = backend
         self.decoder = decoder
         self.max_queue = max_queue
@@ -111,15 +104,10 @@ class Scheduler:
             targets = [self._work_batched]
         else:
             targets = [lambda slot=slot: self._work(slot) for slot in range(workers)]
-        self._threads: list[threading.Thread] = []
-        self._futures: list[Future] = []
-        if engine_thread is not None:
-            self._futures = [engine_thread.submit(targets[0])]
-        else:
-            self._threads = [threading.Thread(target=t, name=f"assistant-scheduler-{i}", daemon=True)
-                             for i, t in enumerate(targets)]
-            for t in self._threads:
-                t.start()
+        self._threads = [threading.Thread(target=t, name=f"assistant-scheduler-{i}", daemon=True)
+                         for i, t in enumerate(targets)]
+        for t in self._threads:
+            t.start()
 
     # --- what the app sees --------------------------------------------------------------------
 
@@ -170,7 +158,6 @@ class Scheduler:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=30)
-        futures_wait(self._futures, timeout=30)
 
     # --- the workers --------------------------------------------------------------------------
 

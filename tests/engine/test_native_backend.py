@@ -166,28 +166,42 @@ def test_a_file_without_tokenizer_takes_token_ids(synthetic) -> None:
         native.close()
 
 
-def test_generating_from_another_thread_uses_the_asked_threads(synthetic) -> None:
-    """Numba's thread count is per calling thread: a backend loaded in one thread and used from
-    another (the LSP worker, the daemon) still computes with the number of threads it was given."""
+def test_kernels_run_on_the_backends_own_thread(synthetic, monkeypatch) -> None:
+    """Numba's OpenMP layer starts a team of threads per thread that opens parallel regions, and two
+    teams on the same cores cost ~25-30%: whichever threads generate (the TUI's worker, the
+    language server's, the daemon's scheduler), the model's kernels run on the one thread that
+    loaded it, with the number of threads it was given, and the callers' own setting is left alone."""
     import numba
 
+    from engine import transformer as T
     from engine.native import NativeBackend
 
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("needs two cores")
     native = NativeBackend(synthetic("llama"), n_ctx=64, n_threads=1, n_batch=16)
-    seen = []
+    ran_on, callers = [], []
+    forward = T.forward
+
+    def spy(*args, **kwargs):
+        ran_on.append((threading.get_ident(), numba.get_num_threads()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(T, "forward", spy)
 
     def work() -> None:
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # a fresh thread's default: every core
         list(native.generate([1, 2, 3], SamplingParams(temperature=0.0, max_tokens=2), ignore_eos=True))
-        seen.append(numba.get_num_threads())
+        callers.append((threading.get_ident(), numba.get_num_threads()))
 
     try:
-        t = threading.Thread(target=work)
-        t.start()
-        t.join()
-        assert seen == [1]
+        for _ in range(2):
+            t = threading.Thread(target=work)
+            t.start()
+            t.join()
+        engine_thread = native._engine.run(threading.get_ident)
+        assert len(ran_on) >= 4 and set(ran_on) == {(engine_thread, 1)}
+        assert len(callers) == 2 and all(ident != engine_thread and n == numba.config.NUMBA_NUM_THREADS
+                                         for ident, n in callers)
     finally:
         native.close()
 
