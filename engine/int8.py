@@ -13,7 +13,10 @@ decoded together, the tokens of one expert) costs little more than one; two rows
 each token's activation bytes once for both (Qwen2.5-0.5B's matrices for 8 tokens: 16.0 ms
 against 19–20 ms one row at a time). Rows read
 side by side are not a stream the hardware prefetcher follows: from memory, two rows at a time ran
-at 40% of the speed of one until each step prefetched the same bytes `PREFETCH_ROWS` rows on.
+at 40% of the speed of one until each step prefetched the same bytes `PREFETCH_ROWS` rows on; the
+prefetch pays for one row at a time too (Qwen2.5-0.5B's matrices, each from memory, for one
+token: 8.2 ms against 10.5 without; `tests/engine/bench_int8.py --distinct`). Each row's lanes
+start from -off x the activation bytes, computed once per token and step for all the rows.
 
 Layouts (`engine.quants` packed families): `BYTE32` one byte per weight and a scale per 32
 (Q8_0, Q5_0, Q5_1, Q5_K), `BYTE16` the same with a scale per 16 (Q6_K), `NIB` two 4-bit weights
@@ -59,7 +62,9 @@ _I8, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatT
 _V64I8, _V16I32, _V16F32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16), ir.VectorType(_F32, 16)
 
 
-PREFETCH_ROWS = 16  # how far ahead (in rows) a row's bytes are fetched while the rows before it multiply
+#: how far ahead (in rows) a row's bytes are fetched while the rows before it multiply (16 measured
+#: the same, 32 slower)
+PREFETCH_ROWS = 8
 
 
 def _codegen(n_rows: int, n_tok: int, layout: int):
@@ -172,11 +177,9 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
             n_s = 4 if layout == BYTE16 else 2
             weights = []  # per row: [(int8 vector, weight-scale lanes)] per part
             for j in range(n_rows):
-                # the same bytes PREFETCH_ROWS rows on: rows read side by side are not streams the
-                # hardware prefetcher follows (two rows at a time ran at 60% of one from memory)
-                if n_rows > 1:
-                    builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, byte)]),
-                                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                # the same bytes PREFETCH_ROWS rows on (see the module's notes)
+                builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, byte)]),
+                                        ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
                 qv = load64(q_rows[j], byte)
                 if layout == NIB:
                     vecs = (builder.and_(qv, ir.Constant(_V64I8, [0x0F] * 64)), builder.lshr(qv, ir.Constant(_V64I8, [4] * 64)))
@@ -187,13 +190,12 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
             for t in range(n_tok):
                 for p, (x_off, _, d_blk) in enumerate(halves[0]):
                     xv = load64(x_rows[t], x_off)
-                    corr = builder.call(dpbusd, [zero_i, offv, xv]) if signed else None
+                    # each row's lanes start from -off x the activation bytes (once for all rows)
+                    start = builder.sub(zero_i, builder.call(dpbusd, [zero_i, offv, xv])) if signed else zero_i
                     dl = lanes(d_rows[t], d_blk, 2)
                     for j in range(n_rows):
                         wv, sl = weights[j][p]
-                        dot = builder.call(dpbusd, [zero_i, wv, xv])
-                        if signed:
-                            dot = builder.sub(dot, corr)
+                        dot = builder.call(dpbusd, [start, wv, xv])
                         sc = builder.fmul(sl, dl, flags=fast)
                         u = j * n_tok + t
                         new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast), flags=fast)
