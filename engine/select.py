@@ -47,11 +47,13 @@ def choose_backend(gguf: GGUFFile, requested: str = "auto", *, remote_url: str |
             return BackendChoice("native", f"native was asked for: '{arch}' with {types} tensors, "
                                            f"on the {native_device()}")
         if why is None:
-            # Measured (docs/benchmarks.md): on the bundled dense models the native engine now
-            # decodes at 1.0-1.2x llama.cpp and prefills at ~1.0x (more with the daemon's
-            # batching), but MoE files decode at 0.68-0.87x, its first use compiles for ~15 s, it
-            # takes ~1.6x the file in memory, and its GPU path has not run on a GPU yet; auto
-            # keeps llama.cpp until those are settled (issues 3 and 4).
+            # Measured (docs/benchmarks.md, a CPU with AVX-512 VNNI): on the bundled dense models
+            # the native engine decodes at 1.07-1.19x llama.cpp and prefills at 1.25-1.47x, the
+            # daemon batches 8 streams at 4.4-4.6x one, and the language server's p95 is 309-351 ms
+            # against ~400; but MoE files decode at 0.68-0.87x, its first use compiles for ~15 s,
+            # it takes ~1.65x the file in memory, its float kernels (CPUs without VNNI) were last
+            # measured at ~1.0x, and its GPU path has not run on a GPU yet; auto keeps llama.cpp
+            # until those are settled (issues 3 and 4).
             return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
                                           "--backend native; auto moves to it once its GPU path is verified)")
         if requested == "native":
