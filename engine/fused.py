@@ -1,7 +1,7 @@
 """One decoded token through a layer's attention block, as one jitted call.
 
-Used for one token where the integer kernels do not run it (no AVX-512 VNNI, or a MoE's
-decode; see `transformer.forward`). Decode is one token at a time, so the work per kernel is small and what the forward pass costs
+Used for one token where the integer kernels do not run it (a CPU without AVX-512 VNNI; see
+`transformer.forward`). Decode is one token at a time, so the work per kernel is small and what the forward pass costs
 in Python between kernels (a dispatch, an argument check, a numpy temporary per step: about
 fifteen per layer) is a large share of a token's time on small models. `attention_one_token`
 runs the block's whole sequence (RMSNorm, activation quantization, q/k/v with their biases and

@@ -371,8 +371,8 @@ def int8_activation(act: int, k: int) -> bool:
 
 def int8_weight(w: Packed) -> bool:
     """Whether `w` multiplies through the integer dot products (its rows split into 64-byte steps):
-    several tokens always, one token when the caller asks (`transformer.forward` does for dense
-    models; a MoE's one-token path keeps the float kernels, see there)."""
+    several tokens always, one token when the caller asks (`transformer.forward` does, but for a
+    MoE's experts, see there)."""
     return int8_activation(w.act, w.k) and w.kind != KIND_F32
 
 

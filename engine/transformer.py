@@ -201,6 +201,7 @@ class RunState:
     def __init__(self, cfg: Config, n_ctx: int, n_batch: int, device: Device = "cpu", n_slots: int = 1) -> None:
         self.n_ctx, self.n_batch, self.n_slots = n_ctx, n_batch, n_slots
         self.batched = False  # in forward_batch: every token through the batched kernels, even alone
+        self.experts_alone = False  # in forward: one MoE token's experts through the one-token path
         self.cuda = None  # engine.cuda_kernels.CudaOps when attention and routing run on the GPU
         if device == "cuda":
             from engine.cuda_kernels import CudaOps
@@ -402,7 +403,8 @@ def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, 
     else:
         K.route_experts(selected, weights, router, cfg.moe_renorm, cfg.expert_weights_scale)
     y = st.expert_out[:n]  # (n_tokens, k, n_embd)
-    if n == 1 and st.cuda is None and not st.batched:
+    if n == 1 and st.cuda is None and (not st.batched or st.experts_alone):
+        # (experts_alone: one decoded token outside continuous batching, see `forward`)
         # one token: every selected expert's rows in two parallel regions
         st.routed[layer, selected[0]] += 1
         y[0] = _experts_one_token(lw.gate_exps, lw.up_exps, lw.down_exps, st.ffn_in, st, selected[0], n_ff)
@@ -493,19 +495,19 @@ def forward(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int
     n = tokens.shape[0]
     assert 0 < n <= st.n_batch and pos0 + n <= st.n_ctx and 0 <= slot < st.n_slots, (n, pos0, slot, st.n_batch)
     embed(cfg, w, st, tokens, np.arange(pos0, pos0 + n))
-    # One token of a dense model through the integer kernels where the CPU has them: with two
-    # weight rows per step they beat the float matrix-vector kernels at decode too (Qwen2.5-0.5B
-    # 77-78 against 73 tok/s, SmolLM2 165-168 against 159-161, 2 threads), and their greedy
-    # answers follow llama.cpp's (whose dot products are integer ones too) for longer: 64 tokens
-    # after 300 of 9 stdlib files agree for 56.6 tokens on average against 50.3 with the float
-    # kernels (SmolLM2: 34.3 against 24.0; tests/engine/bench_agreement.py). A MoE keeps its
-    # one-token path, which runs only the selected experts' rows (the grouped batched path
-    # measured slower: OLMoE-shaped 152-155 against 169-188 tok/s, Qwen3-30B-A3B-shaped 90-91
-    # against 94).
-    batched = uniform or (n == 1 and M.INT8 and ONE_TOKEN_INT8 and st.cuda is None and not cfg.is_moe)
+    # One token through the integer kernels where the CPU has them: with two weight rows per step
+    # they beat the float matrix-vector kernels at decode too (Qwen2.5-0.5B 77-78 against 73 tok/s,
+    # SmolLM2 165-168 against 159-161, 2 threads), and their greedy answers follow llama.cpp's
+    # (whose dot products are integer ones too) for longer: 64 tokens after 300 of 9 stdlib files
+    # agree for 56.6 tokens on average against 50.3 with the float kernels (SmolLM2: 34.3 against
+    # 24.0; tests/engine/bench_agreement.py). A MoE's experts keep their one-token path, which runs
+    # only the selected experts' rows (the grouped integer path measured slower for them: OLMoE-
+    # shaped 154-156 against 159-166 tok/s), while its attention, router and head take the integer
+    # kernels (Qwen3-30B-A3B-shaped 95.0-96.7 against 91.8-93.1 tok/s all float).
+    batched = uniform or (n == 1 and M.INT8 and ONE_TOKEN_INT8 and st.cuda is None)
     # only the rows whose logits are wanted go through the head
     return _layers_and_head(cfg, w, st, n, batched, slice(0, n) if all_logits else slice(n - 1, n),
-                            pos0=pos0, slot=slot)
+                            pos0=pos0, slot=slot, experts_alone=n == 1 and not uniform)
 
 
 def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slots: np.ndarray,
@@ -526,10 +528,13 @@ def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slo
 
 
 def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: bool, rows: slice | np.ndarray, *,
-                     pos0: int = 0, slot: int = 0, batch: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                     pos0: int = 0, slot: int = 0, batch: tuple[np.ndarray, np.ndarray] | None = None,
+                     experts_alone: bool = False) -> np.ndarray:
     """Every layer over the n embedded tokens, then the head over `rows` of them; `batched` holds
-    for the whole pass (the batched kernels even for one token)."""
+    for the whole pass (the batched kernels even for one token), `experts_alone` sends one token's
+    MoE experts through their one-token path all the same."""
     st.batched = batched
+    st.experts_alone = experts_alone
     try:
         for layer, lw in enumerate(w.layers):
             attention_block(cfg, lw, st, layer, pos0, n, slot, batch)
@@ -537,3 +542,4 @@ def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: boo
         return head_logits(cfg, w, st, st.x[rows])
     finally:
         st.batched = False
+        st.experts_alone = False
