@@ -121,6 +121,16 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         zero_i, zero_f = ir.Constant(_V16I32, None), ir.Constant(_V16F32, None)
         fast = ("fast",)
 
+        def merge(a_vals, a_block, b_vals, b_block):
+            """Where two branches join: each value from whichever branch ran."""
+            out = []
+            for a, b in zip(a_vals, b_vals):
+                phi = builder.phi(_F32)
+                phi.add_incoming(a, a_block)
+                phi.add_incoming(b, b_block)
+                out.append(phi)
+            return out
+
         def nib_tail(sums, signed):
             """A half-row of 64k + 32 bytes (K = 576, say) ends with one 32-byte step, 8 lanes wide."""
             v32i8, v8i32, v8f32 = ir.VectorType(_I8, 32), ir.VectorType(_I32, 8), ir.VectorType(_F32, 8)
@@ -156,13 +166,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
                         tails[u] = builder.fadd(sums[u], builder.call(reduce8, [ir.Constant(_F32, -0.0), acc],
                                                                       fastmath=("reassoc",)))
                 inside = builder.block
-            out = []
-            for before_val, tail_val in zip(sums, tails):
-                phi = builder.phi(_F32)
-                phi.add_incoming(before_val, before)
-                phi.add_incoming(tail_val, inside)
-                out.append(phi)
-            return out
+            return merge(sums, before, tails, inside)
 
         def step(i, accs, signed):
             """One 64-byte step of every row for every token; the new accumulators."""
@@ -234,12 +238,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
                 signed_sums, signed_end = row(True), builder.block
             with plain:
                 plain_sums, plain_end = row(False), builder.block
-        sums = []
-        for a, b in zip(signed_sums, plain_sums):
-            phi = builder.phi(_F32)
-            phi.add_incoming(a, signed_end)
-            phi.add_incoming(b, plain_end)
-            sums.append(phi)
+        sums = merge(signed_sums, signed_end, plain_sums, plain_end)
         if len(sums) == 1:
             return sums[0]
         return context.make_tuple(builder, sig.return_type, sums)
