@@ -6,10 +6,10 @@ local GGUF file that shares the remote model's vocabulary (the bundled Qwen2.5-C
 Qwen2.5-Coder-7B on vLLM), loaded vocabulary-only. The prompt goes to `/v1/completions` as token
 ids (vLLM, llama-server and `assistant serve` take those, as OpenAI's API does), or, for a server
 that takes only text (Ollama), as the text those ids spell: `prompt="auto"` sends ids and, when
-the server answers 400, 422 or 500 to them, sends text and keeps doing so once that is answered. Every sampler setting
-goes along (`top_k`, `min_p`, `repeat_penalty` and `stop_token_ids` as the llama.cpp-server /
-vLLM extensions), and the answer streams back as server-sent events. Cancelling closes the
-connection, which a server takes as the end of that generation.
+the server answers 400, 422 or 500 to them, sends text and keeps doing so once that is answered.
+Every sampler setting goes along (`top_k`, `min_p`, `repeat_penalty` and `stop_token_ids` as the
+llama.cpp-server / vLLM extensions), and the answer streams back as server-sent events.
+Cancelling closes the connection, which a server takes as the end of that generation.
 
 Log-probabilities (`SamplingParams.logprobs`, at most 5 alternatives: OpenAI's cap) come back in
 each chunk, in the legacy completions shape (`tokens`, `token_logprobs`, `top_logprobs`: vLLM and

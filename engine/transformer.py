@@ -371,8 +371,8 @@ def _experts_one_token(gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activa
     return y
 
 
-#: one decoded token of a dense model through the integer kernels (see `forward`; a benchmark,
-#: tests/engine/bench_agreement.py, turns it off to compare)
+#: one decoded token through the integer kernels (a MoE's experts excepted; see `forward`); a
+#: benchmark, tests/engine/bench_agreement.py, turns it off to compare
 ONE_TOKEN_INT8 = True
 
 _DENSE = np.zeros(1, np.int64)  # a dense FFN: expert 0 of a stack of one
