@@ -20,7 +20,15 @@ start from -off x the activation bytes, computed once per token and step for all
 
 Layouts (`engine.quants` packed families): `BYTE32` one byte per weight and a scale per 32
 (Q8_0, Q5_0, Q5_1, Q5_K), `BYTE16` the same with a scale per 16 (Q6_K), `NIB` two 4-bit weights
-per byte in half-rows (Q4_0, Q4_1, Q4_K). The intrinsic computes sum_b s[b] * d[b] * sum((q - off) * xq)
+per byte in half-rows (Q4_0, Q4_1, Q4_K), `NIB5` and `NIB6` the same nibbles plus one bit plane
+(Q5_0, Q5_1, Q5_K) or two with a scale per 16 (Q6_K): per 64 weights a 64-bit mask per plane,
+which one masked byte move (`select` of a `<64 x i1>`) turns into the bit's value in each byte,
+OR-ed onto the nibbles. The planes cost a few instructions per step and save the bytes: 0.75
+against 1.125 bytes per weight for Q5_0, 1.0 against 1.25 for Q6_K. Where many tokens share each
+row (prefill) that expansion per group of 8 tokens is a sixth of the time, so engine.matmul
+unpacks a tile of rows to bytes first and multiplies them as `HALVES32`/`HALVES16`: a byte per
+weight, read in the NIB5/NIB6 order (each step 64 weights of each half-row) so that every token's
+sum is the same float arithmetic as from the planes, bit for bit. The intrinsic computes sum_b s[b] * d[b] * sum((q - off) * xq)
 in integers, as llama.cpp does: the stored weights are unsigned (+off: Q8_0 128, Q6_K 32, Q5_0 16,
 Q4_0 8), and a second `vpdpbusd` of a vector of `off` with the same activation bytes is subtracted
 from each step's lanes (an extra pass over the block sums after each row cost ~20% of a batched
@@ -44,7 +52,13 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-BYTE32, BYTE16, NIB = 0, 1, 2
+from engine.quants import plane_byte
+
+BYTE32, BYTE16, NIB, NIB5, NIB6, HALVES32, HALVES16 = 0, 1, 2, 3, 4, 5, 6
+_NIBBLES = (NIB, NIB5, NIB6)  # layouts whose bytes hold two 4-bit weights, one per half-row
+_PLANES = {NIB5: 1, NIB6: 2}  # bit planes above the nibble (engine.quants PLANES family)
+_BY_HALVES = (NIB, NIB5, NIB6, HALVES32, HALVES16)  # a step takes 64 weights of each half-row
+_SUB16 = (BYTE16, NIB6, HALVES16)  # layouts with a weight scale per 16 (Q6_K)
 
 
 def _host_has_vnni() -> bool:
@@ -65,6 +79,61 @@ _V64I8, _V16I32, _V16F32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16), ir.V
 #: how far ahead (in rows) a row's bytes are fetched while the rows before it multiply (16 measured
 #: the same, 32 slower)
 PREFETCH_ROWS = 8
+
+
+def _weight_bytes(builder, row, i, half, n_planes: int, qv, hf: int):
+    """Half-row hf's 64 weights of step i of a NIB/PLANES row (a byte pointer) as bytes, from the
+    step's 64 bytes `qv`: its nibbles, then the bits above 4 from the planes (engine.quants
+    `plane_byte`; per half-row and plane a 64-bit mask, which LLVM turns into one masked byte move)."""
+    v = builder.and_(qv, ir.Constant(_V64I8, [0x0F] * 64)) if hf == 0 else builder.lshr(qv, ir.Constant(_V64I8, [4] * 64))
+    for p in range(n_planes):
+        w = builder.add(builder.mul(i, ir.Constant(_I64, 2 * n_planes)), ir.Constant(_I64, hf * n_planes + p))
+        at = builder.add(half, builder.mul(w, ir.Constant(_I64, 8)))
+        bits = builder.load(builder.bitcast(builder.gep(row, [at]), _I64.as_pointer()), align=1)
+        mask = builder.bitcast(bits, ir.VectorType(ir.IntType(1), 64))
+        v = builder.or_(v, builder.select(mask, ir.Constant(_V64I8, [16 << p] * 64), ir.Constant(_V64I8, None)))
+    return v
+
+
+def _load64(builder, ptr, idx):
+    return builder.load(builder.bitcast(builder.gep(ptr, [idx]), _V64I8.as_pointer()), align=1)
+
+
+@intrinsic
+def _unpack_row(typingctx, q, r, dst, n_planes):
+    """dst (K,) uint8 = row r of a PLANES matrix q, each weight's stored value in a byte, in natural
+    order (K = dst's length, a multiple of 128): `_weight_bytes` for every step, stored."""
+    if not isinstance(n_planes, types.IntegerLiteral):
+        return None
+
+    def codegen(context, builder, sig, args):
+        q_val, r_val, dst_val, _ = args
+        q_arr = context.make_array(sig.args[0])(context, builder, q_val)
+        d_arr = context.make_array(sig.args[2])(context, builder, dst_val)
+        stride = cgutils.unpack_tuple(builder, q_arr.strides)[0]
+        r64 = builder.sext(r_val, _I64) if r_val.type.width < 64 else r_val
+        row = builder.gep(builder.bitcast(q_arr.data, _I8.as_pointer()), [builder.mul(r64, stride)])
+        out = builder.bitcast(d_arr.data, _I8.as_pointer())
+        k = cgutils.unpack_tuple(builder, d_arr.shape)[0]
+        half = builder.udiv(k, ir.Constant(_I64, 2))
+        with cgutils.for_range(builder, builder.udiv(k, ir.Constant(_I64, 128))) as loop:
+            at = builder.mul(loop.index, ir.Constant(_I64, 64))
+            qv = _load64(builder, row, at)
+            for hf, dst_at in ((0, at), (1, builder.add(at, half))):
+                v = _weight_bytes(builder, row, loop.index, half, n_planes.literal_value, qv, hf)
+                builder.store(v, builder.bitcast(builder.gep(out, [dst_at]), _V64I8.as_pointer()), align=1)
+        return context.get_dummy_value()
+
+    return types.void(q, r, dst, n_planes), codegen
+
+
+@njit(cache=True)
+def unpack_row(q, r, dst, n_planes):
+    """dst = row r of a PLANES matrix as bytes (engine.matmul unpacks tiles with it for prefill)."""
+    if n_planes == 2:
+        _unpack_row(q, r, dst, 2)
+    else:
+        _unpack_row(q, r, dst, 1)
 
 
 def _codegen(n_rows: int, n_tok: int, layout: int):
@@ -102,8 +171,11 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         d_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(xd_ty, xd_val, t0, n_tok)[0]]
         k = cgutils.unpack_tuple(builder, xq.shape)[1]
         half = builder.udiv(k, ir.Constant(_I64, 2))
-        n_steps = builder.udiv(k, ir.Constant(_I64, 128 if layout == NIB else 64))
-        s_half = builder.udiv(k, ir.Constant(_I64, 64))  # NIB: scale/activation-block index of the high half
+        nibbles, n_planes, sub16 = layout in _NIBBLES, _PLANES.get(layout, 0), layout in _SUB16
+        by_halves = layout in _BY_HALVES
+        n_steps = builder.udiv(k, ir.Constant(_I64, 128 if by_halves else 64))
+        d_half = builder.udiv(k, ir.Constant(_I64, 64))  # nibbles: activation-block index of the high half
+        s_half = builder.udiv(k, ir.Constant(_I64, 32)) if sub16 else d_half  # its weight-scale index
 
         def lanes(ptr, idx, n):
             """The n floats at ptr[idx] spread over 16 lanes (each over 16/n neighbouring lanes)."""
@@ -113,7 +185,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
             return builder.shuffle_vector(v, ir.Constant(vn, None), ir.Constant(ir.VectorType(_I32, 16), mask))
 
         def load64(ptr, idx):
-            return builder.load(builder.bitcast(builder.gep(ptr, [idx]), _V64I8.as_pointer()), align=1)
+            return _load64(builder, ptr, idx)
 
         off8 = builder.trunc(off_val, _I8)
         offv = builder.shuffle_vector(builder.insert_element(ir.Constant(_V64I8, None), off8, ir.Constant(_I32, 0)),
@@ -145,7 +217,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
             with builder.if_then(has_tail):
                 byte = builder.mul(n_steps, ir.Constant(_I64, 64))
                 blk = builder.mul(n_steps, ir.Constant(_I64, 2))
-                parts = ((byte, blk), (builder.add(byte, half), builder.add(blk, s_half)))
+                parts = ((byte, blk), (builder.add(byte, half), builder.add(blk, d_half)))
                 tails = list(sums)
                 for j in range(n_rows):
                     qv = builder.load(builder.bitcast(builder.gep(q_rows[j], [byte]), v32i8.as_pointer()), align=1)
@@ -171,34 +243,44 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         def step(i, accs, signed):
             """One 64-byte step of every row for every token; the new accumulators."""
             byte = builder.mul(i, ir.Constant(_I64, 64))
-            if layout == NIB:  # (weight bytes, activation byte offset, weight-scale block, activation block) per half
-                blk = builder.mul(i, ir.Constant(_I64, 2))
-                blk_hi = builder.add(blk, s_half)
-                halves = [((byte, blk, blk), (builder.add(byte, half), blk_hi, blk_hi))]
+            blk = builder.mul(i, ir.Constant(_I64, 4 if sub16 else 2))
+            if by_halves:  # (weight bytes, activation byte offset, weight-scale block, activation block) per half
+                d_blk = builder.mul(i, ir.Constant(_I64, 2))
+                halves = [((byte, blk, d_blk), (builder.add(byte, half), builder.add(blk, s_half), builder.add(d_blk, d_half)))]
             else:
-                blk = builder.mul(i, ir.Constant(_I64, 4 if layout == BYTE16 else 2))
                 halves = [((byte, blk, builder.mul(i, ir.Constant(_I64, 2))),)]
-            n_s = 4 if layout == BYTE16 else 2
-            weights = []  # per row: [(int8 vector, weight-scale lanes)] per part
+            n_s = 4 if sub16 else 2
+            packed = []  # per row: the step's 64 bytes of nibbles
             for j in range(n_rows):
                 # the same bytes PREFETCH_ROWS rows on (see the module's notes)
                 builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, byte)]),
                                         ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                qv = load64(q_rows[j], byte)
-                if layout == NIB:
-                    vecs = (builder.and_(qv, ir.Constant(_V64I8, [0x0F] * 64)), builder.lshr(qv, ir.Constant(_V64I8, [4] * 64)))
-                else:
-                    vecs = (qv,)
-                weights.append([(v, lanes(s_rows[j], part[1], n_s)) for v, part in zip(vecs, halves[0])])
+                if n_planes:
+                    planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
+                    builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
+                                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                elif by_halves and not nibbles:  # HALVES: the high half-row's bytes too
+                    builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, builder.add(byte, half))]),
+                                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                packed.append(load64(q_rows[j], byte) if nibbles else None)
             new = list(accs)
-            for t in range(n_tok):
-                for p, (x_off, _, d_blk) in enumerate(halves[0]):
+            # part by part (a half-row each where the layout has them), so that only one part's weight
+            # vectors are live across the tokens; each sum still adds the low half first
+            for p, (x_off, s_blk, d_blk) in enumerate(halves[0]):
+                weights = []  # per row: (int8 vector, weight-scale lanes)
+                for j in range(n_rows):
+                    if nibbles:
+                        wv = _weight_bytes(builder, q_rows[j], i, half, n_planes, packed[j], p)
+                    else:
+                        wv = load64(q_rows[j], x_off)
+                    weights.append((wv, lanes(s_rows[j], s_blk, n_s)))
+                for t in range(n_tok):
                     xv = load64(x_rows[t], x_off)
                     # each row's lanes start from -off x the activation bytes (once for all rows)
                     start = builder.sub(zero_i, builder.call(dpbusd, [zero_i, offv, xv])) if signed else zero_i
                     dl = lanes(d_rows[t], d_blk, 2)
                     for j in range(n_rows):
-                        wv, sl = weights[j][p]
+                        wv, sl = weights[j]
                         dot = builder.call(dpbusd, [start, wv, xv])
                         sc = builder.fmul(sl, dl, flags=fast)
                         u = j * n_tok + t
@@ -229,7 +311,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
             builder.branch(loop)
             builder.position_at_end(done)
             sums = [builder.call(reduce, [ir.Constant(_F32, -0.0), acc], fastmath=("reassoc",)) for acc in accs]
-            if layout == NIB:
+            if layout == NIB:  # engine.quants packs the planes only for whole 128-weight steps
                 sums = nib_tail(sums, signed)
             return sums
 
@@ -249,23 +331,25 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
 def _portable(n_rows: int, n_tok: int, layout: int):
     """The same sums in plain Numba (slow: only so that callers compile without VNNI)."""
 
+    n_planes = _PLANES.get(layout, 0)
+
     @njit(cache=True)
     def dot(q, s, r, xq, xd, off, t0):
         k = xq.shape[1]
+        half = k // 2
         out = np.zeros(n_rows * n_tok, np.float32)
         for j in range(n_rows):
             qr, sr = q[r + j], s[r + j]
             for t in range(n_tok):
                 acc = np.float32(0.0)
                 for i in range(k):
-                    if layout == NIB:  # element i in the low nibbles of the first half, i - K/2 in the high ones
-                        half = k // 2
+                    if layout in _NIBBLES:  # element i in the low nibbles of the first half, i - K/2 in the high ones
                         w = np.int64(qr[i] & 15) if i < half else np.int64(qr[i - half] >> 4)
-                        sb = i // 32
-                    elif layout == BYTE16:
-                        w, sb = np.int64(qr[i]), i // 16
+                        for p in range(n_planes):
+                            w |= ((np.int64(qr[plane_byte(i, half, n_planes, p)]) >> (i & 7)) & 1) << (4 + p)
                     else:
-                        w, sb = np.int64(qr[i]), i // 32
+                        w = np.int64(qr[i])
+                    sb = i // 16 if layout in _SUB16 else i // 32
                     acc += sr[sb] * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, i]))
                 out[j * n_tok + t] = acc
         return out
@@ -289,11 +373,30 @@ def _make(n_rows: int, n_tok: int, layout: int):
     return rowdot
 
 
-# dot{R}x{T}_{layout}(q, s, r, xq, xd, off, t0): rows r..r+R-1 of (q, s) against tokens t0..t0+T-1
-# of (xq, xd); the R*T sums row by row
-dot2x8_byte32, dot2x4_byte32, dot1x8_byte32, dot1x4_byte32, dot1x1_byte32 = (
-    _make(r, t, BYTE32) for r, t in ((2, 8), (2, 4), (1, 8), (1, 4), (1, 1)))
-dot2x8_byte16, dot2x4_byte16, dot1x8_byte16, dot1x4_byte16, dot1x1_byte16 = (
-    _make(r, t, BYTE16) for r, t in ((2, 8), (2, 4), (1, 8), (1, 4), (1, 1)))
-dot2x8_nib, dot2x4_nib, dot1x8_nib, dot1x4_nib, dot1x1_nib = (
-    _make(r, t, NIB) for r, t in ((2, 8), (2, 4), (1, 8), (1, 4), (1, 1)))
+def _by_layout(n_rows: int, n_tok: int):
+    """dot(layout, q, s, r, xq, xd, off, t0): rows r..r+n_rows-1 of (q, s) in `layout` against
+    tokens t0..t0+n_tok-1 of (xq, xd); the n_rows * n_tok sums row by row (one float for 1x1).
+    Numba fixes an intrinsic's code when it compiles the caller, so the layout picks one of five."""
+    b32, b16, nib, nib5, nib6, h32, h16 = (_make(n_rows, n_tok, lay) for lay in (
+        BYTE32, BYTE16, NIB, NIB5, NIB6, HALVES32, HALVES16))
+
+    @njit(cache=True, inline="always")
+    def dot(layout, q, s, r, xq, xd, off, t0):
+        if layout == NIB:
+            return nib(q, s, r, xq, xd, off, t0)
+        if layout == NIB5:
+            return nib5(q, s, r, xq, xd, off, t0)
+        if layout == NIB6:
+            return nib6(q, s, r, xq, xd, off, t0)
+        if layout == HALVES32:
+            return h32(q, s, r, xq, xd, off, t0)
+        if layout == HALVES16:
+            return h16(q, s, r, xq, xd, off, t0)
+        if layout == BYTE16:
+            return b16(q, s, r, xq, xd, off, t0)
+        return b32(q, s, r, xq, xd, off, t0)
+
+    return dot
+
+
+dot2x8, dot2x4, dot1x8, dot1x4, dot1x1 = (_by_layout(r, t) for r, t in ((2, 8), (2, 4), (1, 8), (1, 4), (1, 1)))

@@ -21,7 +21,7 @@ from numba import get_num_threads, njit, prange
 from engine import int8 as I8
 from engine import kernels as K
 from engine.kernels import FAST
-from engine.quants import ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, Packed
+from engine.quants import ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, Packed, plane_byte
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -97,9 +97,14 @@ def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: 
     elif kind == KIND_BYTE:
         for r in range(r0, r1):
             out[r - base] = _dot_byte16(q[r], s[r], o, xh)
-    else:
+    elif kind == KIND_NIB:
         for r in range(r0, r1):
             out[r - base] = _dot_nib4(q[r], s[r], o, xh)
+    else:
+        y = np.empty(xh.shape[0], np.float32)
+        for r in range(r0, r1):
+            _deq_planes(y, q[r], s[r], o)
+            out[r - base] = _dot_f32(y, xh)
     if m.shape[0]:
         for r in range(r0, r1):
             mr = m[r]
@@ -139,29 +144,19 @@ def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
     if n_tok < 4:  # a token or three (decode): one row at a time, as fast as memory brings it
         for r in range(r0, r1):
             for t in range(n_tok):
-                out[t, r] = _dot1(layout, q, s, r, xq, xd, oi, t)
+                out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
         return
     r = r0
     while r + 2 <= r1:
         t = 0
         while t + 8 <= n_tok:
-            if layout == I8.NIB:
-                o = I8.dot2x8_nib(q, s, r, xq, xd, oi, t)
-            elif layout == I8.BYTE16:
-                o = I8.dot2x8_byte16(q, s, r, xq, xd, oi, t)
-            else:
-                o = I8.dot2x8_byte32(q, s, r, xq, xd, oi, t)
+            o = I8.dot2x8(layout, q, s, r, xq, xd, oi, t)
             for u in range(8):
                 out[t + u, r] = o[u]
                 out[t + u, r + 1] = o[8 + u]
             t += 8
         while t + 4 <= n_tok:
-            if layout == I8.NIB:
-                o4 = I8.dot2x4_nib(q, s, r, xq, xd, oi, t)
-            elif layout == I8.BYTE16:
-                o4 = I8.dot2x4_byte16(q, s, r, xq, xd, oi, t)
-            else:
-                o4 = I8.dot2x4_byte32(q, s, r, xq, xd, oi, t)
+            o4 = I8.dot2x4(layout, q, s, r, xq, xd, oi, t)
             for u in range(4):
                 out[t + u, r] = o4[u]
                 out[t + u, r + 1] = o4[4 + u]
@@ -179,38 +174,18 @@ def _row_i8(out, layout, q, s, xq, xd, oi, r, t):
     """out[t:, r]: one row against the tokens from t on (groups of 8, 4, then single tokens)."""
     n_tok = xq.shape[0]
     while t + 8 <= n_tok:
-        if layout == I8.NIB:
-            o = I8.dot1x8_nib(q, s, r, xq, xd, oi, t)
-        elif layout == I8.BYTE16:
-            o = I8.dot1x8_byte16(q, s, r, xq, xd, oi, t)
-        else:
-            o = I8.dot1x8_byte32(q, s, r, xq, xd, oi, t)
+        o = I8.dot1x8(layout, q, s, r, xq, xd, oi, t)
         for u in range(8):
             out[t + u, r] = o[u]
         t += 8
     while t + 4 <= n_tok:
-        if layout == I8.NIB:
-            o4 = I8.dot1x4_nib(q, s, r, xq, xd, oi, t)
-        elif layout == I8.BYTE16:
-            o4 = I8.dot1x4_byte16(q, s, r, xq, xd, oi, t)
-        else:
-            o4 = I8.dot1x4_byte32(q, s, r, xq, xd, oi, t)
+        o4 = I8.dot1x4(layout, q, s, r, xq, xd, oi, t)
         for u in range(4):
             out[t + u, r] = o4[u]
         t += 4
     while t < n_tok:
-        out[t, r] = _dot1(layout, q, s, r, xq, xd, oi, t)
+        out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
         t += 1
-
-
-@njit(fastmath=FAST, cache=True, inline="always")
-def _dot1(layout, q, s, r, xq, xd, oi, t):
-    """Row r against token t."""
-    if layout == I8.NIB:
-        return I8.dot1x1_nib(q, s, r, xq, xd, oi, t)
-    if layout == I8.BYTE16:
-        return I8.dot1x1_byte16(q, s, r, xq, xd, oi, t)
-    return I8.dot1x1_byte32(q, s, r, xq, xd, oi, t)
 
 
 @njit(fastmath=FAST, cache=True)
@@ -220,7 +195,14 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     products of the signed weights (stored value - off) and the int8 activation per block, then
     the min term through the activation's block sums."""
     sub16 = s.shape[1] * 16 == xq.shape[1]
-    layout = I8.NIB if kind == KIND_NIB else I8.BYTE16 if sub16 else I8.BYTE32
+    if kind == KIND_NIB:
+        layout = I8.NIB
+    elif kind == KIND_PLANES:
+        layout = I8.NIB6 if sub16 else I8.NIB5
+    elif kind == _KIND_UNPACKED:
+        layout = I8.HALVES16 if sub16 else I8.HALVES32
+    else:
+        layout = I8.BYTE16 if sub16 else I8.BYTE32
     _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
     if m.shape[0] == 0:
         return
@@ -235,14 +217,38 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
             out[t, r] += acc
 
 
+#: from this many tokens on, PLANES rows are unpacked to bytes a tile at a time, so that their bit
+#: planes are expanded once per row instead of once per group of 8 tokens (Qwen2.5-0.5B prefill:
+#: the expansion cost about 16% of it); the unpacked rows are read in the planes' order
+#: (engine.int8 HALVES), so every token's sum is the same either way
+UNPACK_TOKENS = 16
+_UNPACK_ROWS = 16
+_KIND_UNPACKED = -1  # rows of `engine.int8.unpack_row`
+
+
 @njit(parallel=True, fastmath=FAST, cache=True)
 def matmul_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
               xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, chunk: int) -> None:
     """out (T, rows) = W . x_t for every token, rows in work items of `chunk`; tokens in blocks of
     64 so that a block's int8 activations stay in the first-level cache while a row is reused."""
     n_tok, rows = out.shape
+    k = xq.shape[1]
+    unpack = kind == KIND_PLANES and n_tok >= UNPACK_TOKENS
+    n_planes = (q.shape[1] - k // 2) * 8 // k
     for c in prange((rows + chunk - 1) // chunk):
         r0, r1 = c * chunk, min(rows, (c + 1) * chunk)
+        if unpack:
+            tile = np.empty((_UNPACK_ROWS, k), np.uint8)
+            for a in range(r0, r1, _UNPACK_ROWS):
+                b = min(r1, a + _UNPACK_ROWS)
+                for r in range(a, b):
+                    I8.unpack_row(q, r, tile[r - a], n_planes)
+                mt = m[a:b] if m.shape[0] else m
+                for t0 in range(0, n_tok, 64):
+                    t1 = min(n_tok, t0 + 64)
+                    _matmul_rows_i8(out[t0:t1, a:b], _KIND_UNPACKED, off, tile, s[a:b], mt, xq[t0:t1], xd[t0:t1],
+                                    xs[t0:t1], 0, b - a)
+            continue
         for t0 in range(0, n_tok, 64):
             t1 = min(n_tok, t0 + 64)
             _matmul_rows_i8(out[t0:t1], kind, off, q, s, m, xq[t0:t1], xd[t0:t1], xs[t0:t1], r0, r1)
@@ -319,6 +325,21 @@ def _deq_nib(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None
         yh[i] = sh[i >> 5] * (h - o)
 
 
+@njit(fastmath=FAST, cache=True)
+def _deq_planes(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None:
+    """One PLANES row (engine.quants). The integer kernels are the fast path for this layout:
+    it is packed only where they run, so this plain loop serves the rare float caller."""
+    k = y.shape[0]
+    half = k // 2
+    n_planes = (q.shape[0] - half) * 8 // k
+    sub = 16 if s.shape[0] * 16 == k else 32
+    for i in range(k):
+        v = np.int64(q[i] & 15) if i < half else np.int64(q[i - half] >> 4)
+        for p in range(n_planes):
+            v |= ((np.int64(q[plane_byte(i, half, n_planes, p)]) >> (i & 7)) & 1) << (4 + p)
+        y[i] = s[i // sub] * (np.float32(v) - o)
+
+
 @njit(nogil=True, fastmath=FAST, cache=True)
 def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, r0: int) -> None:
     """y[j] = rows r0+j of a BYTE or NIB matrix as float32, without the min term (that one goes
@@ -331,9 +352,12 @@ def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.n
     elif kind == KIND_BYTE:
         for j in range(y.shape[0]):
             _deq_byte16(y[j], q[r0 + j], s[r0 + j], o)
-    else:
+    elif kind == KIND_NIB:
         for j in range(y.shape[0]):
             _deq_nib(y[j], q[r0 + j], s[r0 + j], o)
+    else:
+        for j in range(y.shape[0]):
+            _deq_planes(y[j], q[r0 + j], s[r0 + j], o)
 
 
 SERIAL_WEIGHTS = 1 << 18  # below this many weights one thread is faster than a parallel region

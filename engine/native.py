@@ -138,7 +138,9 @@ class NativeBackend(VocabText):
         self._engine = _EngineThread(self.n_threads)
         try:
             self.vocab = VocabFile(self.path)
-            self.weights = self._engine.run(T.load_weights, self.gguf, self.cfg)
+            # one sequence at a time: decode is bound by bytes, so 5- and 6-bit matrices take the
+            # smaller layout; batching several, the integer kernels are bound by arithmetic instead
+            self.weights = self._engine.run(T.load_weights, self.gguf, self.cfg, planes=n_slots == 1)
         except BaseException:
             self._engine.close()
             raise

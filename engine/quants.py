@@ -4,12 +4,16 @@ and the activation quantisation llama.cpp applies before every quantized dot pro
 Each format is one small unit registered in `_DEQUANT` by its GGML type, behind one
 `dequantize(data, qtype)` that matches `gguf.quants.dequantize` bit for bit (the same float32
 operations in the same order). For the kernels, `pack` repacks a tensor once at load into one of
-three families that share a single signature (`Packed`): `F32` (plain rows; F16/BF16 widened),
+four families that share a single signature (`Packed`): `F32` (plain rows; F16/BF16 widened),
 `BYTE` (one uint8 per weight minus an offset, a float32 scale per 32 or 16 and optional min per
-32: Q8_0, Q6_K and the 5-bit Q5_0, Q5_1, Q5_K) and `NIB` (4-bit half-rows: byte i holds element
+32: Q8_0, Q6_K and the 5-bit Q5_0, Q5_1, Q5_K), `NIB` (4-bit half-rows: byte i holds element
 i in its low nibble and element i+K/2 in its high one, float32 scale and optional min per 32:
-Q4_0, Q4_1, Q4_K). 5-bit weights take a whole byte because the decode kernel reads bytes about
-three times faster than it can reassemble five bits (docs/engine.md). Sub-block scales are pre-multiplied (d*sc, -dmin*m), so every
+Q4_0, Q4_1, Q4_K) and `PLANES` (the 5- and 6-bit types as NIB half-rows plus one or two bit
+planes for the bits above the nibble, `pack(..., planes=True)`). The float decode kernel reads a
+byte per weight about three times faster than it reassembles five bits, so 5- and 6-bit weights
+take a whole byte there; the integer kernels (engine.int8) expand a bit plane into bytes with one
+masked move per 64 weights, so on CPUs that run them the planes save a third of the bytes
+(docs/engine.md). Sub-block scales are pre-multiplied (d*sc, -dmin*m), so every
 quant type is `w = s*(q - off) + m` per block. llama.cpp quantizes the activation to the weight's
 `vec_dot_type` (Q8_0, Q8_1, Q8_K, F16, BF16) before the dot product; `quantize_activation`
 reproduces those values exactly and hands the kernels the dequantized activation `xh` plus a
@@ -38,7 +42,7 @@ BLOCKS = {
 SUPPORTED = frozenset(BLOCKS)
 
 # Packed families and activation families (the weight's vec_dot_type in ggml-cpu)
-KIND_F32, KIND_BYTE, KIND_NIB = 0, 1, 2
+KIND_F32, KIND_BYTE, KIND_NIB, KIND_PLANES = 0, 1, 2, 3
 ACT_F32, ACT_F16, ACT_BF16, ACT_Q8_0, ACT_Q8_1, ACT_Q8_K = 0, 1, 2, 3, 4, 5
 ACT_OF = {
     F32: ACT_F32, F16: ACT_F16, BF16: ACT_BF16, Q8_0: ACT_Q8_0, Q4_0: ACT_Q8_0, Q5_0: ACT_Q8_0,
@@ -49,6 +53,8 @@ _KIND_OF = {
     Q4_0: KIND_NIB, Q4_1: KIND_NIB, Q4_K: KIND_NIB, Q5_0: KIND_BYTE, Q5_1: KIND_BYTE, Q5_K: KIND_BYTE,
 }
 _OFFSET = {Q8_0: 128.0, Q6_K: 32.0, Q4_0: 8.0, Q5_0: 16.0}
+#: bits above the nibble, for the types the PLANES family holds
+PLANES_OF = {Q5_0: 1, Q5_1: 1, Q5_K: 1, Q6_K: 2}
 
 #: float16 bit pattern -> float32, the conversion every fp16 scale goes through
 F16_TABLE = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
@@ -64,7 +70,7 @@ class Packed(NamedTuple):
     rows: int
     k: int
     w32: np.ndarray  # float32 (rows, K)            F32 family
-    q: np.ndarray  # uint8 (rows, K) or (rows, K/2)   BYTE / NIB
+    q: np.ndarray  # uint8 (rows, K) or (rows, K/2)   BYTE / NIB; PLANES: (rows, K/2 + K/8 per plane)
     s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K)
     m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1, Q4_K, Q5_K)
 
@@ -252,9 +258,31 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
                         qi[base + 128 * h + l] = lo | (hi << 4)
         if q.shape[1] == k:  # BYTE
             q[r, :] = qi
-        else:
-            for i in range(half):
-                q[r, i] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
+            continue
+        for i in range(half):
+            q[r, i] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
+        n_planes = (q.shape[1] - half) * 8 // k
+        for w in range(half // 64 * 2 * n_planes):  # PLANES: see `plane_byte`
+            p = w % n_planes
+            hf = (w // n_planes) % 2
+            first = hf * half + (w // (2 * n_planes)) * 64
+            for c in range(8):
+                bits = 0
+                for j in range(8):
+                    bits |= ((np.int64(qi[first + 8 * c + j]) >> (4 + p)) & 1) << j
+                q[r, half + 8 * w + c] = bits
+
+
+@njit(cache=True, inline="always")
+def plane_byte(i: int, half: int, n_planes: int, p: int) -> int:
+    """Where, in a PLANES row, the byte with bit 4+p of element i lives (bit i % 8 of it).
+
+    Per 64-byte step s of the nibbles (elements 64s.. of the low half-row and half+64s.. of the
+    high one) the planes hold 8 bytes per (half-row, plane), in that order: one 64-bit mask per
+    plane and 64 elements, which the integer kernels turn into bytes with one masked move."""
+    hf = 1 if i >= half else 0
+    j = i - hf * half
+    return half + (((j >> 6) * 2 + hf) * n_planes + p) * 8 + ((j & 63) >> 3)
 
 
 def packable(qtype: int, k: int) -> str | None:
@@ -269,20 +297,25 @@ def packable(qtype: int, k: int) -> str | None:
     return None
 
 
-def pack(raw: np.ndarray, qtype: int, k: int) -> Packed:
-    """Repack a GGUF tensor's raw rows (rows, bytes per row), or its F32 view, for the kernels."""
+def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False) -> Packed:
+    """Repack a GGUF tensor's raw rows (rows, bytes per row), or its F32 view, for the kernels;
+    `planes`: the 5- and 6-bit types as nibbles and bit planes where the rows are whole 128-weight
+    steps (the layout the integer kernels read fastest; the float ones read BYTE faster)."""
     why = packable(qtype, k)
     if why is not None:
         raise ValueError(f"cannot pack a {k}-column tensor of GGML type {qtype}: {why}")
     raw = np.ascontiguousarray(raw).view(np.uint8).reshape(raw.shape[0], -1)
     rows, kind = raw.shape[0], _KIND_OF[qtype]
+    if planes and qtype in PLANES_OF and k % 128 == 0:
+        kind = KIND_PLANES
     e2 = np.empty((0, 0), np.float32)
     q, s, m, w32 = np.empty((0, 0), np.uint8), e2, e2, e2
     if kind == KIND_F32:
         w32 = dequantize(raw, qtype).reshape(rows, k)
     else:
         sub = 16 if qtype == Q6_K else 32
-        q = np.empty((rows, k if kind == KIND_BYTE else k // 2), np.uint8)
+        width = {KIND_BYTE: k, KIND_NIB: k // 2, KIND_PLANES: k // 2 + k // 8 * PLANES_OF.get(qtype, 0)}[kind]
+        q = np.empty((rows, width), np.uint8)
         s = np.empty((rows, k // sub), np.float32)
         if qtype in (Q4_1, Q5_1, Q4_K, Q5_K):
             m = np.empty((rows, k // 32), np.float32)

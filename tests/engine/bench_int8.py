@@ -7,8 +7,10 @@ matrix's time. The head comes from memory each call (136 MB); the layer matrices
 when one is timed alone, as they do not in a real pass, so read the sum as a lower bound.
 `--distinct` times whole passes over 24 distinct copies of each layer's matrices and the head
 instead (about 680 MB, every matrix from memory, as in the model): best of 5 passes.
+`--planes` packs the layer matrices as the engine does on these CPUs (nibbles and a bit plane,
+engine.quants PLANES: 0.75 bytes per weight against 1.125); the head stays Q8_0-style bytes.
 
-    .venv/bin/python -m tests.engine.bench_int8 [--tokens 1 8] [--threads 2] [--distinct]
+    .venv/bin/python -m tests.engine.bench_int8 [--tokens 1 8] [--threads 2] [--distinct] [--planes]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distinct", action="store_true", help="whole passes over distinct matrices")
+    ap.add_argument("--planes", action="store_true", help="layer matrices as nibbles + a bit plane")
     a = ap.parse_args()
 
     import numba
@@ -40,24 +43,30 @@ def main() -> int:
         return 1
     numba.set_num_threads(a.threads)
     rng = np.random.default_rng(0)
+    def matrix(rows: int, k: int, layer: bool) -> tuple[np.ndarray, np.ndarray, int]:
+        """Random weight bytes, scales and the packed family of one (rows, k) matrix."""
+        planes = a.planes and layer
+        width, kind = (k // 2 + k // 8, M.KIND_PLANES) if planes else (k, M.KIND_BYTE)
+        q = rng.integers(0, 256 if planes else 32, (rows, width), dtype=np.uint8)
+        return q, rng.random((rows, k // 32), dtype=np.float32), kind
+
     if a.distinct:
-        return _distinct_passes(a.tokens, rng, M)
+        return _distinct_passes(a.tokens, rng, M, matrix)
     for n_tok in a.tokens:
         total, parts = 0.0, []
         for name, rows, k, reps in SHAPES:
-            q = rng.integers(0, 32, (rows, k), dtype=np.uint8)
-            s = rng.random((rows, k // 32), dtype=np.float32)
+            q, s, kind = matrix(rows, k, reps > 1)
             m = np.zeros((0, 0), np.float32)
             xq = rng.integers(-127, 128, (n_tok, k), dtype=np.int8)
             xd = rng.random((n_tok, k // 32), dtype=np.float32)
             xs = rng.random((n_tok, k // 32), dtype=np.float32)
             out = np.zeros((n_tok, rows), np.float32)
-            M.matmul_i8(out, M.KIND_BYTE, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))  # compile, warm
+            M.matmul_i8(out, kind, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))  # compile, warm
             best = float("inf")
             for _ in range(7):
                 t0 = time.perf_counter()
-                M.matmul_i8(out, M.KIND_BYTE, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))
-                M.matmul_i8(out, M.KIND_BYTE, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))
+                M.matmul_i8(out, kind, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))
+                M.matmul_i8(out, kind, 16.0, q, s, m, xq, xd, xs, M.work_chunk(rows))
                 best = min(best, (time.perf_counter() - t0) / 2)
             total += best * reps
             parts.append(f"{name} {best * 1e3:.3f} ms")
@@ -66,12 +75,9 @@ def main() -> int:
     return 0
 
 
-def _distinct_passes(tokens: list[int], rng: np.random.Generator, M) -> int:
-    def matrix(rows: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return rng.integers(0, 32, (rows, k), dtype=np.uint8), rng.random((rows, k // 32), dtype=np.float32)
-
-    layers = [[matrix(rows, k) for _, rows, k, reps in SHAPES if reps > 1] for _ in range(24)]
-    head = [matrix(rows, k) for _, rows, k, reps in SHAPES if reps == 1]
+def _distinct_passes(tokens: list[int], rng: np.random.Generator, M, matrix) -> int:
+    layers = [[matrix(rows, k, True) for _, rows, k, reps in SHAPES if reps > 1] for _ in range(24)]
+    head = [matrix(rows, k, False) for _, rows, k, reps in SHAPES if reps == 1]
     m = np.zeros((0, 0), np.float32)
     for n_tok in tokens:
         acts = {k: (rng.integers(-127, 128, (n_tok, k), dtype=np.int8), rng.random((n_tok, k // 32), dtype=np.float32),
@@ -79,9 +85,9 @@ def _distinct_passes(tokens: list[int], rng: np.random.Generator, M) -> int:
         outs = {rows: np.zeros((n_tok, rows), np.float32) for _, rows, _, _ in SHAPES}
 
         def one_pass() -> None:
-            for q, s in [w for layer in layers for w in layer] + head:
-                xq, xd, xs = acts[q.shape[1]]
-                M.matmul_i8(outs[q.shape[0]], M.KIND_BYTE, 16.0, q, s, m, xq, xd, xs, M.work_chunk(q.shape[0]))
+            for q, s, kind in [w for layer in layers for w in layer] + head:
+                xq, xd, xs = acts[s.shape[1] * 32]
+                M.matmul_i8(outs[q.shape[0]], kind, 16.0, q, s, m, xq, xd, xs, M.work_chunk(q.shape[0]))
 
         one_pass()
         best = float("inf")

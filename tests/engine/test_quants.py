@@ -13,7 +13,7 @@ from gguf import GGMLQuantizationType as T
 
 from engine import quants as Q
 from engine import int8 as I8
-from engine.matmul import int8_weight, matmul_int8, matmul_packed, matvec_packed
+from engine.matmul import UNPACK_TOKENS, int8_weight, matmul_int8, matmul_packed, matvec_packed
 
 TYPES = sorted(Q.BLOCKS, key=lambda t: T(t).name)
 _GGUF_QUANTIZES = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.F16, Q.BF16}
@@ -69,12 +69,18 @@ def _reference_product(raw: np.ndarray, qtype: int, xh: np.ndarray, xs: np.ndarr
     return xh.astype(np.float64) @ w_no_m.T + xs.astype(np.float64) @ m.T
 
 
-@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: T(t).name)
-def test_matvec_and_matmul_match_the_dequantized_product(qtype: int) -> None:
-    """The packed kernels compute W x to float32 rounding of the float64 product of the dequantized weights."""
+_FLOAT_CASES = [(t, False) for t in TYPES] + [(t, True) for t in sorted(Q.PLANES_OF)]
+
+
+@pytest.mark.parametrize(("qtype", "planes"), _FLOAT_CASES,
+                         ids=[T(t).name + ("-planes" if p else "") for t, p in _FLOAT_CASES])
+def test_matvec_and_matmul_match_the_dequantized_product(qtype: int, planes: bool) -> None:
+    """The packed kernels compute W x to float32 rounding of the float64 product of the dequantized
+    weights, in each layout (the 5- and 6-bit types also as nibbles and bit planes)."""
     rows, k, n_tok = 48, 512, 5
     raw = random_tensor(qtype, rows, k, seed=1)
-    w = Q.pack(raw, qtype, k)
+    w = Q.pack(raw, qtype, k, planes=planes)
+    assert (w.kind == Q.KIND_PLANES) == planes
     x = np.random.default_rng(2).standard_normal((n_tok, k)).astype(np.float32)
     xh, xs = np.empty_like(x), np.empty((n_tok, k // 32), np.float32)
     Q.quantize_activation(w.act, x, xh, xs)
@@ -88,20 +94,23 @@ def test_matvec_and_matmul_match_the_dequantized_product(qtype: int) -> None:
     assert np.max(np.abs(many - want) / scale) < 1e-6
 
 
-_INT8_CASES = [(t, k) for t in TYPES for k in (512, 576)  # 576: 4-bit half-rows end in a 32-byte step
+_INT8_CASES = [(t, k, False) for t in TYPES for k in (512, 576)  # 576: 4-bit half-rows end in a 32-byte step
                if Q._KIND_OF[t] != Q.KIND_F32 and Q.packable(t, k) is None]
+_INT8_CASES += [(t, k, True) for t in sorted(Q.PLANES_OF) for k in (512, 768) if Q.packable(t, k) is None]
 
 
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
-@pytest.mark.parametrize(("qtype", "k"), _INT8_CASES, ids=[f"{T(t).name}-k{k}" for t, k in _INT8_CASES])
-def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int) -> None:
+@pytest.mark.parametrize(("qtype", "k", "planes"), _INT8_CASES,
+                         ids=[f"{T(t).name}-k{k}" + ("-planes" if p else "") for t, k, p in _INT8_CASES])
+def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, planes: bool) -> None:
     """The int8 kernels (engine.int8) compute W x for any number of tokens (groups of 8, 4 and
-    single ones) to float32 rounding of the float64 product, and a token's result does not depend
-    on the tokens beside it."""
-    rows, n_tok = 47, 13  # odd: a row left after the pairs
+    single ones) to float32 rounding of the float64 product, in each layout, and a token's result
+    does not depend on the tokens beside it."""
+    rows, n_tok = 47, 21  # odd: a row left after the pairs; tokens in groups of 8, 8, 4 and 1
+    assert n_tok >= UNPACK_TOKENS  # PLANES rows are unpacked first for this many
     raw = random_tensor(qtype, rows, k, seed=1)
-    w = Q.pack(raw, qtype, k)
-    assert int8_weight(w)
+    w = Q.pack(raw, qtype, k, planes=planes)
+    assert int8_weight(w) and (w.kind == Q.KIND_PLANES) == planes
     x = np.random.default_rng(2).standard_normal((n_tok, k)).astype(np.float32)
     xh, xs = np.empty_like(x), np.empty((n_tok, k // 32), np.float32)
     xq, xd = np.empty((n_tok, k), np.int8), np.empty((n_tok, k // 32), np.float32)
@@ -111,7 +120,7 @@ def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int) 
     many = np.empty((n_tok, rows), np.float32)
     matmul_int8(many, w, xq, xd, xs)
     assert np.max(np.abs(many - want) / scale) < 1e-6
-    for t in (0, 9, 12):  # in a group of 8, of 4, alone
+    for t in (0, 9, 17, 20):  # in a group of 8, of 4, alone
         one = np.empty((1, rows), np.float32)
         matmul_int8(one, w, xq[t:t + 1], xd[t:t + 1], xs[t:t + 1])
         assert np.array_equal(one[0], many[t])
