@@ -300,6 +300,43 @@ def experts_down(y: np.ndarray, sel: np.ndarray, kind: int, off: float, w32: np.
         _matvec_rows(y[j], kind, np.float32(off), w32, q, s, m, xh[j], xs[j], r0 + a, r0 + b, r0)
 
 
+@njit(parallel=True, fastmath=FAST, cache=True)
+def experts_swiglu_i8(mid: np.ndarray, up: np.ndarray, sel: np.ndarray,
+                      g_kind: int, g_off: float, g_q: np.ndarray, g_s: np.ndarray, g_m: np.ndarray,
+                      u_kind: int, u_off: float, u_q: np.ndarray, u_s: np.ndarray, u_m: np.ndarray,
+                      g_xq: np.ndarray, g_xd: np.ndarray, g_xs: np.ndarray,
+                      u_xq: np.ndarray, u_xd: np.ndarray, u_xs: np.ndarray, chunk: int) -> None:
+    """`experts_swiglu` through the integer dot products: x (1, K) in its int8 form per family."""
+    k, n_ff = mid.shape
+    per = (n_ff + chunk - 1) // chunk
+    for it in prange(k * per):
+        j, c = it // per, it % per
+        a, b = c * chunk, min(n_ff, (c + 1) * chunk)
+        e0, e1 = sel[j] * n_ff, (sel[j] + 1) * n_ff  # the expert's rows of the stack
+        g_me = g_m[e0:e1] if g_m.shape[0] else g_m
+        u_me = u_m[e0:e1] if u_m.shape[0] else u_m
+        _matmul_rows_i8(mid[j:j + 1], g_kind, g_off, g_q[e0:e1], g_s[e0:e1], g_me, g_xq, g_xd, g_xs, a, b)
+        _matmul_rows_i8(up[j:j + 1], u_kind, u_off, u_q[e0:e1], u_s[e0:e1], u_me, u_xq, u_xd, u_xs, a, b)
+        g, u = mid[j], up[j]
+        for i in range(a, b):
+            g[i] = g[i] / (np.float32(1.0) + K.exp_f32(-g[i])) * u[i]
+
+
+@njit(parallel=True, fastmath=FAST, cache=True)
+def experts_down_i8(y: np.ndarray, sel: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray,
+                    m: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, chunk: int) -> None:
+    """`experts_down` through the integer dot products: xq/xd/xs (k, K) the int8 form of each
+    selected expert's SwiGLU output."""
+    k, n_out = y.shape
+    per = (n_out + chunk - 1) // chunk
+    for it in prange(k * per):
+        j, c = it // per, it % per
+        a, b = c * chunk, min(n_out, (c + 1) * chunk)
+        e0, e1 = sel[j] * n_out, (sel[j] + 1) * n_out
+        me = m[e0:e1] if m.shape[0] else m
+        _matmul_rows_i8(y[j:j + 1], kind, off, q[e0:e1], s[e0:e1], me, xq[j:j + 1], xd[j:j + 1], xs[j:j + 1], a, b)
+
+
 @njit(fastmath=FAST, cache=True)
 def _deq_byte32(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None:
     for i in range(y.shape[0]):

@@ -101,8 +101,7 @@ def _matrix(gguf: GGUFFile, name: str, planes: bool) -> Packed:
     info = gguf.tensors[name]
     k = info.shape[0]
     rows = info.n_elements // k  # experts stack: (n_expert * n_out) rows
-    # a MoE's expert stacks keep a byte per weight for the float one-token path (`_moe_block`)
-    planes = planes and M.INT8 and len(info.shape) == 2
+    planes = planes and M.INT8
     packed = quants.pack(gguf.tensor_bytes(name).reshape(rows, -1), info.ggml_type, k, planes=planes)
     gguf.release(name)  # the file's copy leaves resident memory (a looked-up row faults back in from the page cache)
     return packed
@@ -226,7 +225,7 @@ class RunState:
         self.v = np.zeros((n_batch, kv_dim), f32)
         self.proj = np.zeros((n_batch, cfg.n_embd), f32)
         self._ffn: dict[int, tuple[np.ndarray, np.ndarray, Activations]] = {}
-        self._one: dict[tuple[int, int, int], tuple[np.ndarray, ...]] = {}
+        self._one: dict[tuple, tuple[np.ndarray, ...]] = {}
         widest = max(cfg.n_embd, q_dim)
         self.one_xh, self.one_xs = np.zeros(widest, f32), np.zeros(widest // 32, f32)  # one token's quantized input
         self.chunks: dict[int, np.ndarray] = {}  # per layer: parallel work-item sizes of wq, wk, wv, wo
@@ -261,6 +260,13 @@ class RunState:
             f32 = np.float32
             self._one[key] = (np.zeros((k, width), f32), np.zeros((k, width), f32), np.zeros((k, width), f32),
                               np.zeros((k, width // 32), f32), np.zeros((k, n_out), f32))
+        return self._one[key]
+
+    def one_token_int8(self, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """The int8 form (values, scale per 32) of k experts' SwiGLU outputs of that width."""
+        key = ("i8", k, width)
+        if key not in self._one:
+            self._one[key] = (np.zeros((k, width), np.int8), np.zeros((k, width // 32), np.float32))
         return self._one[key]
 
     def ffn_buffers(self, width: int) -> tuple[np.ndarray, np.ndarray, Activations]:
@@ -366,9 +372,21 @@ def _experts_one_token(gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activa
     stack of one, sel [0]): their outputs (k, n_out), in two parallel regions."""
     k, n_out = sel.shape[0], down_w.rows // (gate_w.rows // width)  # rows per expert of the down stack
     mid, up, mid_h, mid_s, y = st.one_token_buffers(k, width, n_out)
+    g, u, d = gate_w, up_w, down_w
+    if M.INT8 and ONE_TOKEN_INT8 and all(M.int8_weight(w) for w in (g, u, d)):
+        # the integer dot products, as for the rest of the token (`forward`)
+        g_xh, g_xs, g_xq, g_xd = inp.int8(g.act, True)
+        u_xh, u_xs, u_xq, u_xd = inp.int8(u.act, True)
+        M.experts_swiglu_i8(mid, up, sel, g.kind, g.off, g.q, g.s, g.m, u.kind, u.off, u.q, u.s, u.m,
+                            g_xq[:1], g_xd[:1], g_xs[:1], u_xq[:1], u_xd[:1], u_xs[:1],
+                            min(width, M.work_chunk(k * width)))
+        mid_q, mid_d = st.one_token_int8(k, width)
+        quants.quantize_activation8(d.act, mid, mid_h, mid_s, mid_q, mid_d)
+        M.experts_down_i8(y, sel, d.kind, d.off, d.q, d.s, d.m, mid_q, mid_d, mid_s,
+                          min(n_out, M.work_chunk(k * n_out)))
+        return y
     g_xh, g_xs = inp.quantized(gate_w.act)
     u_xh, u_xs = inp.quantized(up_w.act)
-    g, u, d = gate_w, up_w, down_w
     M.experts_swiglu(mid, up, sel, g.kind, g.off, g.w32, g.q, g.s, g.m,
                      u.kind, u.off, u.w32, u.q, u.s, u.m, g_xh[0], g_xs[0], u_xh[0], u_xs[0],
                      min(width, M.work_chunk(k * width)))
