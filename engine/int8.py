@@ -25,10 +25,10 @@ per byte in half-rows (Q4_0, Q4_1, Q4_K), `NIB5` and `NIB6` the same nibbles plu
 which one masked byte move (`select` of a `<64 x i1>`) turns into the bit's value in each byte,
 OR-ed onto the nibbles. The planes cost a few instructions per step and save the bytes: 0.75
 against 1.125 bytes per weight for Q5_0, 1.0 against 1.25 for Q6_K. Where many tokens share each
-row (prefill) that expansion per group of 8 tokens is a sixth of the time, so engine.matmul
-unpacks a tile of rows to bytes first and multiplies them as `HALVES32`/`HALVES16`: a byte per
-weight, read in the NIB5/NIB6 order (each step 64 weights of each half-row) so that every token's
-sum is the same float arithmetic as from the planes, bit for bit. The intrinsic computes sum_b s[b] * d[b] * sum((q - off) * xq)
+row (prefill, batches) that expansion per group of 8 tokens costs 10-15% (Qwen2.5-0.5B's matrices
+for 64 tokens). Unpacking tiles of rows to bytes first won back about a third of that, but its two
+more layouts took a first run's compiling from 32 to 59 s (`assistant chat`, empty Numba cache),
+so it is not done. The intrinsic computes sum_b s[b] * d[b] * sum((q - off) * xq)
 in integers, as llama.cpp does: the stored weights are unsigned (+off: Q8_0 128, Q6_K 32, Q5_0 16,
 Q4_0 8), and a second `vpdpbusd` of a vector of `off` with the same activation bytes is subtracted
 from each step's lanes (an extra pass over the block sums after each row cost ~20% of a batched
@@ -54,11 +54,10 @@ from numba.extending import intrinsic
 
 from engine.quants import plane_byte
 
-BYTE32, BYTE16, NIB, NIB5, NIB6, HALVES32, HALVES16 = 0, 1, 2, 3, 4, 5, 6
+BYTE32, BYTE16, NIB, NIB5, NIB6 = 0, 1, 2, 3, 4
 _NIBBLES = (NIB, NIB5, NIB6)  # layouts whose bytes hold two 4-bit weights, one per half-row
 _PLANES = {NIB5: 1, NIB6: 2}  # bit planes above the nibble (engine.quants PLANES family)
-_BY_HALVES = (NIB, NIB5, NIB6, HALVES32, HALVES16)  # a step takes 64 weights of each half-row
-_SUB16 = (BYTE16, NIB6, HALVES16)  # layouts with a weight scale per 16 (Q6_K)
+_SUB16 = (BYTE16, NIB6)  # layouts with a weight scale per 16 (Q6_K)
 
 
 def _host_has_vnni() -> bool:
@@ -99,43 +98,6 @@ def _load64(builder, ptr, idx):
     return builder.load(builder.bitcast(builder.gep(ptr, [idx]), _V64I8.as_pointer()), align=1)
 
 
-@intrinsic
-def _unpack_row(typingctx, q, r, dst, n_planes):
-    """dst (K,) uint8 = row r of a PLANES matrix q, each weight's stored value in a byte, in natural
-    order (K = dst's length, a multiple of 128): `_weight_bytes` for every step, stored."""
-    if not isinstance(n_planes, types.IntegerLiteral):
-        return None
-
-    def codegen(context, builder, sig, args):
-        q_val, r_val, dst_val, _ = args
-        q_arr = context.make_array(sig.args[0])(context, builder, q_val)
-        d_arr = context.make_array(sig.args[2])(context, builder, dst_val)
-        stride = cgutils.unpack_tuple(builder, q_arr.strides)[0]
-        r64 = builder.sext(r_val, _I64) if r_val.type.width < 64 else r_val
-        row = builder.gep(builder.bitcast(q_arr.data, _I8.as_pointer()), [builder.mul(r64, stride)])
-        out = builder.bitcast(d_arr.data, _I8.as_pointer())
-        k = cgutils.unpack_tuple(builder, d_arr.shape)[0]
-        half = builder.udiv(k, ir.Constant(_I64, 2))
-        with cgutils.for_range(builder, builder.udiv(k, ir.Constant(_I64, 128))) as loop:
-            at = builder.mul(loop.index, ir.Constant(_I64, 64))
-            qv = _load64(builder, row, at)
-            for hf, dst_at in ((0, at), (1, builder.add(at, half))):
-                v = _weight_bytes(builder, row, loop.index, half, n_planes.literal_value, qv, hf)
-                builder.store(v, builder.bitcast(builder.gep(out, [dst_at]), _V64I8.as_pointer()), align=1)
-        return context.get_dummy_value()
-
-    return types.void(q, r, dst, n_planes), codegen
-
-
-@njit(cache=True)
-def unpack_row(q, r, dst, n_planes):
-    """dst = row r of a PLANES matrix as bytes (engine.matmul unpacks tiles with it for prefill)."""
-    if n_planes == 2:
-        _unpack_row(q, r, dst, 2)
-    else:
-        _unpack_row(q, r, dst, 1)
-
-
 def _codegen(n_rows: int, n_tok: int, layout: int):
     """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, r (the first of n_rows
     rows), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
@@ -172,8 +134,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         k = cgutils.unpack_tuple(builder, xq.shape)[1]
         half = builder.udiv(k, ir.Constant(_I64, 2))
         nibbles, n_planes, sub16 = layout in _NIBBLES, _PLANES.get(layout, 0), layout in _SUB16
-        by_halves = layout in _BY_HALVES
-        n_steps = builder.udiv(k, ir.Constant(_I64, 128 if by_halves else 64))
+        n_steps = builder.udiv(k, ir.Constant(_I64, 128 if nibbles else 64))
         d_half = builder.udiv(k, ir.Constant(_I64, 64))  # nibbles: activation-block index of the high half
         s_half = builder.udiv(k, ir.Constant(_I64, 32)) if sub16 else d_half  # its weight-scale index
 
@@ -244,7 +205,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
             """One 64-byte step of every row for every token; the new accumulators."""
             byte = builder.mul(i, ir.Constant(_I64, 64))
             blk = builder.mul(i, ir.Constant(_I64, 4 if sub16 else 2))
-            if by_halves:  # (weight bytes, activation byte offset, weight-scale block, activation block) per half
+            if nibbles:  # (weight bytes, activation byte offset, weight-scale block, activation block) per half
                 d_blk = builder.mul(i, ir.Constant(_I64, 2))
                 halves = [((byte, blk, d_blk), (builder.add(byte, half), builder.add(blk, s_half), builder.add(d_blk, d_half)))]
             else:
@@ -258,9 +219,6 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
                 if n_planes:
                     planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
                     builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
-                                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                elif by_halves and not nibbles:  # HALVES: the high half-row's bytes too
-                    builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, builder.add(byte, half))]),
                                             ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
                 packed.append(load64(q_rows[j], byte) if nibbles else None)
             new = list(accs)
@@ -377,8 +335,7 @@ def _by_layout(n_rows: int, n_tok: int):
     """dot(layout, q, s, r, xq, xd, off, t0): rows r..r+n_rows-1 of (q, s) in `layout` against
     tokens t0..t0+n_tok-1 of (xq, xd); the n_rows * n_tok sums row by row (one float for 1x1).
     Numba fixes an intrinsic's code when it compiles the caller, so the layout picks one of five."""
-    b32, b16, nib, nib5, nib6, h32, h16 = (_make(n_rows, n_tok, lay) for lay in (
-        BYTE32, BYTE16, NIB, NIB5, NIB6, HALVES32, HALVES16))
+    b32, b16, nib, nib5, nib6 = (_make(n_rows, n_tok, lay) for lay in (BYTE32, BYTE16, NIB, NIB5, NIB6))
 
     @njit(cache=True, inline="always")
     def dot(layout, q, s, r, xq, xd, off, t0):
@@ -388,10 +345,6 @@ def _by_layout(n_rows: int, n_tok: int):
             return nib5(q, s, r, xq, xd, off, t0)
         if layout == NIB6:
             return nib6(q, s, r, xq, xd, off, t0)
-        if layout == HALVES32:
-            return h32(q, s, r, xq, xd, off, t0)
-        if layout == HALVES16:
-            return h16(q, s, r, xq, xd, off, t0)
         if layout == BYTE16:
             return b16(q, s, r, xq, xd, off, t0)
         return b32(q, s, r, xq, xd, off, t0)

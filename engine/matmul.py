@@ -199,8 +199,6 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
         layout = I8.NIB
     elif kind == KIND_PLANES:
         layout = I8.NIB6 if sub16 else I8.NIB5
-    elif kind == _KIND_UNPACKED:
-        layout = I8.HALVES16 if sub16 else I8.HALVES32
     else:
         layout = I8.BYTE16 if sub16 else I8.BYTE32
     _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
@@ -217,38 +215,14 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
             out[t, r] += acc
 
 
-#: from this many tokens on, PLANES rows are unpacked to bytes a tile at a time, so that their bit
-#: planes are expanded once per row instead of once per group of 8 tokens (Qwen2.5-0.5B prefill:
-#: the expansion cost about 16% of it); the unpacked rows are read in the planes' order
-#: (engine.int8 HALVES), so every token's sum is the same either way
-UNPACK_TOKENS = 16
-_UNPACK_ROWS = 16
-_KIND_UNPACKED = -1  # rows of `engine.int8.unpack_row`
-
-
 @njit(parallel=True, fastmath=FAST, cache=True)
 def matmul_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
               xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, chunk: int) -> None:
     """out (T, rows) = W . x_t for every token, rows in work items of `chunk`; tokens in blocks of
     64 so that a block's int8 activations stay in the first-level cache while a row is reused."""
     n_tok, rows = out.shape
-    k = xq.shape[1]
-    unpack = kind == KIND_PLANES and n_tok >= UNPACK_TOKENS
-    n_planes = (q.shape[1] - k // 2) * 8 // k
     for c in prange((rows + chunk - 1) // chunk):
         r0, r1 = c * chunk, min(rows, (c + 1) * chunk)
-        if unpack:
-            tile = np.empty((_UNPACK_ROWS, k), np.uint8)
-            for a in range(r0, r1, _UNPACK_ROWS):
-                b = min(r1, a + _UNPACK_ROWS)
-                for r in range(a, b):
-                    I8.unpack_row(q, r, tile[r - a], n_planes)
-                mt = m[a:b] if m.shape[0] else m
-                for t0 in range(0, n_tok, 64):
-                    t1 = min(n_tok, t0 + 64)
-                    _matmul_rows_i8(out[t0:t1, a:b], _KIND_UNPACKED, off, tile, s[a:b], mt, xq[t0:t1], xd[t0:t1],
-                                    xs[t0:t1], 0, b - a)
-            continue
         for t0 in range(0, n_tok, 64):
             t1 = min(n_tok, t0 + 64)
             _matmul_rows_i8(out[t0:t1], kind, off, q, s, m, xq[t0:t1], xd[t0:t1], xs[t0:t1], r0, r1)

@@ -4,8 +4,8 @@
 follows it. `remote` is only ever asked for: the file then gives the vocabulary and prompt
 formats, and an OpenAI-compatible server (engine.remote) runs the model. The native engine runs a file when it knows its architecture and every tensor's
 quant type (on an NVIDIA GPU when numba.cuda finds one, else on the CPU) and is asked for with
-`--backend native`; `auto` picks llama.cpp for now (see the measurements noted in
-`choose_backend`), and says whether the native engine could run the file or why not.
+`--backend native`; `auto` picks it where it was measured faster than llama.cpp (dense models on
+a CPU with AVX-512 VNNI, `_auto_for_runnable`), llama.cpp elsewhere, and says why either way.
 """
 
 from __future__ import annotations
@@ -47,19 +47,35 @@ def choose_backend(gguf: GGUFFile, requested: str = "auto", *, remote_url: str |
             return BackendChoice("native", f"native was asked for: '{arch}' with {types} tensors, "
                                            f"on the {native_device()}")
         if why is None:
-            # Measured (docs/benchmarks.md, a CPU with AVX-512 VNNI): on the bundled dense models
-            # the native engine decodes at 1.07-1.19x llama.cpp and prefills at 1.25-1.47x, the
-            # daemon batches 8 streams at 4.4-4.6x one, and the language server's p95 is 309-351 ms
-            # against ~400; but MoE files decode at 0.68-0.87x, its first use compiles for ~15 s,
-            # it takes ~1.65x the file in memory, its float kernels (CPUs without VNNI) were last
-            # measured at ~1.0x, and its GPU path has not run on a GPU yet; auto keeps llama.cpp
-            # until those are settled (issues 3 and 4).
-            return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
-                                          "--backend native; auto moves to it once its GPU path is verified)")
+            return _auto_for_runnable(gguf, arch)
         if requested == "native":
             raise EngineError(f"the native engine cannot run this file: {why}")
         return BackendChoice("llama", f"auto: llama.cpp runs it because the native engine cannot: {why}")
     raise EngineError(f"unknown backend '{requested}'; choose one of: auto, {', '.join(BACKENDS)}")
+
+
+def _auto_for_runnable(gguf: GGUFFile, arch: str) -> BackendChoice:
+    """What `auto` picks for a file both engines can run: the one measured faster for its kind on
+    this kind of machine (docs/benchmarks.md, 2 threads, a CPU with AVX-512 VNNI): the native engine
+    for dense models where its integer kernels run (bundled models: decode 1.12-1.18x llama.cpp,
+    prefill 1.17-1.40x, language-server p95 ~330 against ~400 ms), llama.cpp for the rest."""
+    from engine.matmul import INT8
+    from engine.native import cuda_present
+
+    if gguf.get(f"{arch}.expert_count"):
+        return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
+                                      "--backend native; on MoE files it still prefills at about half "
+                                      "llama.cpp's speed)")
+    if cuda_present():
+        return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
+                                      "--backend native; its GPU path has not been measured on a GPU yet)")
+    if not INT8:
+        return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
+                                      "--backend native; on a CPU without AVX-512 VNNI its float kernels "
+                                      "are level with llama.cpp, not faster)")
+    return BackendChoice("native", f"auto: the native engine, measured faster than llama.cpp for dense "
+                                   f"'{arch}' files on CPUs with AVX-512 VNNI like this one "
+                                   "(--backend llama to use llama.cpp)")
 
 
 def open_backend(

@@ -13,17 +13,26 @@ from pathlib import Path
 import pytest
 
 QUESTION = "Write a Python function that returns the square of a number."
+_QWEN = ("Here's a simple Python function to calculate the square of a number:\n\n```python\n"
+         'def square(number):\n    """\n    Calculate the square of a given number.\n\n')
+_SMOLLM2 = ("```python\ndef square_number(num):\n    return num ** 2\n```\n\n"
+            "This function uses the built-in `**` operator to calculate the square of a number.\n")
+#: (model, backend) -> the answer; the engines' last bits differ, and so does Qwen's word for the
+#: docstring's section
 GOLDEN = {
-    "qwen2.5-coder-0.5b": (
-        "Here's a simple Python function to calculate the square of a number:\n\n```python\n"
-        'def square(number):\n    """\n    Calculate the square of a given number.\n\n'
-        "    Parameters:\n    number (int):\n"
-    ),
-    "smollm2-135m": (
-        "```python\ndef square_number(num):\n    return num ** 2\n```\n\n"
-        "This function uses the built-in `**` operator to calculate the square of a number.\n"
-    ),
+    ("qwen2.5-coder-0.5b", "llama"): _QWEN + "    Parameters:\n    number (int):\n",
+    ("qwen2.5-coder-0.5b", "native"): _QWEN + "    Args:\n    number (int):\n",
+    ("smollm2-135m", "llama"): _SMOLLM2,
+    ("smollm2-135m", "native"): _SMOLLM2,
 }
+
+
+def _auto_backend() -> str:
+    """What `--backend auto` picks for the bundled (dense) models on this machine."""
+    from engine.matmul import INT8
+    from engine.native import cuda_present
+
+    return "native" if INT8 and not cuda_present() else "llama"
 
 
 def run(cli_env: dict[str, str], *args: str, stdin: str | None = None, env: dict | None = None, timeout: int = 300):
@@ -43,13 +52,18 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *fragments: str) -> No
         assert f in lines[0]
 
 
-@pytest.mark.parametrize("model", sorted(GOLDEN))
-def test_golden_answer_at_temperature_zero(cli_env, model: str, qwen_path, smollm2_path) -> None:
-    """Each bundled model gives its fixed answer to a fixed prompt at temperature 0, on stdout only."""
-    proc = run(cli_env, "chat", "--model", model, "--threads", "2", "--temperature", "0", "--max-tokens", "40",
-               QUESTION)
+@pytest.mark.parametrize(("model", "backend"), [(m, b) for m, b in sorted(GOLDEN)] + [(m, "auto") for m, _ in sorted(GOLDEN)[::2]])
+def test_golden_answer_at_temperature_zero(cli_env, model: str, backend: str, qwen_path, smollm2_path) -> None:
+    """Each bundled model gives its fixed answer to a fixed prompt at temperature 0 on each engine
+    (and on `auto`, the engine it picks here), on stdout only."""
+    from engine.int8 import AVAILABLE
+
+    if backend == "native" and not AVAILABLE:
+        pytest.skip("the native golden answers are the integer kernels' (AVX-512 VNNI), which this CPU lacks")
+    proc = run(cli_env, "chat", "--model", model, "--backend", backend, "--threads", "2", "--temperature", "0",
+               "--max-tokens", "40", QUESTION)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == GOLDEN[model]
+    assert proc.stdout == GOLDEN[model, _auto_backend() if backend == "auto" else backend]
     assert proc.stderr == ""
 
 
@@ -57,7 +71,7 @@ def test_chat_reads_stdin(cli_env, smollm2_path) -> None:
     """`assistant chat -` takes the message from standard input."""
     proc = run(cli_env, "chat", "--model", "smollm2-135m", "--threads", "2", "--temperature", "0",
                "--max-tokens", "40", "-", stdin=QUESTION)
-    assert proc.returncode == 0 and proc.stdout == GOLDEN["smollm2-135m"]
+    assert proc.returncode == 0 and proc.stdout == GOLDEN["smollm2-135m", _auto_backend()]
 
 
 def test_complete_fills_the_middle(cli_env, qwen_path, tmp_path: Path) -> None:
@@ -75,7 +89,12 @@ def test_models_info_says_which_backend_and_why(cli_env, qwen_path, smollm2_path
     qwen = json.loads(run(cli_env, "models", "info", "--json").stdout)
     assert qwen["architecture"] == "qwen2" and qwen["fim"] == "qwen" and qwen["vocab_size"] == 151936
     assert qwen["quant_types"]["Q5_0"] > 0 and qwen["context_length"] == 32768
-    assert qwen["backend"] == "llama" and "auto" in qwen["backend_reason"]
+    from engine.matmul import INT8
+    from engine.native import cuda_present
+
+    # auto: the native engine where it was measured faster (dense, AVX-512 VNNI, no GPU), else llama.cpp
+    assert qwen["backend"] == ("native" if INT8 and not cuda_present() else "llama")
+    assert "auto" in qwen["backend_reason"]
     small = json.loads(run(cli_env, "models", "info", "smollm2-135m", "--json").stdout)
     assert small["architecture"] == "llama" and small["fim"] is None and small["quant_types"]["Q4_1"] == 210
 

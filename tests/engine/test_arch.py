@@ -56,8 +56,22 @@ def test_expert_weight_keys_are_honoured(tmp_path: Path) -> None:
     assert cfg.expert_weights_scale == 2.5 and cfg.moe_renorm
 
 
+def test_auto_picks_native_for_dense_files_where_it_is_faster(synthetic: Callable[..., Path]) -> None:
+    """For a dense file, `auto` picks the native engine on a CPU whose integer kernels run and no
+    GPU (where it was measured faster), llama.cpp elsewhere, and says why."""
+    from engine.matmul import INT8
+    from engine.native import cuda_present
+
+    auto = choose_backend(read_gguf(synthetic("qwen2", "Q5_0")))
+    if INT8 and not cuda_present():
+        assert auto.name == "native" and "measured faster" in auto.reason and "--backend llama" in auto.reason
+    else:
+        assert auto.name == "llama" and "--backend native" in auto.reason
+
+
 def test_auto_names_the_native_engine_for_what_it_runs(synthetic: Callable[..., Path]) -> None:
-    """For a file native can run, `native` runs it; `auto` keeps the faster llama.cpp and says native could."""
+    """For a MoE file native can run, `native` runs it; `auto` keeps llama.cpp (faster at prefill
+    there) and says native could."""
     g = read_gguf(synthetic("qwen3moe", "Q4_K_M"))
     native = choose_backend(g, "native")
     assert native.name == "native" and "qwen3moe" in native.reason and "Q4_K" in native.reason
