@@ -238,77 +238,53 @@ def matmul_i8_serial(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: n
 # --- one token through a SwiGLU FFN, or through the experts a router picked ------------------------
 
 
+@njit(fastmath=FAST, cache=True, inline="always")
+def _expert_rows(out: np.ndarray, j: int, e: int, w: Packed, x: tuple, ints: bool, a: int, b: int) -> None:
+    """out[j, a:b] = rows a..b-1 of expert e of the stack w (out.shape[1] rows each) . the token's
+    input x = (xh, xs, xq, xd), each (n, K) with the row for out[j] at j or, if n is 1, at 0;
+    through the integer dot products when `ints`."""
+    xh, xs, xq, xd = x
+    i = j if xh.shape[0] > 1 or xq.shape[0] > 1 else 0
+    e0, e1 = e * out.shape[1], (e + 1) * out.shape[1]
+    if ints:
+        m = w.m[e0:e1] if w.m.shape[0] else w.m
+        _matmul_rows_i8(out[j:j + 1], w.kind, w.off, w.q[e0:e1], w.s[e0:e1], m, xq[i:i + 1], xd[i:i + 1],
+                        xs[i:i + 1], a, b)
+    else:
+        _matvec_rows(out[j], w.kind, np.float32(w.off), w.w32, w.q, w.s, w.m, xh[i], xs[i], e0 + a, e0 + b, e0)
+
+
 @njit(parallel=True, fastmath=FAST, cache=True)
-def experts_swiglu(mid: np.ndarray, up: np.ndarray, sel: np.ndarray,
-                   g_kind: int, g_off: float, g_w32: np.ndarray, g_q: np.ndarray, g_s: np.ndarray, g_m: np.ndarray,
-                   u_kind: int, u_off: float, u_w32: np.ndarray, u_q: np.ndarray, u_s: np.ndarray, u_m: np.ndarray,
-                   g_xh: np.ndarray, g_xs: np.ndarray, u_xh: np.ndarray, u_xs: np.ndarray, chunk: int) -> None:
+def experts_swiglu(mid: np.ndarray, up: np.ndarray, sel: np.ndarray, gate: Packed, upw: Packed,
+                   gx: tuple, ux: tuple, ints: bool, chunk: int) -> None:
     """mid[j] = silu(gate_e . x) * (up_e . x) for each selected expert e = sel[j], one token.
 
     gate/up are stacks of experts of mid.shape[1] rows each (a dense FFN is a stack of one, sel
-    [0]); `up` is scratch of mid's shape. One parallel region covers every expert's rows, so a
-    top-8 MoE layer pays for one launch, not sixteen."""
+    [0]); `up` is scratch of mid's shape; gx/ux the token's input quantized for each (xh, xs, xq,
+    xd: (1, K) each; the int8 pair empty unless `ints`, the integer dot products). One parallel
+    region covers every expert's rows, so a top-8 MoE layer pays for one launch, not sixteen."""
     k, n_ff = mid.shape
     per = (n_ff + chunk - 1) // chunk
     for it in prange(k * per):
         j, c = it // per, it % per
         a, b = c * chunk, min(n_ff, (c + 1) * chunk)
-        r0 = sel[j] * n_ff
-        _matvec_rows(mid[j], g_kind, np.float32(g_off), g_w32, g_q, g_s, g_m, g_xh, g_xs, r0 + a, r0 + b, r0)
-        _matvec_rows(up[j], u_kind, np.float32(u_off), u_w32, u_q, u_s, u_m, u_xh, u_xs, r0 + a, r0 + b, r0)
+        _expert_rows(mid, j, sel[j], gate, gx, ints, a, b)
+        _expert_rows(up, j, sel[j], upw, ux, ints, a, b)
         g, u = mid[j], up[j]
         for i in range(a, b):
             g[i] = g[i] / (np.float32(1.0) + K.exp_f32(-g[i])) * u[i]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def experts_down(y: np.ndarray, sel: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray,
-                 s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int) -> None:
-    """y[j] = down_e . xh[j] for each selected expert e = sel[j] (y.shape[1] rows per expert)."""
+def experts_down(y: np.ndarray, sel: np.ndarray, down: Packed, x: tuple, ints: bool, chunk: int) -> None:
+    """y[j] = down_e . x[j] for each selected expert e = sel[j] (y.shape[1] rows per expert); x =
+    (xh, xs, xq, xd) each selected expert's SwiGLU output quantized, (k, K) each."""
     k, n_out = y.shape
     per = (n_out + chunk - 1) // chunk
     for it in prange(k * per):
         j, c = it // per, it % per
         a, b = c * chunk, min(n_out, (c + 1) * chunk)
-        r0 = sel[j] * n_out
-        _matvec_rows(y[j], kind, np.float32(off), w32, q, s, m, xh[j], xs[j], r0 + a, r0 + b, r0)
-
-
-@njit(parallel=True, fastmath=FAST, cache=True)
-def experts_swiglu_i8(mid: np.ndarray, up: np.ndarray, sel: np.ndarray,
-                      g_kind: int, g_off: float, g_q: np.ndarray, g_s: np.ndarray, g_m: np.ndarray,
-                      u_kind: int, u_off: float, u_q: np.ndarray, u_s: np.ndarray, u_m: np.ndarray,
-                      g_xq: np.ndarray, g_xd: np.ndarray, g_xs: np.ndarray,
-                      u_xq: np.ndarray, u_xd: np.ndarray, u_xs: np.ndarray, chunk: int) -> None:
-    """`experts_swiglu` through the integer dot products: x (1, K) in its int8 form per family."""
-    k, n_ff = mid.shape
-    per = (n_ff + chunk - 1) // chunk
-    for it in prange(k * per):
-        j, c = it // per, it % per
-        a, b = c * chunk, min(n_ff, (c + 1) * chunk)
-        e0, e1 = sel[j] * n_ff, (sel[j] + 1) * n_ff  # the expert's rows of the stack
-        g_me = g_m[e0:e1] if g_m.shape[0] else g_m
-        u_me = u_m[e0:e1] if u_m.shape[0] else u_m
-        _matmul_rows_i8(mid[j:j + 1], g_kind, g_off, g_q[e0:e1], g_s[e0:e1], g_me, g_xq, g_xd, g_xs, a, b)
-        _matmul_rows_i8(up[j:j + 1], u_kind, u_off, u_q[e0:e1], u_s[e0:e1], u_me, u_xq, u_xd, u_xs, a, b)
-        g, u = mid[j], up[j]
-        for i in range(a, b):
-            g[i] = g[i] / (np.float32(1.0) + K.exp_f32(-g[i])) * u[i]
-
-
-@njit(parallel=True, fastmath=FAST, cache=True)
-def experts_down_i8(y: np.ndarray, sel: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray,
-                    m: np.ndarray, xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, chunk: int) -> None:
-    """`experts_down` through the integer dot products: xq/xd/xs (k, K) the int8 form of each
-    selected expert's SwiGLU output."""
-    k, n_out = y.shape
-    per = (n_out + chunk - 1) // chunk
-    for it in prange(k * per):
-        j, c = it // per, it % per
-        a, b = c * chunk, min(n_out, (c + 1) * chunk)
-        e0, e1 = sel[j] * n_out, (sel[j] + 1) * n_out
-        me = m[e0:e1] if m.shape[0] else m
-        _matmul_rows_i8(y[j:j + 1], kind, off, q[e0:e1], s[e0:e1], me, xq[j:j + 1], xd[j:j + 1], xs[j:j + 1], a, b)
+        _expert_rows(y, j, sel[j], down, x, ints, a, b)
 
 
 @njit(fastmath=FAST, cache=True)

@@ -262,11 +262,13 @@ class RunState:
                               np.zeros((k, width // 32), f32), np.zeros((k, n_out), f32))
         return self._one[key]
 
-    def one_token_int8(self, k: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        """The int8 form (values, scale per 32) of k experts' SwiGLU outputs of that width."""
-        key = ("i8", k, width)
+    def one_token_int8(self, k: int, width: int, ints: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The int8 form (values, scale per 32) of k experts' SwiGLU outputs of that width (empty
+        unless `ints`)."""
+        key = ("i8", k, width if ints else 0)
         if key not in self._one:
-            self._one[key] = (np.zeros((k, width), np.int8), np.zeros((k, width // 32), np.float32))
+            w = key[2]
+            self._one[key] = (np.zeros((k, w), np.int8), np.zeros((k, w // 32), np.float32))
         return self._one[key]
 
     def ffn_buffers(self, width: int) -> tuple[np.ndarray, np.ndarray, Activations]:
@@ -373,31 +375,21 @@ def _experts_one_token(gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activa
     k, n_out = sel.shape[0], down_w.rows // (gate_w.rows // width)  # rows per expert of the down stack
     mid, up, mid_h, mid_s, y = st.one_token_buffers(k, width, n_out)
     g, u, d = gate_w, up_w, down_w
-    if M.INT8 and ONE_TOKEN_INT8 and all(M.int8_weight(w) for w in (g, u, d)):
-        # the integer dot products, as for the rest of the token (`forward`)
-        g_xh, g_xs, g_xq, g_xd = inp.int8(g.act, True)
-        u_xh, u_xs, u_xq, u_xd = inp.int8(u.act, True)
-        M.experts_swiglu_i8(mid, up, sel, g.kind, g.off, g.q, g.s, g.m, u.kind, u.off, u.q, u.s, u.m,
-                            g_xq[:1], g_xd[:1], g_xs[:1], u_xq[:1], u_xd[:1], u_xs[:1],
-                            min(width, M.work_chunk(k * width)))
-        mid_q, mid_d = st.one_token_int8(k, width)
+    # the integer dot products where the rest of the token takes them (`forward`)
+    ints = M.INT8 and ONE_TOKEN_INT8 and all(M.int8_weight(w) for w in (g, u, d))
+    gx, ux = inp.int8(g.act, ints), inp.int8(u.act, ints)
+    M.experts_swiglu(mid, up, sel, g, u, gx, ux, ints, min(width, M.work_chunk(k * width)))
+    mid_q, mid_d = st.one_token_int8(k, width, ints)
+    if ints:
         quants.quantize_activation8(d.act, mid, mid_h, mid_s, mid_q, mid_d)
-        M.experts_down_i8(y, sel, d.kind, d.off, d.q, d.s, d.m, mid_q, mid_d, mid_s,
-                          min(n_out, M.work_chunk(k * n_out)))
-        return y
-    g_xh, g_xs = inp.quantized(gate_w.act)
-    u_xh, u_xs = inp.quantized(up_w.act)
-    M.experts_swiglu(mid, up, sel, g.kind, g.off, g.w32, g.q, g.s, g.m,
-                     u.kind, u.off, u.w32, u.q, u.s, u.m, g_xh[0], g_xs[0], u_xh[0], u_xs[0],
-                     min(width, M.work_chunk(k * width)))
-    quants.quantize_activation(d.act, mid, mid_h, mid_s)
-    M.experts_down(y, sel, d.kind, d.off, d.w32, d.q, d.s, d.m, mid_h, mid_s,
-                   min(n_out, M.work_chunk(k * n_out)))
+    else:
+        quants.quantize_activation(d.act, mid, mid_h, mid_s)
+    M.experts_down(y, sel, d, (mid_h, mid_s, mid_q, mid_d), ints, min(n_out, M.work_chunk(k * n_out)))
     return y
 
 
-#: one decoded token through the integer kernels (a MoE's experts excepted; see `forward`); a
-#: benchmark, tests/engine/bench_agreement.py, turns it off to compare
+#: one decoded token through the integer kernels (see `forward`); a benchmark,
+#: tests/engine/bench_agreement.py, turns it off to compare
 ONE_TOKEN_INT8 = True
 
 _DENSE = np.zeros(1, np.int64)  # a dense FFN: expert 0 of a stack of one

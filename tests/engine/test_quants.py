@@ -219,7 +219,7 @@ def test_f16_and_bf16_activations_round_to_nearest_even() -> None:
 def test_integer_expert_kernels_match_the_float_ones(planes: bool) -> None:
     """One token through the selected experts of a stack (gate/up with SwiGLU, then down) gives the
     same outputs through the integer kernels as through the float ones, to activation rounding."""
-    from engine.matmul import experts_down, experts_down_i8, experts_swiglu, experts_swiglu_i8
+    from engine.matmul import experts_down, experts_swiglu
 
     n_expert, n_ff, n_embd, sel = 4, 256, 256, np.array([2, 0], np.int64)
     gate = Q.pack(random_tensor(Q.Q4_K, n_expert * n_ff, n_embd, seed=5), Q.Q4_K, n_embd)
@@ -235,17 +235,12 @@ def test_integer_expert_kernels_match_the_float_ones(planes: bool) -> None:
         mh, ms = np.empty_like(mid), np.empty((2, n_ff // 32), np.float32)
         mq, md = np.empty((2, n_ff), np.int8), np.empty((2, n_ff // 32), np.float32)
         y = np.empty((2, n_embd), np.float32)
-        g, u, d = gate, up, down
+        experts_swiglu(mid, scratch, sel, gate, up, (xh, xs, xq, xd), (xh, xs, xq, xd), ints, 64)
         if ints:
-            experts_swiglu_i8(mid, scratch, sel, g.kind, g.off, g.q, g.s, g.m, u.kind, u.off, u.q, u.s, u.m,
-                              xq, xd, xs, xq, xd, xs, 64)
-            Q.quantize_activation8(d.act, mid, mh, ms, mq, md)
-            experts_down_i8(y, sel, d.kind, d.off, d.q, d.s, d.m, mq, md, ms, 64)
+            Q.quantize_activation8(down.act, mid, mh, ms, mq, md)
         else:
-            experts_swiglu(mid, scratch, sel, g.kind, g.off, g.w32, g.q, g.s, g.m, u.kind, u.off, u.w32, u.q, u.s,
-                           u.m, xh[0], xs[0], xh[0], xs[0], 64)
-            Q.quantize_activation(d.act, mid, mh, ms)
-            experts_down(y, sel, d.kind, d.off, d.w32, d.q, d.s, d.m, mh, ms, 64)
+            Q.quantize_activation(down.act, mid, mh, ms)
+        experts_down(y, sel, down, (mh, ms, mq, md), ints, 64)
         outs.append((mid, y))
     assert np.allclose(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5 * np.abs(outs[0][0]).max())
     assert np.allclose(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-3 * np.abs(outs[0][1]).max())
