@@ -52,7 +52,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.quants import plane_byte
+from engine.quants import stored_value
 
 BYTE32, BYTE16, NIB, NIB5, NIB6 = 0, 1, 2, 3, 4
 _NIBBLES = (NIB, NIB5, NIB6)  # layouts whose bytes hold two 4-bit weights, one per half-row
@@ -302,9 +302,7 @@ def _portable(n_rows: int, n_tok: int, layout: int):
                 acc = np.float32(0.0)
                 for i in range(k):
                     if layout in _NIBBLES:  # element i in the low nibbles of the first half, i - K/2 in the high ones
-                        w = np.int64(qr[i] & 15) if i < half else np.int64(qr[i - half] >> 4)
-                        for p in range(n_planes):
-                            w |= ((np.int64(qr[plane_byte(i, half, n_planes, p)]) >> (i & 7)) & 1) << (4 + p)
+                        w = stored_value(qr, i, half, n_planes)
                     else:
                         w = np.int64(qr[i])
                     sb = i // 16 if layout in _SUB16 else i // 32

@@ -21,7 +21,7 @@ from numba import get_num_threads, njit, prange
 from engine import int8 as I8
 from engine import kernels as K
 from engine.kernels import FAST
-from engine.quants import ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, Packed, plane_byte
+from engine.quants import ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, Packed, stored_value
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -244,7 +244,7 @@ def _expert_rows(out: np.ndarray, j: int, e: int, w: Packed, x: tuple, ints: boo
     input x = (xh, xs, xq, xd), each (n, K) with the row for out[j] at j or, if n is 1, at 0;
     through the integer dot products when `ints`."""
     xh, xs, xq, xd = x
-    i = j if xh.shape[0] > 1 or xq.shape[0] > 1 else 0
+    i = j if xh.shape[0] > 1 else 0
     e0, e1 = e * out.shape[1], (e + 1) * out.shape[1]
     if ints:
         m = w.m[e0:e1] if w.m.shape[0] else w.m
@@ -321,10 +321,7 @@ def _deq_planes(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> N
     n_planes = (q.shape[0] - half) * 8 // k
     sub = 16 if s.shape[0] * 16 == k else 32
     for i in range(k):
-        v = np.int64(q[i] & 15) if i < half else np.int64(q[i - half] >> 4)
-        for p in range(n_planes):
-            v |= ((np.int64(q[plane_byte(i, half, n_planes, p)]) >> (i & 7)) & 1) << (4 + p)
-        y[i] = s[i // sub] * (np.float32(v) - o)
+        y[i] = s[i // sub] * (np.float32(stored_value(q, i, half, n_planes)) - o)
 
 
 @njit(nogil=True, fastmath=FAST, cache=True)

@@ -262,15 +262,10 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
         for i in range(half):
             q[r, i] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
         n_planes = (q.shape[1] - half) * 8 // k
-        for w in range(half // 64 * 2 * n_planes):  # PLANES: see `plane_byte`
-            p = w % n_planes
-            hf = (w // n_planes) % 2
-            first = hf * half + (w // (2 * n_planes)) * 64
-            for c in range(8):
-                bits = 0
-                for j in range(8):
-                    bits |= ((np.int64(qi[first + 8 * c + j]) >> (4 + p)) & 1) << j
-                q[r, half + 8 * w + c] = bits
+        q[r, half:] = 0
+        for i in range(k * (n_planes > 0)):  # PLANES
+            for p in range(n_planes):
+                q[r, plane_byte(i, half, n_planes, p)] |= ((np.int64(qi[i]) >> (4 + p)) & 1) << (i & 7)
 
 
 @njit(cache=True, inline="always")
@@ -283,6 +278,15 @@ def plane_byte(i: int, half: int, n_planes: int, p: int) -> int:
     hf = 1 if i >= half else 0
     j = i - hf * half
     return half + (((j >> 6) * 2 + hf) * n_planes + p) * 8 + ((j & 63) >> 3)
+
+
+@njit(cache=True, inline="always")
+def stored_value(qr: np.ndarray, i: int, half: int, n_planes: int) -> int:
+    """Element i's stored (unsigned) value in a NIB (n_planes 0) or PLANES row `qr`."""
+    v = np.int64(qr[i] & 15) if i < half else np.int64(qr[i - half] >> 4)
+    for p in range(n_planes):
+        v |= ((np.int64(qr[plane_byte(i, half, n_planes, p)]) >> (i & 7)) & 1) << (4 + p)
+    return v
 
 
 def packable(qtype: int, k: int) -> str | None:

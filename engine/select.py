@@ -63,16 +63,16 @@ def _auto_for_runnable(gguf: GGUFFile, arch: str) -> BackendChoice:
     from engine.native import cuda_present
 
     if gguf.get(f"{arch}.expert_count"):
+        why = "on MoE files it still prefills at about half llama.cpp's speed"
+    elif cuda_present():
+        why = "its GPU path has not been measured on a GPU yet"
+    elif not INT8:
+        why = "on a CPU without AVX-512 VNNI its float kernels are level with llama.cpp, not faster"
+    else:
+        why = None
+    if why is not None:
         return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
-                                      "--backend native; on MoE files it still prefills at about half "
-                                      "llama.cpp's speed)")
-    if cuda_present():
-        return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
-                                      "--backend native; its GPU path has not been measured on a GPU yet)")
-    if not INT8:
-        return BackendChoice("llama", f"auto: llama.cpp (the native engine can run this '{arch}' file too: "
-                                      "--backend native; on a CPU without AVX-512 VNNI its float kernels "
-                                      "are level with llama.cpp, not faster)")
+                                      f"--backend native; {why})")
     return BackendChoice("native", f"auto: the native engine, measured faster than llama.cpp for dense "
                                    f"'{arch}' files on CPUs with AVX-512 VNNI like this one "
                                    "(--backend llama to use llama.cpp)")
