@@ -204,15 +204,17 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
     if m.shape[0] == 0:
         return
+    # token by token along the rows: a token's outputs are contiguous, while one row's are a row of
+    # `out` apart (8 KB for 2048 rows, the same cache set: row by row it ran 6x slower for 64 tokens)
     nb = m.shape[1]
-    for r in range(r0, r1):
-        mr = m[r]
-        for t in range(xq.shape[0]):
-            xt = xs[t]
+    for t in range(xq.shape[0]):
+        xt, ot = xs[t], out[t]
+        for r in range(r0, r1):
+            mr = m[r]
             acc = np.float32(0.0)
             for b in range(nb):
                 acc += mr[b] * xt[b]
-            out[t, r] += acc
+            ot[r] += acc
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
