@@ -241,52 +241,66 @@ def matmul_i8_serial(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: n
 
 
 @njit(fastmath=FAST, cache=True, inline="always")
-def _expert_rows(out: np.ndarray, j: int, e: int, w: Packed, x: tuple, ints: bool, a: int, b: int) -> None:
-    """out[j, a:b] = rows a..b-1 of expert e of the stack w (out.shape[1] rows each) . the token's
-    input x = (xh, xs, xq, xd), each (n, K) with the row for out[j] at j or, if n is 1, at 0;
-    through the integer dot products when `ints`."""
+def _expert_rows(out: np.ndarray, j0: int, j1: int, e: int, w: Packed, x: tuple, ints: bool, a: int,
+                 b: int) -> None:
+    """out[j0:j1, a:b] = rows a..b-1 of expert e of the stack w (out.shape[1] rows each) . the
+    inputs x = (xh, xs, xq, xd), each (n, K) with the row for out[j] at j or, if n is 1, at 0 (one
+    token through several experts); through the integer dot products when `ints` (tokens in blocks
+    of 64, whose int8 rows stay in the first-level cache while a weight row is reused)."""
     xh, xs, xq, xd = x
-    i = j if xh.shape[0] > 1 else 0
     e0, e1 = e * out.shape[1], (e + 1) * out.shape[1]
     if ints:
+        one = xq.shape[0] == 1
         m = w.m[e0:e1] if w.m.shape[0] else w.m
-        _matmul_rows_i8(out[j:j + 1], w.kind, w.off, w.q[e0:e1], w.s[e0:e1], m, xq[i:i + 1], xd[i:i + 1],
-                        xs[i:i + 1], a, b)
+        for t0 in range(j0, j1, 64):
+            t1 = min(j1, t0 + 64)
+            i0, i1 = (0, 1) if one else (t0, t1)
+            _matmul_rows_i8(out[t0:t1], w.kind, w.off, w.q[e0:e1], w.s[e0:e1], m, xq[i0:i1], xd[i0:i1],
+                            xs[i0:i1], a, b)
     else:
-        _matvec_rows(out[j], w.kind, np.float32(w.off), w.w32, w.q, w.s, w.m, xh[i], xs[i], e0 + a, e0 + b, e0)
+        one = xh.shape[0] == 1
+        for j in range(j0, j1):
+            i = 0 if one else j
+            _matvec_rows(out[j], w.kind, np.float32(w.off), w.w32, w.q, w.s, w.m, xh[i], xs[i], e0 + a, e0 + b, e0)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def experts_swiglu(mid: np.ndarray, up: np.ndarray, sel: np.ndarray, gate: Packed, upw: Packed,
-                   gx: tuple, ux: tuple, ints: bool, chunk: int) -> None:
-    """mid[j] = silu(gate_e . x) * (up_e . x) for each selected expert e = sel[j], one token.
+def experts_swiglu(mid: np.ndarray, up: np.ndarray, experts: np.ndarray, starts: np.ndarray, gate: Packed,
+                   upw: Packed, gx: tuple, ux: tuple, ints: bool, chunk: int) -> None:
+    """mid[j] = silu(gate_e . x_j) * (up_e . x_j) for the rows j = starts[i]..starts[i+1]-1 of each
+    expert e = experts[i]: one token through the experts a router picked (a row each, x one row),
+    or the tokens of a batch grouped by expert (x gathered the same way).
 
-    gate/up are stacks of experts of mid.shape[1] rows each (a dense FFN is a stack of one, sel
-    [0]); `up` is scratch of mid's shape; gx/ux the token's input quantized for each (xh, xs, xq,
-    xd: (1, K) each; the int8 pair empty unless `ints`, the integer dot products). One parallel
-    region covers every expert's rows, so a top-8 MoE layer pays for one launch, not sixteen."""
-    k, n_ff = mid.shape
+    gate/up are stacks of experts of mid.shape[1] rows each (a dense FFN is a stack of one, expert
+    0); `up` is scratch of mid's shape; gx/ux the input quantized for each (xh, xs, xq, xd; the
+    int8 pair empty unless `ints`, the integer dot products, and xh unused when it is). One
+    parallel region covers every expert's rows, so a top-8 MoE layer pays for one launch, not one
+    per expert and matrix."""
+    n_ff = mid.shape[1]
     per = (n_ff + chunk - 1) // chunk
-    for it in prange(k * per):
-        j, c = it // per, it % per
+    for it in prange(experts.shape[0] * per):
+        i, c = it // per, it % per
+        j0, j1 = starts[i], starts[i + 1]
         a, b = c * chunk, min(n_ff, (c + 1) * chunk)
-        _expert_rows(mid, j, sel[j], gate, gx, ints, a, b)
-        _expert_rows(up, j, sel[j], upw, ux, ints, a, b)
-        g, u = mid[j], up[j]
-        for i in range(a, b):
-            g[i] = g[i] / (np.float32(1.0) + K.exp_f32(-g[i])) * u[i]
+        _expert_rows(mid, j0, j1, experts[i], gate, gx, ints, a, b)
+        _expert_rows(up, j0, j1, experts[i], upw, ux, ints, a, b)
+        for j in range(j0, j1):
+            g, u = mid[j], up[j]
+            for r in range(a, b):
+                g[r] = g[r] / (np.float32(1.0) + K.exp_f32(-g[r])) * u[r]
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
-def experts_down(y: np.ndarray, sel: np.ndarray, down: Packed, x: tuple, ints: bool, chunk: int) -> None:
-    """y[j] = down_e . x[j] for each selected expert e = sel[j] (y.shape[1] rows per expert); x =
-    (xh, xs, xq, xd) each selected expert's SwiGLU output quantized, (k, K) each."""
-    k, n_out = y.shape
+def experts_down(y: np.ndarray, experts: np.ndarray, starts: np.ndarray, down: Packed, x: tuple, ints: bool,
+                 chunk: int) -> None:
+    """y[j] = down_e . x[j] for the rows j = starts[i]..starts[i+1]-1 of each expert e = experts[i]
+    (y.shape[1] rows per expert); x = (xh, xs, xq, xd) the SwiGLU outputs quantized, a row per y's."""
+    n_out = y.shape[1]
     per = (n_out + chunk - 1) // chunk
-    for it in prange(k * per):
-        j, c = it // per, it % per
+    for it in prange(experts.shape[0] * per):
+        i, c = it // per, it % per
         a, b = c * chunk, min(n_out, (c + 1) * chunk)
-        _expert_rows(y, j, sel[j], down, x, ints, a, b)
+        _expert_rows(y, starts[i], starts[i + 1], experts[i], down, x, ints, a, b)
 
 
 @njit(fastmath=FAST, cache=True)

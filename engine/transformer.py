@@ -11,6 +11,7 @@ sliding window keeps a ring of `window + n_batch - 1` slots, a global layer the 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -226,6 +227,7 @@ class RunState:
         self.proj = np.zeros((n_batch, cfg.n_embd), f32)
         self._ffn: dict[int, tuple[np.ndarray, np.ndarray, Activations]] = {}
         self._one: dict[tuple, tuple[np.ndarray, ...]] = {}
+        self._grouped: tuple[Activations, np.ndarray, np.ndarray] | None = None
         widest = max(cfg.n_embd, q_dim)
         self.one_xh, self.one_xs = np.zeros(widest, f32), np.zeros(widest // 32, f32)  # one token's quantized input
         self.chunks: dict[int, np.ndarray] = {}  # per layer: parallel work-item sizes of wq, wk, wv, wo
@@ -270,6 +272,15 @@ class RunState:
             w = key[2]
             self._one[key] = (np.zeros((k, w), np.int8), np.zeros((k, w // 32), np.float32))
         return self._one[key]
+
+    def grouped_buffers(self, cfg: Config) -> tuple[Activations, np.ndarray, np.ndarray]:
+        """For a batch's (token, expert) pairs, up to n_batch * k of them: the SwiGLU outputs,
+        the up-projection scratch (n_ff_exp wide) and the down projections (n_embd wide)."""
+        if self._grouped is None:
+            m = self.n_batch * cfg.n_expert_used
+            self._grouped = (Activations(m, cfg.n_ff_exp), np.zeros((m, cfg.n_ff_exp), np.float32),
+                             np.zeros((m, cfg.n_embd), np.float32))
+        return self._grouped
 
     def ffn_buffers(self, width: int) -> tuple[np.ndarray, np.ndarray, Activations]:
         """gate, up (n_batch, width) and the SwiGLU output for an FFN of that width (dense, expert, shared)."""
@@ -378,14 +389,21 @@ def _experts_one_token(gate_w: Packed, up_w: Packed, down_w: Packed, inp: Activa
     # the integer dot products where the rest of the token takes them (`forward`)
     ints = M.INT8 and ONE_TOKEN_INT8 and all(M.int8_weight(w) for w in (g, u, d))
     gx, ux = inp.int8(g.act, ints), inp.int8(u.act, ints)
-    M.experts_swiglu(mid, up, sel, g, u, gx, ux, ints, min(width, M.work_chunk(k * width)))
+    each = _each_row(k)
+    M.experts_swiglu(mid, up, sel, each, g, u, gx, ux, ints, min(width, M.work_chunk(k * width)))
     mid_q, mid_d = st.one_token_int8(k, width, ints)
     if ints:
         quants.quantize_activation8(d.act, mid, mid_h, mid_s, mid_q, mid_d)
     else:
         quants.quantize_activation(d.act, mid, mid_h, mid_s)
-    M.experts_down(y, sel, d, (mid_h, mid_s, mid_q, mid_d), ints, min(n_out, M.work_chunk(k * n_out)))
+    M.experts_down(y, sel, each, d, (mid_h, mid_s, mid_q, mid_d), ints, min(n_out, M.work_chunk(k * n_out)))
     return y
+
+
+@functools.lru_cache(maxsize=None)
+def _each_row(k: int) -> np.ndarray:
+    """Row starts 0, 1, ..., k: each of k experts takes one row (one token through them)."""
+    return np.arange(k + 1, dtype=np.int64)
 
 
 #: one decoded token through the integer kernels (see `forward`); a benchmark,
@@ -451,6 +469,10 @@ def _experts_grouped(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n:
     else:
         K.group_by_expert(selected, cfg.n_expert, st.counts, st.order[: n * k_used])
     st.routed[layer] += st.counts
+    g, u, d = lw.gate_exps, lw.up_exps, lw.down_exps
+    if st.cuda is None and M.INT8 and all(M.int8_weight(w) for w in (g, u, d)):
+        _experts_grouped_int8(cfg, lw, st, n, y)
+        return
     x_all = st.ffn_in.x[:n]
     start = 0
     for e in np.flatnonzero(st.counts):
@@ -465,6 +487,33 @@ def _experts_grouped(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n:
         _swiglu_ffn(ye, lw.gate_exps.rows_slice(rows.start, rows.stop), lw.up_exps.rows_slice(rows.start, rows.stop),
                     lw.down_exps.rows_slice(down_rows.start, down_rows.stop), st.expert_in, st, c)
         y[toks, slots] = ye * weights[toks, slots][:, None]
+
+
+def _experts_grouped_int8(cfg: Config, lw: LayerWeights, st: RunState, n: int, y: np.ndarray) -> None:
+    """`_experts_grouped` through the integer kernels, every expert at once: the input quantized
+    once and its int8 rows gathered in expert order, then gate/up + SwiGLU for every active expert
+    in one parallel region and down in another (per expert and matrix, the Python calls and the
+    launches had cost as much as a fifth of a MoE prefill)."""
+    k_used = cfg.n_expert_used
+    g, u, d = lw.gate_exps, lw.up_exps, lw.down_exps
+    m = n * k_used
+    pairs = st.order[:m]  # (token, slot) pairs, expert by expert
+    toks = pairs // k_used
+    active = np.flatnonzero(st.counts)
+    starts = np.zeros(active.shape[0] + 1, np.int64)
+    np.cumsum(st.counts[active], out=starts[1:])
+
+    def gathered(act: int) -> tuple[np.ndarray, ...]:
+        xh, xs, xq, xd = st.ffn_in.int8(act, True)
+        return xh[:1], xs[toks], xq[toks], xd[toks]  # (xh is not read by the integer kernels)
+
+    gx = gathered(g.act)
+    ux = gx if u.act == g.act else gathered(u.act)
+    mid, up, ye = st.grouped_buffers(cfg)
+    n_ff = mid.x.shape[1]
+    M.experts_swiglu(mid.view(m), up[:m], active, starts, g, u, gx, ux, True, min(n_ff, M.work_chunk(m * n_ff)))
+    M.experts_down(ye[:m], active, starts, d, mid.int8(d.act, True), True, min(cfg.n_embd, M.work_chunk(m * cfg.n_embd)))
+    y.reshape(m, cfg.n_embd)[pairs] = ye[:m] * st.expert_w[:n].reshape(m)[pairs][:, None]
 
 
 def ffn_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int) -> None:

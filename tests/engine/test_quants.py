@@ -216,31 +216,39 @@ def test_f16_and_bf16_activations_round_to_nearest_even() -> None:
 
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
 @pytest.mark.parametrize("planes", [False, True], ids=["bytes", "planes"])
-def test_integer_expert_kernels_match_the_float_ones(planes: bool) -> None:
-    """One token through the selected experts of a stack (gate/up with SwiGLU, then down) gives the
-    same outputs through the integer kernels as through the float ones, to activation rounding."""
+@pytest.mark.parametrize("grouped", [False, True], ids=["one-token", "grouped"])
+def test_integer_expert_kernels_match_the_float_ones(planes: bool, grouped: bool) -> None:
+    """Gate/up with SwiGLU, then down, through experts of a stack give the same outputs through the
+    integer kernels as through the float ones, to activation rounding: one token through the two
+    experts a router picked, or 75 rows grouped by expert (3, 70 and 2 rows: one expert's rows
+    span two blocks of 64)."""
     from engine.matmul import experts_down, experts_swiglu
 
-    n_expert, n_ff, n_embd, sel = 4, 256, 256, np.array([2, 0], np.int64)
+    n_expert, n_ff, n_embd = 4, 256, 256
+    if grouped:
+        experts, starts = np.array([0, 2, 3], np.int64), np.array([0, 3, 73, 75], np.int64)
+    else:
+        experts, starts = np.array([2, 0], np.int64), np.array([0, 1, 2], np.int64)
+    rows = int(starts[-1])
     gate = Q.pack(random_tensor(Q.Q4_K, n_expert * n_ff, n_embd, seed=5), Q.Q4_K, n_embd)
     up = Q.pack(random_tensor(Q.Q4_K, n_expert * n_ff, n_embd, seed=6), Q.Q4_K, n_embd)
     down = Q.pack(random_tensor(Q.Q6_K, n_expert * n_embd, n_ff, seed=7), Q.Q6_K, n_ff, planes=planes)
-    x = np.random.default_rng(8).standard_normal((1, n_embd)).astype(np.float32)
-    xh, xs = np.empty_like(x), np.empty((1, n_embd // 32), np.float32)
-    xq, xd = np.empty((1, n_embd), np.int8), np.empty((1, n_embd // 32), np.float32)
+    x = np.random.default_rng(8).standard_normal((rows if grouped else 1, n_embd)).astype(np.float32)
+    xh, xs = np.empty_like(x), np.empty((x.shape[0], n_embd // 32), np.float32)
+    xq, xd = np.empty(x.shape, np.int8), np.empty((x.shape[0], n_embd // 32), np.float32)
     Q.quantize_activation8(gate.act, x, xh, xs, xq, xd)
     outs = []
     for ints in (False, True):
-        mid, scratch = np.empty((2, n_ff), np.float32), np.empty((2, n_ff), np.float32)
-        mh, ms = np.empty_like(mid), np.empty((2, n_ff // 32), np.float32)
-        mq, md = np.empty((2, n_ff), np.int8), np.empty((2, n_ff // 32), np.float32)
-        y = np.empty((2, n_embd), np.float32)
-        experts_swiglu(mid, scratch, sel, gate, up, (xh, xs, xq, xd), (xh, xs, xq, xd), ints, 64)
+        mid, scratch = np.empty((rows, n_ff), np.float32), np.empty((rows, n_ff), np.float32)
+        mh, ms = np.empty_like(mid), np.empty((rows, n_ff // 32), np.float32)
+        mq, md = np.empty((rows, n_ff), np.int8), np.empty((rows, n_ff // 32), np.float32)
+        y = np.empty((rows, n_embd), np.float32)
+        experts_swiglu(mid, scratch, experts, starts, gate, up, (xh, xs, xq, xd), (xh, xs, xq, xd), ints, 64)
         if ints:
             Q.quantize_activation8(down.act, mid, mh, ms, mq, md)
         else:
             Q.quantize_activation(down.act, mid, mh, ms)
-        experts_down(y, sel, down, (mh, ms, mq, md), ints, 64)
+        experts_down(y, experts, starts, down, (mh, ms, mq, md), ints, 64)
         outs.append((mid, y))
     assert np.allclose(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5 * np.abs(outs[0][0]).max())
     assert np.allclose(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-3 * np.abs(outs[0][1]).max())
