@@ -3,6 +3,10 @@
 Each measurement runs in a fresh process (so peak RSS is that engine's own and no cache is
 shared), our backend and the reference alternate, and the median of the runs is reported.
 The prompt is real code: the start of a standard-library module, cut to the asked length.
+Before it each engine evaluates three tokens and forgets them (ours does that as it loads, so
+that Numba's kernels are loaded; llama.cpp's first evaluation maps its weights in), so the
+prompt figures are an engine's steady speed; `--cold-start` times a first token from process
+start, loading included.
 The reference is llama-cpp-python's `Llama.eval` called one token at a time: pure llama.cpp
 decoding with no sampling, the ceiling for any backend built on llama.cpp.
 
@@ -108,6 +112,7 @@ def _worker_batch(a: argparse.Namespace) -> dict[str, Any]:
     from engine.native import NativeBackend
 
     backend = NativeBackend(a.path, n_ctx=a.n_ctx, n_threads=a.threads, n_slots=a.sequences)
+    backend.warm_up()  # as engine.select opens it for the daemon
     text = prompt_tokens(a.path, lambda t: backend.tokenize(t, add_special=False, parse_special=False),
                          a.prompt_tokens * a.sequences)
     prompts = [text[i * a.prompt_tokens:(i + 1) * a.prompt_tokens] for i in range(a.sequences)]
@@ -186,6 +191,10 @@ def _worker_reference(a: argparse.Namespace) -> dict[str, Any]:
     )
     load_s = time.perf_counter() - t0
     prompt = prompt_tokens(a.path, lambda t: llm.tokenize(t.encode(), add_bos=True, special=False), a.prompt_tokens)
+    # three tokens evaluated and forgotten first, as our engine's warm_up does when it loads (its
+    # first evaluation maps every weight in)
+    llm.eval(prompt[:3])
+    llm.n_tokens = 0
     started = _since_process_start()
     t0 = time.perf_counter()
     llm.eval(prompt)

@@ -314,6 +314,27 @@ def group_by_expert(selected: np.ndarray, n_expert: int, counts: np.ndarray, ord
             fill[e] += 1
 
 
+@njit(parallel=True, cache=True)
+def sum_expert_rows(out: np.ndarray, rows: np.ndarray, order: np.ndarray, weights: np.ndarray) -> None:
+    """out[t] = sum over slots j of weights[t, j] * rows[i], i the place of the pair t*k + j in
+    `order` (`group_by_expert`): a batch's expert outputs, computed expert by expert, weighted and
+    added back per token in slot order, as llama.cpp adds them (each product rounded, then summed;
+    no fused multiply-add, so the values equal numpy's)."""
+    n, k = weights.shape
+    where = np.empty(n * k, np.int64)
+    for i in range(n * k):
+        where[order[i]] = i
+    for t in prange(n):
+        o = out[t]
+        r, w = rows[where[t * k]], weights[t, 0]
+        for c in range(o.shape[0]):
+            o[c] = r[c] * w
+        for j in range(1, k):
+            r, w = rows[where[t * k + j]], weights[t, j]
+            for c in range(o.shape[0]):
+                o[c] += r[c] * w
+
+
 @njit(cache=True)
 def sigmoid(x: float) -> np.float32:
     """1 / (1 + e^-x): the shared expert's gate."""

@@ -23,6 +23,7 @@ per-32 block sum `xs` for the min term, so our float32 dot products land within 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -301,10 +302,18 @@ def packable(qtype: int, k: int) -> str | None:
     return None
 
 
-def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False) -> Packed:
+#: raw bytes packed per step of `pack`, after which its `done` hears which rows are finished
+PACK_STEP_BYTES = 16 << 20
+
+
+def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False,
+         done: Callable[[int, int], None] | None = None) -> Packed:
     """Repack a GGUF tensor's raw rows (rows, bytes per row), or its F32 view, for the kernels;
     `planes`: the 5- and 6-bit types as nibbles and bit planes where the rows are whole 128-weight
-    steps (the layout the integer kernels read fastest; the float ones read BYTE faster)."""
+    steps (the layout the integer kernels read fastest; the float ones read BYTE faster).
+    `done(r0, r1)` is called as each step of rows is packed, so that a caller can let the file's
+    pages of those rows go (`GGUFFile.release`) before the next step maps its own in: packing
+    then holds one step of the file resident, not the whole tensor (Qwen2.5's 136 MB embedding)."""
     why = packable(qtype, k)
     if why is not None:
         raise ValueError(f"cannot pack a {k}-column tensor of GGML type {qtype}: {why}")
@@ -315,7 +324,7 @@ def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False) -> Packed:
     e2 = np.empty((0, 0), np.float32)
     q, s, m, w32 = np.empty((0, 0), np.uint8), e2, e2, e2
     if kind == KIND_F32:
-        w32 = dequantize(raw, qtype).reshape(rows, k)
+        w32 = np.empty((rows, k), np.float32)
     else:
         sub = 16 if qtype == Q6_K else 32
         width = {KIND_BYTE: k, KIND_NIB: k // 2, KIND_PLANES: k // 2 + k // 8 * PLANES_OF.get(qtype, 0)}[kind]
@@ -323,7 +332,15 @@ def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False) -> Packed:
         s = np.empty((rows, k // sub), np.float32)
         if qtype in (Q4_1, Q5_1, Q4_K, Q5_K):
             m = np.empty((rows, k // 32), np.float32)
-        _pack_quant(qtype, raw, k, F16_TABLE, q, s, m)
+    step = max(1, PACK_STEP_BYTES // max(1, raw.shape[1]))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        if kind == KIND_F32:
+            w32[r0:r1] = dequantize(raw[r0:r1], qtype).reshape(r1 - r0, k)
+        else:
+            _pack_quant(qtype, raw[r0:r1], k, F16_TABLE, q[r0:r1], s[r0:r1], m[r0:r1] if m.shape[0] else m)
+        if done is not None:
+            done(r0, r1)
     return Packed(qtype, kind, ACT_OF[qtype], _OFFSET.get(qtype, 0.0), rows, k, w32, q, s, m)
 
 

@@ -99,6 +99,8 @@ def open_backend(
     if choice.name == "native":
         from engine.native import NativeBackend
 
-        return NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture, n_slots=n_slots,
-                             block_cache_bytes=block_cache_bytes)
+        native = NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture, n_slots=n_slots,
+                               block_cache_bytes=block_cache_bytes)
+        native.warm_up()  # the kernels loaded now, not in the first request
+        return native
     raise EngineError(f"unknown backend '{choice.name}'")

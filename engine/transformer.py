@@ -103,9 +103,10 @@ def _matrix(gguf: GGUFFile, name: str, planes: bool) -> Packed:
     k = info.shape[0]
     rows = info.n_elements // k  # experts stack: (n_expert * n_out) rows
     planes = planes and M.INT8
-    packed = quants.pack(gguf.tensor_bytes(name).reshape(rows, -1), info.ggml_type, k, planes=planes)
-    gguf.release(name)  # the file's copy leaves resident memory (a looked-up row faults back in from the page cache)
-    return packed
+    # as each step of rows is packed, the file's copy of them leaves resident memory (a looked-up
+    # row faults back in from the page cache)
+    return quants.pack(gguf.tensor_bytes(name).reshape(rows, -1), info.ggml_type, k, planes=planes,
+                       done=lambda r0, r1: gguf.release(name, (r0, r1)))
 
 
 def load_weights(gguf: GGUFFile, cfg: Config, planes: bool = False) -> Weights:
@@ -240,6 +241,8 @@ class RunState:
             self.expert_w = np.zeros((n_batch, k_used), f32)
             self.counts = np.zeros(cfg.n_expert, np.int64)
             self.order = np.zeros(n_batch * k_used, np.int64)
+            self.pair_tokens = np.zeros(n_batch * k_used, np.int64)  # the token of each pair in `order`
+            self._gather: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
             self.expert_in = Activations(n_batch, cfg.n_embd)  # one expert's tokens, gathered
             self.expert_out = np.zeros((n_batch, k_used, cfg.n_embd), f32)  # per (token, slot)
             self.routed = np.zeros((cfg.n_layer, cfg.n_expert), np.int64)  # tokens per expert, since reset
@@ -282,6 +285,15 @@ class RunState:
                              np.zeros((m, cfg.n_embd), np.float32))
         return self._grouped
 
+    def gather_buffers(self, act: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first m of n_batch * k rows for the MoE input's int8 form (xs, xq, xd), gathered
+        in expert order, per activation family."""
+        if act not in self._gather:
+            rows, k = self.pair_tokens.shape[0], self.ffn_in.x.shape[1]
+            self._gather[act] = (np.zeros((rows, k // 32), np.float32), np.zeros((rows, k), np.int8),
+                                 np.zeros((rows, k // 32), np.float32))
+        return tuple(b[:m] for b in self._gather[act])  # type: ignore[return-value]
+
     def ffn_buffers(self, width: int) -> tuple[np.ndarray, np.ndarray, Activations]:
         """gate, up (n_batch, width) and the SwiGLU output for an FFN of that width (dense, expert, shared)."""
         if width not in self._ffn:
@@ -289,6 +301,27 @@ class RunState:
             self._ffn[width] = (np.zeros((n, width), np.float32), np.zeros((n, width), np.float32),
                                 Activations(n, width))
         return self._ffn[width]
+
+    def touch_scratch(self) -> None:
+        """Write every scratch buffer made so far (not the KV cache), so that the kernel maps their
+        pages now: numpy's zeros are mapped on first write, which a first 256-token prompt of a
+        MoE file paid as ~0.15 s of page faults."""
+        kv = {id(a) for a in (*self.k_slots, *self.v_slots, *self.k_cache, *self.v_cache)}
+
+        def touch(v: object) -> None:
+            if isinstance(v, np.ndarray):
+                if id(v) not in kv and v.size and v.flags.writeable:
+                    v.fill(0)
+            elif isinstance(v, Activations):
+                touch(vars(v))
+            elif isinstance(v, dict):
+                for x in v.values():
+                    touch(x)
+            elif isinstance(v, (list, tuple)):
+                for x in v:
+                    touch(x)
+
+        touch({k: v for k, v in vars(self).items() if k not in ("k_slots", "v_slots", "k_cache", "v_cache")})
 
     @property
     def kv_bytes(self) -> int:
@@ -445,11 +478,17 @@ def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, 
         y[0] = _experts_one_token(lw.gate_exps, lw.up_exps, lw.down_exps, st.ffn_in, st, selected[0], n_ff)
         y[0] *= weights[0][:, None]
     else:
-        _experts_grouped(cfg, lw, st, layer, n, y)
-    # sum the experts in slot order, as llama.cpp adds them
-    out[:] = y[:, 0]
-    for j in range(1, k_used):
-        out += y[:, j]
+        _group_by_expert(cfg, st, layer, n)
+        g, u, d = lw.gate_exps, lw.up_exps, lw.down_exps
+        if st.cuda is None and M.INT8 and all(M.int8_weight(w) for w in (g, u, d)):
+            _experts_grouped_int8(cfg, lw, st, n, out)  # weighted and summed as below
+            y = None
+        else:
+            _experts_grouped(cfg, lw, st, n, y)
+    if y is not None:  # sum the experts in slot order, as llama.cpp adds them
+        out[:] = y[:, 0]
+        for j in range(1, k_used):
+            out += y[:, j]
     # shared expert, gated by sigmoid(w . x) (qwen2moe)
     if cfg.shared_expert:
         shared = np.empty((n, cfg.n_embd), np.float32)
@@ -459,20 +498,22 @@ def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, 
             out[t] += shared[t] * K.sigmoid(gate_logit[t])
 
 
-def _experts_grouped(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, y: np.ndarray) -> None:
-    """y[t, j] = weight * expert(x_t) for several tokens: one matmul per active expert over its tokens."""
-    k_used, n_ff = cfg.n_expert_used, cfg.n_ff_exp
-    selected, weights = st.selected[:n], st.expert_w[:n]
-    # group the (token, slot) pairs by expert
+def _group_by_expert(cfg: Config, st: RunState, layer: int, n: int) -> None:
+    """st.counts: tokens per expert; st.order: the (token, slot) pairs expert by expert."""
+    k_used = cfg.n_expert_used
+    selected = st.selected[:n]
     if st.cuda is not None:
         st.counts[:], st.order[: n * k_used], _ = st.cuda.permute(selected, cfg.n_expert)
     else:
         K.group_by_expert(selected, cfg.n_expert, st.counts, st.order[: n * k_used])
     st.routed[layer] += st.counts
-    g, u, d = lw.gate_exps, lw.up_exps, lw.down_exps
-    if st.cuda is None and M.INT8 and all(M.int8_weight(w) for w in (g, u, d)):
-        _experts_grouped_int8(cfg, lw, st, n, y)
-        return
+
+
+def _experts_grouped(cfg: Config, lw: LayerWeights, st: RunState, n: int, y: np.ndarray) -> None:
+    """y[t, j] = weight * expert(x_t) for several tokens grouped by expert (`_group_by_expert`):
+    one matmul per active expert over its tokens."""
+    k_used, n_ff = cfg.n_expert_used, cfg.n_ff_exp
+    weights = st.expert_w[:n]
     x_all = st.ffn_in.x[:n]
     start = 0
     for e in np.flatnonzero(st.counts):
@@ -489,31 +530,35 @@ def _experts_grouped(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n:
         y[toks, slots] = ye * weights[toks, slots][:, None]
 
 
-def _experts_grouped_int8(cfg: Config, lw: LayerWeights, st: RunState, n: int, y: np.ndarray) -> None:
-    """`_experts_grouped` through the integer kernels, every expert at once: the input quantized
-    once and its int8 rows gathered in expert order, then gate/up + SwiGLU for every active expert
-    in one parallel region and down in another (per expert and matrix, the Python calls and the
+def _experts_grouped_int8(cfg: Config, lw: LayerWeights, st: RunState, n: int, out: np.ndarray) -> None:
+    """out (n, n_embd) = each token's experts weighted and summed, for several tokens grouped by
+    expert, through the integer kernels, every expert at once: the input quantized once and its
+    int8 rows gathered in expert order, then gate/up + SwiGLU for every active expert in one
+    parallel region and down in another (per expert and matrix, the Python calls and the
     launches had cost as much as a fifth of a MoE prefill)."""
     k_used = cfg.n_expert_used
     g, u, d = lw.gate_exps, lw.up_exps, lw.down_exps
     m = n * k_used
     pairs = st.order[:m]  # (token, slot) pairs, expert by expert
-    toks = pairs // k_used
+    toks = np.floor_divide(pairs, k_used, out=st.pair_tokens[:m])
     active = np.flatnonzero(st.counts)
     starts = np.zeros(active.shape[0] + 1, np.int64)
     np.cumsum(st.counts[active], out=starts[1:])
+    mid, up, ye = st.grouped_buffers(cfg)
 
     def gathered(act: int) -> tuple[np.ndarray, ...]:
         xh, xs, xq, xd = st.ffn_in.int8(act, True)
-        return xh[:1], xs[toks], xq[toks], xd[toks]  # (xh is not read by the integer kernels)
+        to = st.gather_buffers(act, m)
+        for src, dst in zip((xs, xq, xd), to):
+            np.take(src, toks, axis=0, out=dst)
+        return (xh[:1], *to)  # (xh is not read by the integer kernels)
 
     gx = gathered(g.act)
     ux = gx if u.act == g.act else gathered(u.act)
-    mid, up, ye = st.grouped_buffers(cfg)
     n_ff = mid.x.shape[1]
     M.experts_swiglu(mid.view(m), up[:m], active, starts, g, u, gx, ux, True, min(n_ff, M.work_chunk(m * n_ff)))
     M.experts_down(ye[:m], active, starts, d, mid.int8(d.act, True), True, min(cfg.n_embd, M.work_chunk(m * cfg.n_embd)))
-    y.reshape(m, cfg.n_embd)[pairs] = ye[:m] * st.expert_w[:n].reshape(m)[pairs][:, None]
+    K.sum_expert_rows(out, ye[:m], pairs, st.expert_w[:n])
 
 
 def ffn_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int) -> None:

@@ -112,15 +112,20 @@ class GGUFFile:
         rows = info.n_elements // info.shape[0]
         return raw.reshape(rows, info.n_bytes // rows)  # (rows, bytes_per_row)
 
-    def release(self, name: str) -> None:
-        """Tell the kernel the tensor's pages are not needed now (it was copied elsewhere): they
-        leave resident memory and are read from disk again if touched. Whole pages only."""
+    def release(self, name: str, rows: tuple[int, int] | None = None) -> None:
+        """Tell the kernel the tensor's pages (or those of its `rows` r0..r1-1 of `tensor_array`'s
+        rows) are not needed now (they were copied elsewhere): they leave resident memory and are
+        read from disk again if touched. Whole pages only."""
         if self._data is None or not hasattr(mmap, "MADV_DONTNEED"):
             return
         info = self.tensors[name]
+        first, size = info.offset, info.n_bytes
+        if rows is not None:
+            row_bytes = info.n_bytes // (info.n_elements // info.shape[0])
+            first, size = info.offset + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
         page = mmap.PAGESIZE
-        start = -(-info.offset // page) * page
-        end = (info.offset + info.n_bytes) // page * page
+        start = -(-first // page) * page
+        end = (first + size) // page * page
         if end > start:
             self._data._mmap.madvise(mmap.MADV_DONTNEED, start, end - start)  # type: ignore[attr-defined]
 
