@@ -100,14 +100,14 @@ def _load64(builder, ptr, idx):
 
 def _codegen(n_rows: int, n_tok: int, layout: int):
     """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, r (the first of n_rows
-    rows of q), rs (the first of their rows of s), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
+    rows), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
     first of n_tok tokens). Per 64-byte step, each token's activation bytes are loaded (and their
     product with the offset taken) once for all the rows, and each row's bytes once for all the
     tokens. The loop is emitted twice, with and without the offset's product; `off` picks one."""
 
     def codegen(context, builder, sig, args):
-        q_val, s_val, r, rs, xq_val, xd_val, off_val, t0 = args
-        q_ty, s_ty, _, _, xq_ty, xd_ty = sig.args[:6]
+        q_val, s_val, r, xq_val, xd_val, off_val, t0 = args
+        q_ty, s_ty, _, xq_ty, xd_ty = sig.args[:5]
         mod = builder.module
         dpbusd = cgutils.get_or_insert_function(
             mod, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), "llvm.x86.avx512.vpdpbusd.512")
@@ -128,7 +128,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         prefetch = cgutils.get_or_insert_function(
             mod, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0i8")
         ahead = builder.mul(q_stride, ir.Constant(_I64, PREFETCH_ROWS))
-        s_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(s_ty, s_val, rs, n_rows)[0]]
+        s_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(s_ty, s_val, r, n_rows)[0]]
         x_rows, xq = rows_of(xq_ty, xq_val, t0, n_tok)
         d_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(xd_ty, xd_val, t0, n_tok)[0]]
         k = cgutils.unpack_tuple(builder, xq.shape)[1]
@@ -292,12 +292,12 @@ def _portable(n_rows: int, n_tok: int, layout: int):
     n_planes = _PLANES.get(layout, 0)
 
     @njit(cache=True)
-    def dot(q, s, r, rs, xq, xd, off, t0):
+    def dot(q, s, r, xq, xd, off, t0):
         k = xq.shape[1]
         half = k // 2
         out = np.zeros(n_rows * n_tok, np.float32)
         for j in range(n_rows):
-            qr, sr = q[r + j], s[rs + j]
+            qr, sr = q[r + j], s[r + j]
             for t in range(n_tok):
                 acc = np.float32(0.0)
                 for i in range(k):
@@ -317,36 +317,35 @@ def _make(n_rows: int, n_tok: int, layout: int):
     if not AVAILABLE:
         portable = _portable(n_rows, n_tok, layout)
         if n_rows * n_tok == 1:
-            return njit(cache=True)(lambda q, s, r, rs, xq, xd, off, t0: portable(q, s, r, rs, xq, xd, off, t0)[0])
+            return njit(cache=True)(lambda q, s, r, xq, xd, off, t0: portable(q, s, r, xq, xd, off, t0)[0])
         return portable
 
     @intrinsic
-    def rowdot(typingctx, q, s, r, rs, xq, xd, off, t0):
+    def rowdot(typingctx, q, s, r, xq, xd, off, t0):
         n = n_rows * n_tok
         ret = types.float32 if n == 1 else types.UniTuple(types.float32, n)
-        return ret(q, s, r, rs, xq, xd, types.int64, t0), _codegen(n_rows, n_tok, layout)
+        return ret(q, s, r, xq, xd, types.int64, t0), _codegen(n_rows, n_tok, layout)
 
     return rowdot
 
 
 def _by_layout(n_rows: int, n_tok: int):
-    """dot(layout, q, s, r, rs, xq, xd, off, t0): rows r..r+n_rows-1 of q, with their scales in rows
-    rs..rs+n_rows-1 of s, in `layout` against
+    """dot(layout, q, s, r, xq, xd, off, t0): rows r..r+n_rows-1 of (q, s) in `layout` against
     tokens t0..t0+n_tok-1 of (xq, xd); the n_rows * n_tok sums row by row (one float for 1x1).
     Numba fixes an intrinsic's code when it compiles the caller, so the layout picks one of five."""
     b32, b16, nib, nib5, nib6 = (_make(n_rows, n_tok, lay) for lay in (BYTE32, BYTE16, NIB, NIB5, NIB6))
 
     @njit(cache=True, inline="always")
-    def dot(layout, q, s, r, rs, xq, xd, off, t0):
+    def dot(layout, q, s, r, xq, xd, off, t0):
         if layout == NIB:
-            return nib(q, s, r, rs, xq, xd, off, t0)
+            return nib(q, s, r, xq, xd, off, t0)
         if layout == NIB5:
-            return nib5(q, s, r, rs, xq, xd, off, t0)
+            return nib5(q, s, r, xq, xd, off, t0)
         if layout == NIB6:
-            return nib6(q, s, r, rs, xq, xd, off, t0)
+            return nib6(q, s, r, xq, xd, off, t0)
         if layout == BYTE16:
-            return b16(q, s, r, rs, xq, xd, off, t0)
-        return b32(q, s, r, rs, xq, xd, off, t0)
+            return b16(q, s, r, xq, xd, off, t0)
+        return b32(q, s, r, xq, xd, off, t0)
 
     return dot
 

@@ -21,8 +21,7 @@ from numba import get_num_threads, njit, prange
 from engine import int8 as I8
 from engine import kernels as K
 from engine.kernels import FAST
-from engine.quants import (ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, Packed, row_scales,
-                           scales_per_row, stored_value)
+from engine.quants import ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, Packed, stored_value
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -92,32 +91,23 @@ def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: 
         for r in range(r0, r1):
             out[r - base] = _dot_f32(w32[r], xh)
         return
-    k = xh.shape[0]
-    sr = np.empty(scales_per_row(s.shape[1], k), np.float32)  # a row's scale per sub-block (row_scales)
-    sb = s.view(np.uint8)
-    if kind == KIND_BYTE and sr.shape[0] * 32 == k:
+    if kind == KIND_BYTE and s.shape[1] * 32 == xh.shape[0]:
         for r in range(r0, r1):
-            row_scales(s[r], sb[r], k, sr)
-            out[r - base] = _dot_byte32(q[r], sr, o, xh)
+            out[r - base] = _dot_byte32(q[r], s[r], o, xh)
     elif kind == KIND_BYTE:
         for r in range(r0, r1):
-            row_scales(s[r], sb[r], k, sr)
-            out[r - base] = _dot_byte16(q[r], sr, o, xh)
+            out[r - base] = _dot_byte16(q[r], s[r], o, xh)
     elif kind == KIND_NIB:
         for r in range(r0, r1):
-            row_scales(s[r], sb[r], k, sr)
-            out[r - base] = _dot_nib4(q[r], sr, o, xh)
+            out[r - base] = _dot_nib4(q[r], s[r], o, xh)
     else:
-        y = np.empty(k, np.float32)
+        y = np.empty(xh.shape[0], np.float32)
         for r in range(r0, r1):
-            row_scales(s[r], sb[r], k, sr)
-            _deq_planes(y, q[r], sr, o)
+            _deq_planes(y, q[r], s[r], o)
             out[r - base] = _dot_f32(y, xh)
     if m.shape[0]:
-        mr = np.empty(k // 32, np.float32)
-        mb = m.view(np.uint8)
         for r in range(r0, r1):
-            row_scales(m[r], mb[r], k, mr)
+            mr = m[r]
             acc = out[r - base]
             for b in range(mr.shape[0]):
                 acc += mr[b] * xs[b]
@@ -148,91 +138,54 @@ def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarra
 def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
     """out[t, r] for rows r0..r1-1 and every token: rows in pairs, tokens in groups of 8 and 4
     (then single rows and tokens; the per-token arithmetic is the same in each, engine.int8);
-    `off` the weights' stored offset. Each row's scales are laid out as a float per sub-block
-    first (engine.quants `row_scales`: the K-quants store them COMPACT), in a two-row scratch the
-    intrinsics read as rows 0 and 1."""
-    n_tok, k = xq.shape
+    `off` the weights' stored offset."""
+    n_tok = xq.shape[0]
     oi = np.int64(off)
-    sx = np.empty((2, scales_per_row(s.shape[1], k)), np.float32)
-    sb = s.view(np.uint8)
     if n_tok < 4:  # a token or three (decode): one row at a time, as fast as memory brings it
         for r in range(r0, r1):
-            row_scales(s[r], sb[r], k, sx[0])
             for t in range(n_tok):
-                out[t, r] = I8.dot1x1(layout, q, sx, r, 0, xq, xd, oi, t)
+                out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
         return
     r = r0
     while r + 2 <= r1:
-        row_scales(s[r], sb[r], k, sx[0])
-        row_scales(s[r + 1], sb[r + 1], k, sx[1])
         t = 0
         while t + 8 <= n_tok:
-            o = I8.dot2x8(layout, q, sx, r, 0, xq, xd, oi, t)
+            o = I8.dot2x8(layout, q, s, r, xq, xd, oi, t)
             for u in range(8):
                 out[t + u, r] = o[u]
                 out[t + u, r + 1] = o[8 + u]
             t += 8
         while t + 4 <= n_tok:
-            o4 = I8.dot2x4(layout, q, sx, r, 0, xq, xd, oi, t)
+            o4 = I8.dot2x4(layout, q, s, r, xq, xd, oi, t)
             for u in range(4):
                 out[t + u, r] = o4[u]
                 out[t + u, r + 1] = o4[4 + u]
             t += 4
         if t < n_tok:
-            _row_i8(out, layout, q, sx, 0, xq, xd, oi, r, t)
-            _row_i8(out, layout, q, sx, 1, xq, xd, oi, r + 1, t)
+            _row_i8(out, layout, q, s, xq, xd, oi, r, t)
+            _row_i8(out, layout, q, s, xq, xd, oi, r + 1, t)
         r += 2
     if r < r1:
-        row_scales(s[r], sb[r], k, sx[0])
-        _row_i8(out, layout, q, sx, 0, xq, xd, oi, r, 0)
+        _row_i8(out, layout, q, s, xq, xd, oi, r, 0)
 
 
 @njit(fastmath=FAST, cache=True)
-def _row_i8(out, layout, q, sx, rs, xq, xd, oi, r, t):
-    """out[t:, r]: row r of q (its scales row rs of sx) against the tokens from t on (groups of 8,
-    4, then single tokens)."""
+def _row_i8(out, layout, q, s, xq, xd, oi, r, t):
+    """out[t:, r]: one row against the tokens from t on (groups of 8, 4, then single tokens)."""
     n_tok = xq.shape[0]
     while t + 8 <= n_tok:
-        o = I8.dot1x8(layout, q, sx, r, rs, xq, xd, oi, t)
+        o = I8.dot1x8(layout, q, s, r, xq, xd, oi, t)
         for u in range(8):
             out[t + u, r] = o[u]
         t += 8
     while t + 4 <= n_tok:
-        o4 = I8.dot1x4(layout, q, sx, r, rs, xq, xd, oi, t)
+        o4 = I8.dot1x4(layout, q, s, r, xq, xd, oi, t)
         for u in range(4):
             out[t + u, r] = o4[u]
         t += 4
     while t < n_tok:
-        out[t, r] = I8.dot1x1(layout, q, sx, r, rs, xq, xd, oi, t)
+        out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
         t += 1
-
-
-@njit(fastmath=FAST, cache=True)
-def _min_term(out: np.ndarray, m: np.ndarray, xs: np.ndarray, k: int, r0: int, r1: int) -> None:
-    """out[t, r] += m[r] . xs[t] for rows r0..r1-1: the min term of Q4_1, Q5_1, Q4_K and Q5_K
-    through the activation's block sums. Token by token along the rows: a token's outputs are
-    contiguous, while one row's are a row of `out` apart (8 KB for 2048 rows, the same cache set:
-    row by row it ran 6x slower for 64 tokens)."""
-    me = np.empty((r1 - r0, k // 32), np.float32)
-    mb = m.view(np.uint8)
-    for r in range(r0, r1):
-        row_scales(m[r], mb[r], k, me[r - r0])
-    for t in range(xs.shape[0]):
-        xt, ot = xs[t], out[t]
-        for r in range(r0, r1):
-            mr = me[r - r0]
-            acc = np.float32(0.0)
-            for b in range(mr.shape[0]):
-                acc += mr[b] * xt[b]
-            ot[r] += acc
-
-
-@njit(parallel=True, fastmath=FAST, cache=True)
-def min_term(out: np.ndarray, m: np.ndarray, xs: np.ndarray, k: int, chunk: int) -> None:
-    """`_min_term` for every row, in work items of `chunk` rows."""
-    rows = out.shape[1]
-    for c in prange((rows + chunk - 1) // chunk):
-        _min_term(out, m, xs, k, c * chunk, min(rows, (c + 1) * chunk))
 
 
 @njit(fastmath=FAST, cache=True)
@@ -241,7 +194,7 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     """out[t, r] = W[r] . x_t for rows r0..r1-1 and every token t of xq (T, K), with integer dot
     products of the signed weights (stored value - off) and the int8 activation per block, then
     the min term through the activation's block sums."""
-    sub16 = scales_per_row(s.shape[1], xq.shape[1]) * 16 == xq.shape[1]
+    sub16 = s.shape[1] * 16 == xq.shape[1]
     if kind == KIND_NIB:
         layout = I8.NIB
     elif kind == KIND_PLANES:
@@ -249,8 +202,19 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     else:
         layout = I8.BYTE16 if sub16 else I8.BYTE32
     _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
-    if m.shape[0]:
-        _min_term(out, m, xs, xq.shape[1], r0, r1)
+    if m.shape[0] == 0:
+        return
+    # token by token along the rows: a token's outputs are contiguous, while one row's are a row of
+    # `out` apart (8 KB for 2048 rows, the same cache set: row by row it ran 6x slower for 64 tokens)
+    nb = m.shape[1]
+    for t in range(xq.shape[0]):
+        xt, ot = xs[t], out[t]
+        for r in range(r0, r1):
+            mr = m[r]
+            acc = np.float32(0.0)
+            for b in range(nb):
+                acc += mr[b] * xt[b]
+            ot[r] += acc
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
@@ -382,25 +346,18 @@ def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.n
     through the activation's block sums): the weights a prefill GEMM multiplies. As in `matvec`,
     one loop per layout (a branch inside the loop runs several times slower, measured)."""
     o = np.float32(off)
-    k = y.shape[1]
-    sr = np.empty(scales_per_row(s.shape[1], k), np.float32)  # a row's scale per sub-block (row_scales)
-    sb = s.view(np.uint8)
-    if kind == KIND_BYTE and sr.shape[0] * 32 == k:
+    if kind == KIND_BYTE and s.shape[1] * 32 == y.shape[1]:
         for j in range(y.shape[0]):
-            row_scales(s[r0 + j], sb[r0 + j], k, sr)
-            _deq_byte32(y[j], q[r0 + j], sr, o)
+            _deq_byte32(y[j], q[r0 + j], s[r0 + j], o)
     elif kind == KIND_BYTE:
         for j in range(y.shape[0]):
-            row_scales(s[r0 + j], sb[r0 + j], k, sr)
-            _deq_byte16(y[j], q[r0 + j], sr, o)
+            _deq_byte16(y[j], q[r0 + j], s[r0 + j], o)
     elif kind == KIND_NIB:
         for j in range(y.shape[0]):
-            row_scales(s[r0 + j], sb[r0 + j], k, sr)
-            _deq_nib(y[j], q[r0 + j], sr, o)
+            _deq_nib(y[j], q[r0 + j], s[r0 + j], o)
     else:
         for j in range(y.shape[0]):
-            row_scales(s[r0 + j], sb[r0 + j], k, sr)
-            _deq_planes(y[j], q[r0 + j], sr, o)
+            _deq_planes(y[j], q[r0 + j], s[r0 + j], o)
 
 
 SERIAL_WEIGHTS = 1 << 18  # below this many weights one thread is faster than a parallel region
@@ -478,7 +435,7 @@ def matmul_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) ->
     else:
         list(_pool(n).map(lambda i: _gemm_rows(out, w, xh, bounds[i], bounds[i + 1]), range(n)))
     if w.m.shape[0]:
-        min_term(out, w.m, xs, w.k, work_chunk(w.rows))
+        out += xs @ w.m.T
 
 
 def _gemm_rows(out: np.ndarray, w: Packed, xh: np.ndarray, r0: int, r1: int) -> None:

@@ -72,8 +72,8 @@ class Packed(NamedTuple):
     k: int
     w32: np.ndarray  # float32 (rows, K)            F32 family
     q: np.ndarray  # uint8 (rows, K) or (rows, K/2)   BYTE / NIB; PLANES: (rows, K/2 + K/8 per plane)
-    s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K); K-quants: COMPACT
-    m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1, Q4_K, Q5_K); K-quants: COMPACT
+    s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K)
+    m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1, Q4_K, Q5_K)
 
     @property
     def nbytes(self) -> int:
@@ -83,50 +83,6 @@ class Packed(NamedTuple):
         """Rows [start, stop) as views (one expert of a stacked expert tensor)."""
         cut = [a[start:stop] if a.shape[0] else a for a in (self.w32, self.q, self.s, self.m)]
         return self._replace(rows=stop - start, w32=cut[0], q=cut[1], s=cut[2], m=cut[3])
-
-
-# --- scales -----------------------------------------------------------------------------------
-#
-# COMPACT (the K-quants Q4_K, Q5_K, Q6_K): a row of `s` holds one float per 256 weights (the
-# block's d, or for `m` its -dmin), then, in the bytes of the floats after them, one byte per
-# sub-block: the file's 6-bit scale or min (8 per 256), or Q6_K's signed 8-bit scale (16 per
-# 256). A sub-block's scale is their product, which is exact in float32 (an f16 times a number
-# under 2**8), so the kernels compute the same values as from a float per sub-block, reading
-# 0.094 instead of 0.25 bytes per weight of Q4_K (0.75 -> 0.59 in all) and 0.31 instead of 0.5
-# of Q6_K: decode reads fewer bytes and memory holds less than the file's own bytes would give.
-
-
-@njit(cache=True, inline="always")
-def scales_per_row(width: int, k: int) -> int:
-    """How many sub-block scales a stored row of `width` floats of a K-column matrix stands for:
-    K/32 (a float each, or COMPACT with 8 per 256) or K/16 (Q6_K)."""
-    if width * 32 == k or width * 256 == 3 * k:
-        return k // 32
-    return k // 16
-
-
-@njit(cache=True, inline="always")
-def row_scales(sr: np.ndarray, br: np.ndarray, k: int, out: np.ndarray) -> None:
-    """out = a stored row `sr` of scales (or mins) of a K-column matrix as a float per sub-block
-    (out.shape[0] of them, `scales_per_row`): copied, or the COMPACT products; `br` is the same
-    row's bytes (the caller views the whole matrix as bytes once: a view per row cost 10x more)."""
-    n = out.shape[0]
-    if sr.shape[0] == n:
-        for i in range(n):
-            out[i] = sr[i]
-        return
-    nd = k // 256
-    at = 4 * nd
-    if n == 16 * nd:  # Q6_K: signed bytes, 16 per block
-        for b in range(nd):
-            d = sr[b]
-            for j in range(16):
-                out[b * 16 + j] = d * np.float32(np.int8(br[at + b * 16 + j]))
-    else:  # 8 per block (a loop of 8 per block vectorizes; one over i reading sr[i >> 3] did not)
-        for b in range(nd):
-            d = sr[b]
-            for j in range(8):
-                out[b * 8 + j] = d * np.float32(br[at + b * 8 + j])
 
 
 # --- dequantisation, bit-exact with gguf-py --------------------------------------------------
@@ -248,12 +204,9 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
     block = 256 if qtype == Q4_K or qtype == Q5_K or qtype == Q6_K else 32
     size = raw.shape[1] * block // k
     half = k // 2
-    nd = k // 256  # K-quants: super-blocks per row
     for r in prange(rows):
         qi = np.empty(k, np.uint8)  # unsigned integer quant of each element, natural order
         row = raw[r]
-        s_bytes = s[r].view(np.uint8)
-        m_bytes = m[r].view(np.uint8) if m.shape[0] else s_bytes
         for bi in range(k // block):
             b = row[bi * size:(bi + 1) * size]
             base = bi * block
@@ -280,24 +233,25 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
                 for j in range(16):
                     qi[base + j] = (b[o + 4 + j] & 0xF) | (((h >> j) & 1) << 4)
                     qi[base + j + 16] = (b[o + 4 + j] >> 4) | (((h >> (j + 16)) & 1) << 4)
-            elif qtype == Q4_K or qtype == Q5_K:  # COMPACT scales and mins
-                s[r, bi] = tab[_u16(b, 0)]
-                m[r, bi] = -tab[_u16(b, 2)]
+            elif qtype == Q4_K or qtype == Q5_K:
+                d = tab[_u16(b, 0)]
+                dmin = tab[_u16(b, 2)]
                 qs = b[16:144] if qtype == Q4_K else b[48:176]
                 for j in range(8):
                     s_, m_ = _scale_min_k4(b[4:16], j)
-                    s_bytes[4 * nd + bi * 8 + j] = s_
-                    m_bytes[4 * nd + bi * 8 + j] = m_
+                    s[r, bi * 8 + j] = d * np.float32(s_)
+                    m[r, bi * 8 + j] = -(dmin * np.float32(m_))
                     p, shift = j // 2, 4 * (j % 2)
                     for l in range(32):
                         v = (qs[32 * p + l] >> shift) & 0xF
                         if qtype == Q5_K:
                             v |= ((b[16 + l] >> j) & 1) << 4
                         qi[base + 32 * j + l] = v
-            else:  # Q6_K, COMPACT scales (the signed bytes as they are)
-                s[r, bi] = tab[_u16(b, 208)]
+            else:  # Q6_K
+                d = tab[_u16(b, 208)]
                 for j in range(16):
-                    s_bytes[4 * nd + bi * 16 + j] = b[192 + j]
+                    scv = np.int64(b[192 + j])
+                    s[r, bi * 16 + j] = d * np.float32(scv - 256 if scv > 127 else scv)
                 for h in range(2):
                     for l in range(128):
                         lo = (b[64 * h + (l % 64)] >> (4 * (l // 64))) & 0xF
@@ -375,10 +329,9 @@ def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False,
         sub = 16 if qtype == Q6_K else 32
         width = {KIND_BYTE: k, KIND_NIB: k // 2, KIND_PLANES: k // 2 + k // 8 * PLANES_OF.get(qtype, 0)}[kind]
         q = np.empty((rows, width), np.uint8)
-        compact = qtype in (Q4_K, Q5_K, Q6_K)  # a float per 256 and a byte per sub-block
-        s = np.empty((rows, k // 256 + k // sub // 4 if compact else k // sub), np.float32)
+        s = np.empty((rows, k // sub), np.float32)
         if qtype in (Q4_1, Q5_1, Q4_K, Q5_K):
-            m = np.empty((rows, k // 256 + k // 128 if compact else k // 32), np.float32)
+            m = np.empty((rows, k // 32), np.float32)
     step = max(1, PACK_STEP_BYTES // max(1, raw.shape[1]))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
