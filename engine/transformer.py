@@ -243,8 +243,8 @@ class RunState:
             self.order = np.zeros(n_batch * k_used, np.int64)
             self.pair_tokens = np.zeros(n_batch * k_used, np.int64)  # the token of each pair in `order`
             self._gather: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-            self.expert_in = Activations(n_batch, cfg.n_embd)  # one expert's tokens, gathered
-            self.expert_out = np.zeros((n_batch, k_used, cfg.n_embd), f32)  # per (token, slot)
+            self._expert_rows: dict[int, np.ndarray] = {}  # `expert_outputs`
+            self._expert_in: Activations | None = None  # `float_expert_in`
             self.routed = np.zeros((cfg.n_layer, cfg.n_expert), np.int64)  # tokens per expert, since reset
         # KV cache per layer (n_slots, cap, n_kv, d): a global layer holds every position, a windowed
         # one a ring of the window plus a chunk
@@ -284,6 +284,21 @@ class RunState:
             self._grouped = (Activations(m, cfg.n_ff_exp), np.zeros((m, cfg.n_ff_exp), np.float32),
                              np.zeros((m, cfg.n_embd), np.float32))
         return self._grouped
+
+    def expert_outputs(self, cfg: Config, n: int) -> np.ndarray:
+        """(n, k, n_embd): each (token, slot)'s expert output, for one token or (the float path) a
+        batch; made on first use, one token's apart, so that what a path never uses is never
+        mapped (`touch_scratch` writes every buffer made)."""
+        rows = 1 if n == 1 else self.n_batch
+        if rows not in self._expert_rows:
+            self._expert_rows[rows] = np.zeros((rows, cfg.n_expert_used, cfg.n_embd), np.float32)
+        return self._expert_rows[rows][:n]
+
+    def float_expert_in(self, cfg: Config) -> Activations:
+        """One expert's tokens, gathered (the float path's batches), made on first use."""
+        if self._expert_in is None:
+            self._expert_in = Activations(self.n_batch, cfg.n_embd)
+        return self._expert_in
 
     def gather_buffers(self, act: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The first m of n_batch * k rows for the MoE input's int8 form (xs, xq, xd), gathered
@@ -470,10 +485,10 @@ def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, 
         selected[:], weights[:] = st.cuda.route(router, k_used, cfg.moe_renorm, cfg.expert_weights_scale)
     else:
         K.route_experts(selected, weights, router, cfg.moe_renorm, cfg.expert_weights_scale)
-    y = st.expert_out[:n]  # (n_tokens, k, n_embd)
     if n == 1 and st.cuda is None and (not st.batched or st.experts_alone):
         # (experts_alone: one decoded token outside continuous batching, see `forward`)
         # one token: every selected expert's rows in two parallel regions
+        y = st.expert_outputs(cfg, 1)
         st.routed[layer, selected[0]] += 1
         y[0] = _experts_one_token(lw.gate_exps, lw.up_exps, lw.down_exps, st.ffn_in, st, selected[0], n_ff)
         y[0] *= weights[0][:, None]
@@ -484,6 +499,7 @@ def _moe_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int, 
             _experts_grouped_int8(cfg, lw, st, n, out)  # weighted and summed as below
             y = None
         else:
+            y = st.expert_outputs(cfg, n)
             _experts_grouped(cfg, lw, st, n, y)
     if y is not None:  # sum the experts in slot order, as llama.cpp adds them
         out[:] = y[:, 0]
@@ -515,18 +531,19 @@ def _experts_grouped(cfg: Config, lw: LayerWeights, st: RunState, n: int, y: np.
     k_used, n_ff = cfg.n_expert_used, cfg.n_ff_exp
     weights = st.expert_w[:n]
     x_all = st.ffn_in.x[:n]
+    expert_in = st.float_expert_in(cfg)
     start = 0
     for e in np.flatnonzero(st.counts):
         c = int(st.counts[e])
         pairs = st.order[start:start + c]
         start += c
         toks, slots = pairs // k_used, pairs % k_used
-        st.expert_in.view(c)[:] = x_all[toks]
+        expert_in.view(c)[:] = x_all[toks]
         rows = slice(e * n_ff, (e + 1) * n_ff)
         down_rows = slice(e * cfg.n_embd, (e + 1) * cfg.n_embd)
         ye = st.proj[:c]
         _swiglu_ffn(ye, lw.gate_exps.rows_slice(rows.start, rows.stop), lw.up_exps.rows_slice(rows.start, rows.stop),
-                    lw.down_exps.rows_slice(down_rows.start, down_rows.stop), st.expert_in, st, c)
+                    lw.down_exps.rows_slice(down_rows.start, down_rows.stop), expert_in, st, c)
         y[toks, slots] = ye * weights[toks, slots][:, None]
 
 
