@@ -277,9 +277,9 @@ def experts_swiglu(mid: np.ndarray, up: np.ndarray, experts: np.ndarray, starts:
     parallel region covers every expert's rows, so a top-8 MoE layer pays for one launch, not one
     per expert and matrix."""
     n_ff = mid.shape[1]
-    per = (n_ff + chunk - 1) // chunk
-    for it in prange(experts.shape[0] * per):
-        i, c = it // per, it % per
+    per, n_e = (n_ff + chunk - 1) // chunk, experts.shape[0]
+    for it in prange(n_e * per):
+        i, c = it % n_e, it // n_e  # chunk-major: see `group_chunk`
         j0, j1 = starts[i], starts[i + 1]
         a, b = c * chunk, min(n_ff, (c + 1) * chunk)
         _expert_rows(mid, j0, j1, experts[i], gate, gx, ints, a, b)
@@ -296,9 +296,9 @@ def experts_down(y: np.ndarray, experts: np.ndarray, starts: np.ndarray, down: P
     """y[j] = down_e . x[j] for the rows j = starts[i]..starts[i+1]-1 of each expert e = experts[i]
     (y.shape[1] rows per expert); x = (xh, xs, xq, xd) the SwiGLU outputs quantized, a row per y's."""
     n_out = y.shape[1]
-    per = (n_out + chunk - 1) // chunk
-    for it in prange(experts.shape[0] * per):
-        i, c = it // per, it % per
+    per, n_e = (n_out + chunk - 1) // chunk, experts.shape[0]
+    for it in prange(n_e * per):
+        i, c = it % n_e, it // n_e  # chunk-major: see `group_chunk`
         a, b = c * chunk, min(n_out, (c + 1) * chunk)
         _expert_rows(y, starts[i], starts[i + 1], experts[i], down, x, ints, a, b)
 
@@ -361,6 +361,15 @@ def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.n
 
 
 SERIAL_WEIGHTS = 1 << 18  # below this many weights one thread is faster than a parallel region
+
+
+def group_chunk(rows: int) -> int:
+    """Rows per work item for experts that each run a different number of tokens
+    (`experts_swiglu`/`experts_down` on a batch grouped by expert): a whole number of items per
+    thread for each expert, the items taken chunk by chunk across the experts, so that Numba's
+    even split of the items gives every thread the same share of every expert (one item per
+    expert left a thread with whichever half of the experts got more tokens)."""
+    return max(32, -(-rows // (2 * get_num_threads())))
 
 
 def work_chunk(rows: int) -> int:

@@ -573,8 +573,8 @@ def _experts_grouped_int8(cfg: Config, lw: LayerWeights, st: RunState, n: int, o
     gx = gathered(g.act)
     ux = gx if u.act == g.act else gathered(u.act)
     n_ff = mid.x.shape[1]
-    M.experts_swiglu(mid.view(m), up[:m], active, starts, g, u, gx, ux, True, min(n_ff, M.work_chunk(m * n_ff)))
-    M.experts_down(ye[:m], active, starts, d, mid.int8(d.act, True), True, min(cfg.n_embd, M.work_chunk(m * cfg.n_embd)))
+    M.experts_swiglu(mid.view(m), up[:m], active, starts, g, u, gx, ux, True, M.group_chunk(n_ff))
+    M.experts_down(ye[:m], active, starts, d, mid.int8(d.act, True), True, M.group_chunk(cfg.n_embd))
     K.sum_expert_rows(out, ye[:m], pairs, st.expert_w[:n])
 
 
