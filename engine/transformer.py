@@ -320,12 +320,12 @@ class RunState:
     def touch_scratch(self) -> None:
         """Write every scratch buffer made so far (not the KV cache), so that the kernel maps their
         pages now: numpy's zeros are mapped on first write, which a first 256-token prompt of a
-        MoE file paid as ~0.15 s of page faults."""
-        kv = {id(a) for a in (*self.k_slots, *self.v_slots, *self.k_cache, *self.v_cache)}
+        MoE file paid as ~0.15 s of page faults. The KV cache, the work-item sizes (`chunks`) and
+        the routing counts hold values, not scratch, and are left alone."""
 
         def touch(v: object) -> None:
             if isinstance(v, np.ndarray):
-                if id(v) not in kv and v.size and v.flags.writeable:
+                if v.size and v.flags.writeable:
                     v.fill(0)
             elif isinstance(v, Activations):
                 touch(vars(v))
@@ -336,7 +336,8 @@ class RunState:
                 for x in v:
                     touch(x)
 
-        touch({k: v for k, v in vars(self).items() if k not in ("k_slots", "v_slots", "k_cache", "v_cache")})
+        kept = ("k_slots", "v_slots", "k_cache", "v_cache", "chunks", "routed")
+        touch({k: v for k, v in vars(self).items() if k not in kept})
 
     @property
     def kv_bytes(self) -> int:
