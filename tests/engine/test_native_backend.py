@@ -218,3 +218,31 @@ def test_logprobs_of_each_token(native_smollm2) -> None:
         assert e.logprob <= 0 and e.top_logprobs[1][1] <= e.logprob
     _, plain = _run(native_smollm2, prompt, SamplingParams(temperature=0.0, max_tokens=2))
     assert all(e.logprob is None and e.top_logprobs == () for e in plain)
+
+
+@pytest.mark.parametrize("one_token_int8", [True, False], ids=["integer-one-token", "fused-float-one-token"])
+def test_warm_up_changes_nothing_a_later_evaluation_computes(one_token_int8: bool, synthetic, monkeypatch) -> None:
+    """`warm_up` (run as the engine opens) leaves no trace in what a prompt and the tokens after
+    it compute: the same logits as an engine that never warmed up, on the integer one-token path
+    and on the fused float one (the one CPUs without VNNI take, whose per-layer work-item sizes
+    the warm-up's page mapping once zeroed), and no routing counted."""
+    from engine import transformer as T
+    from engine.native import NativeBackend
+
+    monkeypatch.setattr(T, "ONE_TOKEN_INT8", one_token_int8)
+    path = synthetic("llama-moe", "Q4_K_M")
+    tokens = [11, 42, 7, 99, 3]
+    results = []
+    for warm in (False, True):
+        backend = NativeBackend(path, n_ctx=64, n_threads=2)
+        try:
+            if warm:
+                backend.warm_up()
+                assert not backend.state.routed.any()
+                assert all(c.all() for c in backend.state.chunks.values())
+            first = backend.prefill(tokens[:3])
+            rest = [backend.decode_step(t) for t in tokens[3:]]
+            results.append(np.stack([first, *rest]))
+        finally:
+            backend.close()
+    assert np.array_equal(results[0], results[1])
