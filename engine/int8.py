@@ -8,8 +8,15 @@ bytes and sums them in groups of four into 16 int32 lanes. `_make(R, T, layout)`
 intrinsic that walks R weight rows in 64-byte steps with that instruction and, per step, turns
 the int32 lanes to float and multiplies each by its block's scale product (weight scale ×
 activation scale) into 16 float32 accumulators per row and token, reduced once at the end of the
-rows. The rows are read once for T tokens, so a batch of tokens (prefill, several sequences
-decoded together, the tokens of one expert) costs little more than one; two rows at a time load
+rows. Where the activation's int8 form is stored in groups (`engine.quants.int8_position`: K a
+multiple of 512 or of 256), that work is done once per group of 4 (or 2) steps: the weight
+rows' bytes, loaded in their own order, are transposed in registers to the activation's grouped
+order (8 or 2 two-source permutes per group and row, shared by the tokens), so that each int32
+lane sums 16 (8) products of one scale block over the group, and the lanes are turned to float
+and scaled once per group. Per `vpdpbusd` that leaves about one float operation in place of
+three, which had bound these kernels (docs/benchmarks.md, "Seventh pass"; `tests/engine/
+bench_int8.py --expert`). The rows are read once for T tokens, so a batch of tokens (prefill,
+several sequences decoded together, the tokens of one expert) costs little more than one; two rows at a time load
 each token's activation bytes once for both (Qwen2.5-0.5B's matrices for 8 tokens: 16.0 ms
 against 19–20 ms one row at a time). Rows read
 side by side are not a stream the hardware prefetcher follows: from memory, two rows at a time ran
@@ -52,7 +59,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.quants import stored_value
+from engine.quants import INT8_GROUPED as GROUPED
+from engine.quants import int8_position, stored_value
 
 BYTE32, BYTE16, NIB, NIB5, NIB6 = 0, 1, 2, 3, 4
 _NIBBLES = (NIB, NIB5, NIB6)  # layouts whose bytes hold two 4-bit weights, one per half-row
@@ -245,14 +253,99 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
                         new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast), flags=fast)
             return new
 
-        def row(signed):
-            """The loop over the rows' 64-byte steps and the per-(row, token) sums."""
+        def transpose(vs):
+            """G = len(vs) (4 or 2) steps' 64 bytes, read as 16 lanes of 4 bytes each in natural
+            order, to the order `engine.quants.int8_position` stores a group of 64G activation bytes
+            in: lane j of step s gets the natural lane Gj + s (two-source permutes: 8 for 4 steps,
+            2 for 2)."""
+            a = [builder.bitcast(v, _V16I32) for v in vs]
+            mask = lambda m: ir.Constant(ir.VectorType(_I32, 16), m)  # noqa: E731
+            if len(a) == 2:
+                out = [builder.shuffle_vector(a[0], a[1], mask([2 * j + s for j in range(16)])) for s in range(2)]
+                return [builder.bitcast(v, _V64I8) for v in out]
+            lo = [builder.shuffle_vector(a[0 + h], a[1 + h], mask([4 * j + s for s in range(2) for j in range(8)]))
+                  for h in (0, 2)]
+            hi = [builder.shuffle_vector(a[0 + h], a[1 + h], mask([4 * j + 2 + s for s in range(2) for j in range(8)]))
+                  for h in (0, 2)]
+            first, second = list(range(8)) + list(range(16, 24)), list(range(8, 16)) + list(range(24, 32))
+            out = [builder.shuffle_vector(lo[0], lo[1], mask(first)), builder.shuffle_vector(lo[0], lo[1], mask(second)),
+                   builder.shuffle_vector(hi[0], hi[1], mask(first)), builder.shuffle_vector(hi[0], hi[1], mask(second))]
+            return [builder.bitcast(v, _V64I8) for v in out]
+
+        def grouped(n_g):
+            """The loop body for an activation stored in groups of n_g steps (engine.quants
+            `int8_position`)."""
+
+            def group(g, accs, signed):
+                """Group g of n_g 64-byte steps (64 n_g weights of each part: the row, or each
+                half-row of a nibble layout) of every row for every token: each lane sums the integer
+                products of 4 n_g weights of one scale block over the steps, turned to float and
+                scaled once."""
+                size = 64 * n_g
+                byte = builder.mul(g, ir.Constant(_I64, size))
+                parts = [(byte, 0), (builder.add(byte, half), 1)] if nibbles else [(byte, 0)]
+                steps = [builder.add(byte, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
+                first = builder.mul(g, ir.Constant(_I64, n_g))  # the natural step index of the group's first
+                packed = []
+                for j in range(n_rows):
+                    for s in range(n_g):
+                        builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, steps[s])]),
+                                                ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                        if n_planes:
+                            i = builder.add(first, ir.Constant(_I64, s))
+                            planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
+                            builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
+                                                    ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                    if nibbles:  # planes are added to the natural steps' nibbles, then transposed
+                        natural = [load64(q_rows[j], at) for at in steps]
+                        packed.append(natural if n_planes else transpose(natural))
+                new = list(accs)
+                per_scale = (16 if sub16 else 32) // (4 * n_g)  # lanes per weight scale
+                for x_off, hf in parts:
+                    weights = []  # per row: (n_g int8 vectors in the grouped order, weight-scale lanes)
+                    for j in range(n_rows):
+                        if n_planes:
+                            wv = transpose([_weight_bytes(builder, q_rows[j], builder.add(first, ir.Constant(_I64, s)),
+                                                          half, n_planes, packed[j][s], hf) for s in range(n_g)])
+                        elif nibbles:
+                            wv = [builder.and_(v, ir.Constant(_V64I8, [0x0F] * 64)) if hf == 0
+                                  else builder.lshr(v, ir.Constant(_V64I8, [4] * 64)) for v in packed[j]]
+                        else:
+                            wv = transpose([load64(q_rows[j], builder.add(x_off, ir.Constant(_I64, 64 * s)))
+                                            for s in range(n_g)])
+                        s_at = builder.udiv(x_off, ir.Constant(_I64, 16 if sub16 else 32))
+                        weights.append((wv, lanes(s_rows[j], s_at, 16 // per_scale)))
+                    d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
+                    for t in range(n_tok):
+                        xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
+                        start = zero_i
+                        if signed:  # -off x the activation bytes, once for all the rows
+                            o = zero_i
+                            for xv in xs_:
+                                o = builder.call(dpbusd, [o, offv, xv])
+                            start = builder.sub(zero_i, o)
+                        dl = lanes(d_rows[t], d_at, 16 * n_g // 8)
+                        for j in range(n_rows):
+                            wv, sl = weights[j]
+                            dot = start
+                            for s in range(n_g):
+                                dot = builder.call(dpbusd, [dot, wv[s], xs_[s]])
+                            u = j * n_tok + t
+                            sc = builder.fmul(sl, dl, flags=fast)
+                            new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast),
+                                                  flags=fast)
+                return new
+
+            return group
+
+        def loop(count, body, signed):
+            """for i < count: accs = body(i, accs, signed); the per-(row, token) sums."""
             entry = builder.block
-            loop = builder.append_basic_block("i8dot.loop")
-            body = builder.append_basic_block("i8dot.body")
+            head = builder.append_basic_block("i8dot.loop")
+            inner = builder.append_basic_block("i8dot.body")
             done = builder.append_basic_block("i8dot.done")
-            builder.branch(loop)
-            builder.position_at_end(loop)
+            builder.branch(head)
+            builder.position_at_end(head)
             i = builder.phi(_I64)
             i.add_incoming(ir.Constant(_I64, 0), entry)
             accs = []
@@ -260,18 +353,38 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
                 acc = builder.phi(_V16F32)
                 acc.add_incoming(zero_f, entry)
                 accs.append(acc)
-            builder.cbranch(builder.icmp_unsigned("<", i, n_steps), body, done)
-            builder.position_at_end(body)
-            new = step(i, accs, signed)
+            builder.cbranch(builder.icmp_unsigned("<", i, count), inner, done)
+            builder.position_at_end(inner)
+            new = body(i, accs, signed)
             i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), builder.block)
             for acc, value in zip(accs, new):
                 acc.add_incoming(value, builder.block)
-            builder.branch(loop)
+            builder.branch(head)
             builder.position_at_end(done)
-            sums = [builder.call(reduce, [ir.Constant(_F32, -0.0), acc], fastmath=("reassoc",)) for acc in accs]
-            if layout == NIB:  # engine.quants packs the planes only for whole 128-weight steps
-                sums = nib_tail(sums, signed)
-            return sums
+            return [builder.call(reduce, [ir.Constant(_F32, -0.0), acc], fastmath=("reassoc",)) for acc in accs]
+
+        def row(signed):
+            """The loop over the rows' 64-byte steps (or, for an activation stored in groups, their
+            groups of 4 or 2 steps) and the per-(row, token) sums."""
+            by4 = builder.icmp_unsigned("==", builder.urem(k, ir.Constant(_I64, GROUPED)), ir.Constant(_I64, 0))
+            by2 = builder.icmp_unsigned("==", builder.urem(k, ir.Constant(_I64, GROUPED // 2)), ir.Constant(_I64, 0))
+            results = []
+            with builder.if_else(by4) as (four, other):
+                with four:
+                    count = builder.udiv(k, ir.Constant(_I64, 512 if nibbles else 256))
+                    results.append((loop(count, grouped(4), signed), builder.block))
+                with other:
+                    with builder.if_else(by2) as (two, steps):
+                        with two:
+                            count = builder.udiv(k, ir.Constant(_I64, 256 if nibbles else 128))
+                            results.append((loop(count, grouped(2), signed), builder.block))
+                        with steps:
+                            sums = loop(n_steps, step, signed)
+                            if layout == NIB:  # engine.quants packs the planes only for whole 128-weight steps
+                                sums = nib_tail(sums, signed)
+                            results.append((sums, builder.block))
+                    inner = merge(results[1][0], results[1][1], results[2][0], results[2][1]), builder.block
+            return merge(results[0][0], results[0][1], inner[0], inner[1])
 
         with builder.if_else(builder.icmp_signed("!=", off_val, ir.Constant(_I64, 0))) as (offset, plain):
             with offset:
@@ -306,7 +419,7 @@ def _portable(n_rows: int, n_tok: int, layout: int):
                     else:
                         w = np.int64(qr[i])
                     sb = i // 16 if layout in _SUB16 else i // 32
-                    acc += sr[sb] * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, i]))
+                    acc += sr[sb] * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, int8_position(i, k)]))
                 out[j * n_tok + t] = acc
         return out
 
@@ -350,4 +463,4 @@ def _by_layout(n_rows: int, n_tok: int):
     return dot
 
 
-dot2x8, dot2x4, dot1x8, dot1x4, dot1x1 = (_by_layout(r, t) for r, t in ((2, 8), (2, 4), (1, 8), (1, 4), (1, 1)))
+dot2x8, dot2x4, dot1x1 = (_by_layout(r, t) for r, t in ((2, 8), (2, 4), (1, 1)))

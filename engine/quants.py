@@ -290,6 +290,27 @@ def stored_value(qr: np.ndarray, i: int, half: int, n_planes: int) -> int:
     return v
 
 
+#: activations whose width is a multiple of this keep their int8 form in groups of four 64-byte
+#: steps, of half of it in groups of two (`int8_position`)
+INT8_GROUPED = 512
+
+
+@njit(cache=True, inline="always")
+def int8_position(i: int, k: int) -> int:
+    """Where element i of a K-wide activation's int8 form is stored. Where K is a multiple of
+    `INT8_GROUPED` (or of half of it), each 256 (128) elements are stored as G = 4 (2) 64-byte
+    steps whose 4-byte lane j holds elements 4Gj + 4s .. 4Gj + 4s + 3 in step s: over the G steps
+    a lane of engine.int8's integer dot product sums 4G elements of one scale block, so the scales
+    are applied once per G steps instead of each step. Elsewhere the order is the elements' own."""
+    if k % INT8_GROUPED == 0:
+        e = i & 255
+        return (i - e) + ((e & 15) >> 2) * 64 + (e >> 4) * 4 + (e & 3)
+    if k % (INT8_GROUPED // 2) == 0:
+        e = i & 127
+        return (i - e) + ((e & 7) >> 2) * 64 + (e >> 3) * 4 + (e & 3)
+    return i
+
+
 def packable(qtype: int, k: int) -> str | None:
     """Why a (rows, K) tensor of `qtype` cannot be packed, or None when it can."""
     if qtype not in BLOCKS:
@@ -368,8 +389,8 @@ def _quantize_row(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> No
 def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: np.ndarray,
                    xd: np.ndarray) -> None:
     """x quantized for `act`: xh the values the dot product sees, xs their sums per 32; for the int8
-    families also, where xq is not empty, the int8 values xq and their scale per 32 xd
-    (engine.int8's integer dot products)."""
+    families also, where xq is not empty, the int8 values xq (in the order of `int8_position`) and
+    their scale per 32 xd (engine.int8's integer dot products)."""
     k = x.shape[0]
     ints = xq.shape[0] > 0
     if act == ACT_F32:
@@ -401,7 +422,7 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
                 total += np.int64(qv)
                 xh[b * 32 + j] = np.float32(qv) * dh
                 if ints:
-                    xq[b * 32 + j] = np.int8(qv)
+                    xq[int8_position(b * 32 + j, k)] = np.int8(qv)
             xs[b] = round_f16(d * np.float32(total)) if act == ACT_Q8_1 else dh * np.float32(total)
             if ints:
                 xd[b] = dh
@@ -429,7 +450,7 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
                     total += qv
                     xh[i] = d * np.float32(qv)
                     if ints:
-                        xq[i] = np.int8(qv)
+                        xq[int8_position(i, k)] = np.int8(qv)
                 xs[b * 8 + sb] = d * np.float32(total)
                 if ints:
                     xd[b * 8 + sb] = d

@@ -7,6 +7,9 @@ matrix's time. The head comes from memory each call (136 MB); the layer matrices
 when one is timed alone, as they do not in a real pass, so read the sum as a lower bound.
 `--distinct` times whole passes over 24 distinct copies of each layer's matrices and the head
 instead (about 680 MB, every matrix from memory, as in the model): best of 5 passes.
+`--expert` times instead 32 distinct Q4_K-style expert matrices of Qwen3-30B-A3B's gate shape (768
+rows of 2048 nibbles, scales and mins per 32) for each token count, as a MoE prefill gives an
+expert 5-64 tokens, in GMAC/s: `--expert --tokens 1 8 13 16 32 64`.
 `--planes` packs the layer matrices as the engine does on these CPUs (nibbles and a bit plane,
 engine.quants PLANES: 0.75 bytes per weight against 1.125); the head stays Q8_0-style bytes.
 
@@ -31,6 +34,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distinct", action="store_true", help="whole passes over distinct matrices")
     ap.add_argument("--planes", action="store_true", help="layer matrices as nibbles + a bit plane")
+    ap.add_argument("--expert", action="store_true", help="Q4_K-style expert matrices, GMAC/s per token count")
     a = ap.parse_args()
 
     import numba
@@ -52,6 +56,8 @@ def main() -> int:
 
     if a.distinct:
         return _distinct_passes(a.tokens, rng, M, matrix)
+    if a.expert:
+        return _expert_matrices(a.tokens, rng, M)
     for n_tok in a.tokens:
         total, parts = 0.0, []
         for name, rows, k, reps in SHAPES:
@@ -97,6 +103,30 @@ def _distinct_passes(tokens: list[int], rng: np.random.Generator, M, matrix) -> 
             best = min(best, time.perf_counter() - t0)
         print(f"{n_tok} token(s), distinct matrices: {best * 1e3:.1f} ms per pass ({n_tok / best:.0f} tok/s, "
               "matrices only)", flush=True)
+    return 0
+
+
+def _expert_matrices(tokens: list[int], rng: np.random.Generator, M) -> int:
+    rows, k, n = 768, 2048, 32
+    mats = [(rng.integers(0, 256, (rows, k // 2), dtype=np.uint8), rng.random((rows, k // 32), dtype=np.float32),
+             rng.random((rows, k // 32), dtype=np.float32)) for _ in range(n)]
+    for n_tok in tokens:
+        xq = rng.integers(-127, 128, (n_tok, k), dtype=np.int8)
+        xd, xs = rng.random((n_tok, k // 32), dtype=np.float32), rng.random((n_tok, k // 32), dtype=np.float32)
+        out = np.zeros((n_tok, rows), np.float32)
+
+        def all_experts() -> None:
+            for q, s, m in mats:
+                M.matmul_i8(out, M.KIND_NIB, 0.0, q, s, m, xq, xd, xs, M.work_chunk(rows))
+
+        all_experts()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            all_experts()
+            best = min(best, time.perf_counter() - t0)
+        print(f"{n_tok:3d} token(s): {best / n * 1e6:7.1f} us per expert matrix, "
+              f"{rows * k * n_tok * n / best / 1e9:6.1f} GMAC/s", flush=True)
     return 0
 
 

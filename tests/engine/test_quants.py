@@ -94,9 +94,25 @@ def test_matvec_and_matmul_match_the_dequantized_product(qtype: int, planes: boo
     assert np.max(np.abs(many - want) / scale) < 1e-6
 
 
-_INT8_CASES = [(t, k, False) for t in TYPES for k in (512, 576)  # 576: 4-bit half-rows end in a 32-byte step
+# 576: 4-bit half-rows end in a 32-byte step; 512, 1024: the activation in groups of 4 steps, 768: of 2
+_INT8_CASES = [(t, k, False) for t in TYPES for k in (512, 576, 768, 1024)
                if Q._KIND_OF[t] != Q.KIND_F32 and Q.packable(t, k) is None]
-_INT8_CASES += [(t, k, True) for t in sorted(Q.PLANES_OF) for k in (512, 768) if Q.packable(t, k) is None]
+_INT8_CASES += [(t, k, True) for t in sorted(Q.PLANES_OF) for k in (640, 768, 1024) if Q.packable(t, k) is None]
+
+
+def test_int8_groups_give_each_lane_the_elements_of_one_block() -> None:
+    """Where the activation's int8 form is stored in groups of G steps, the positions are a
+    permutation, and the 4-byte lane j of a group's G 64-byte steps holds its elements 4Gj..4Gj+4G-1
+    (within one scale block of 16 or 32); elsewhere the order is the elements' own."""
+    for k, n_g in ((1024, 4), (768, 2), (896, 1)):
+        where = np.array([Q.int8_position(i, k) for i in range(k)])
+        assert sorted(where) == list(range(k))
+        size = 64 * n_g
+        for g in range(k // size):
+            for j in range(16):
+                held = sorted(i for i in range(k) if where[i] - size * g in
+                              [64 * s + 4 * j + b for s in range(n_g) for b in range(4)])
+                assert held == list(range(size * g + 4 * n_g * j, size * g + 4 * n_g * (j + 1)))
 
 
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
@@ -106,7 +122,7 @@ def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, 
     """The int8 kernels (engine.int8) compute W x for any number of tokens (groups of 8, 4 and
     single ones) to float32 rounding of the float64 product, in each layout, and a token's result
     does not depend on the tokens beside it."""
-    rows, n_tok = 47, 21  # odd: a row left after the pairs; tokens in groups of 8, 8, 4 and 1
+    rows, n_tok = 47, 21  # odd: a row left after the pairs; tokens in groups of 8, 8 and 8 (from token 13)
     raw = random_tensor(qtype, rows, k, seed=1)
     w = Q.pack(raw, qtype, k, planes=planes)
     assert int8_weight(w) and (w.kind == Q.KIND_PLANES) == planes
@@ -119,10 +135,14 @@ def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, 
     many = np.empty((n_tok, rows), np.float32)
     matmul_int8(many, w, xq, xd, xs)
     assert np.max(np.abs(many - want) / scale) < 1e-6
-    for t in (0, 9, 17, 20):  # in a group of 8, of 4, alone
+    for t in (0, 9, 17, 20):  # in a group of 8, in the last group (overlapping the one before), alone
         one = np.empty((1, rows), np.float32)
         matmul_int8(one, w, xq[t:t + 1], xd[t:t + 1], xs[t:t + 1])
         assert np.array_equal(one[0], many[t])
+    for n in (6, 13):  # groups of 4 that overlap; a group of 8 and one of 8 that overlaps it
+        some = np.empty((n, rows), np.float32)
+        matmul_int8(some, w, xq[:n], xd[:n], xs[:n])
+        assert np.array_equal(some, many[:n])
 
 
 def test_rows_slice_is_one_expert_of_a_stack() -> None:
@@ -224,7 +244,7 @@ def test_integer_expert_kernels_match_the_float_ones(planes: bool, grouped: bool
     span two blocks of 64)."""
     from engine.matmul import experts_down, experts_swiglu
 
-    n_expert, n_ff, n_embd = 4, 256, 256
+    n_expert, n_ff, n_embd = 4, 256, 512  # the int8 form in groups of 4 steps for gate/up, of 2 for down
     if grouped:
         experts, starts = np.array([0, 2, 3], np.int64), np.array([0, 3, 73, 75], np.int64)
     else:
