@@ -106,293 +106,318 @@ def _load64(builder, ptr, idx):
     return builder.load(builder.bitcast(builder.gep(ptr, [idx]), _V64I8.as_pointer()), align=1)
 
 
+def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
+    """The LLVM function, in module `mod`, that computes the n_rows x n_tok sums of one rowdot with
+    the activation stored in groups of n_g steps (1: in the elements' own order; engine.quants
+    `int8_position`): void(q, q_stride, s, s_stride, r, xq, xq_stride, xd, xd_stride, t0, K, off,
+    out), the arrays as byte pointers and row strides, the sums written to out (float*). One
+    function per variant, not one body with a branch on K: the branches' other loops cost the
+    stepwise loop ~7% (Qwen2.5-0.5B's 896-wide matrices for 8 tokens)."""
+    name = f"assistant_i8dot_{n_rows}x{n_tok}_l{layout}_g{n_g}"
+    if name in mod.globals:
+        return mod.globals[name]
+    i8p, f32p = _I8.as_pointer(), _F32.as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, _I64, i8p, _I64, _I64, i8p, _I64, i8p, _I64, _I64, _I64, _I64, f32p])
+    fn = ir.Function(mod, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    q_base, q_stride, s_base, s_stride, r, x_base, x_stride, d_base, d_stride, t0, k, off_val, out = fn.args
+    dpbusd = cgutils.get_or_insert_function(
+        mod, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), "llvm.x86.avx512.vpdpbusd.512")
+    reduce = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, _V16F32]),
+                                            "llvm.vector.reduce.fadd.v16f32")
+    prefetch = cgutils.get_or_insert_function(
+        mod, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0i8")
+
+    def rows_of(base, stride, first, n):
+        """Byte pointers to rows first..first+n-1 of a 2-D array."""
+        return [builder.gep(base, [builder.mul(builder.add(first, ir.Constant(_I64, j)), stride)]) for j in range(n)]
+
+    q_rows = rows_of(q_base, q_stride, r, n_rows)
+    ahead = builder.mul(q_stride, ir.Constant(_I64, PREFETCH_ROWS))
+    s_rows = [builder.bitcast(p, f32p) for p in rows_of(s_base, s_stride, r, n_rows)]
+    x_rows = rows_of(x_base, x_stride, t0, n_tok)
+    d_rows = [builder.bitcast(p, f32p) for p in rows_of(d_base, d_stride, t0, n_tok)]
+    half = builder.udiv(k, ir.Constant(_I64, 2))
+    nibbles, n_planes, sub16 = layout in _NIBBLES, _PLANES.get(layout, 0), layout in _SUB16
+    n_steps = builder.udiv(k, ir.Constant(_I64, 128 if nibbles else 64))
+    d_half = builder.udiv(k, ir.Constant(_I64, 64))  # nibbles: activation-block index of the high half
+    s_half = builder.udiv(k, ir.Constant(_I64, 32)) if sub16 else d_half  # its weight-scale index
+
+    def lanes(ptr, idx, n):
+        """The n floats at ptr[idx] spread over 16 lanes (each over 16/n neighbouring lanes)."""
+        vn = ir.VectorType(_F32, n)
+        v = builder.load(builder.bitcast(builder.gep(ptr, [idx]), vn.as_pointer()), align=4)
+        mask = [j * n // 16 for j in range(16)]
+        return builder.shuffle_vector(v, ir.Constant(vn, None), ir.Constant(ir.VectorType(_I32, 16), mask))
+
+    def load64(ptr, idx):
+        return _load64(builder, ptr, idx)
+
+    off8 = builder.trunc(off_val, _I8)
+    offv = builder.shuffle_vector(builder.insert_element(ir.Constant(_V64I8, None), off8, ir.Constant(_I32, 0)),
+                                  ir.Constant(_V64I8, None), ir.Constant(ir.VectorType(_I32, 64), [0] * 64))
+    zero_i, zero_f = ir.Constant(_V16I32, None), ir.Constant(_V16F32, None)
+    fast = ("fast",)
+
+    def merge(a_vals, a_block, b_vals, b_block):
+        """Where two branches join: each value from whichever branch ran."""
+        out = []
+        for a, b in zip(a_vals, b_vals):
+            phi = builder.phi(_F32)
+            phi.add_incoming(a, a_block)
+            phi.add_incoming(b, b_block)
+            out.append(phi)
+        return out
+
+    def nib_tail(sums, signed):
+        """A half-row of 64k + 32 bytes (K = 576, say) ends with one 32-byte step, 8 lanes wide."""
+        v32i8, v8i32, v8f32 = ir.VectorType(_I8, 32), ir.VectorType(_I32, 8), ir.VectorType(_F32, 8)
+        dpbusd8 = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(v8i32, [v8i32, v32i8, v32i8]), "llvm.x86.avx512.vpdpbusd.256")
+        reduce8 = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, v8f32]),
+                                                 "llvm.vector.reduce.fadd.v8f32")
+        offv32 = builder.shuffle_vector(offv, ir.Constant(_V64I8, None),
+                                        ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+        has_tail = builder.icmp_unsigned("!=", builder.urem(half, ir.Constant(_I64, 64)), ir.Constant(_I64, 0))
+        before = builder.block
+        with builder.if_then(has_tail):
+            byte = builder.mul(n_steps, ir.Constant(_I64, 64))
+            blk = builder.mul(n_steps, ir.Constant(_I64, 2))
+            parts = ((byte, blk), (builder.add(byte, half), builder.add(blk, d_half)))
+            tails = list(sums)
+            for j in range(n_rows):
+                qv = builder.load(builder.bitcast(builder.gep(q_rows[j], [byte]), v32i8.as_pointer()), align=1)
+                nibs = (builder.and_(qv, ir.Constant(v32i8, [0x0F] * 32)), builder.lshr(qv, ir.Constant(v32i8, [4] * 32)))
+                for t in range(n_tok):
+                    acc = ir.Constant(v8f32, None)
+                    for nib, (off, bk) in zip(nibs, parts):
+                        xv = builder.load(builder.bitcast(builder.gep(x_rows[t], [off]), v32i8.as_pointer()), align=1)
+                        dot = builder.call(dpbusd8, [ir.Constant(v8i32, None), nib, xv])
+                        if signed:
+                            dot = builder.sub(dot, builder.call(dpbusd8, [ir.Constant(v8i32, None), offv32, xv]))
+                        sc = builder.fmul(builder.load(builder.gep(s_rows[j], [bk])),
+                                          builder.load(builder.gep(d_rows[t], [bk])), flags=fast)
+                        scv = builder.insert_element(ir.Constant(v8f32, None), sc, ir.Constant(_I32, 0))
+                        scv = builder.shuffle_vector(scv, ir.Constant(v8f32, None), ir.Constant(v8i32, [0] * 8))
+                        acc = builder.fadd(acc, builder.fmul(builder.sitofp(dot, v8f32), scv, flags=fast), flags=fast)
+                    u = j * n_tok + t
+                    tails[u] = builder.fadd(sums[u], builder.call(reduce8, [ir.Constant(_F32, -0.0), acc],
+                                                                  fastmath=("reassoc",)))
+            inside = builder.block
+        return merge(sums, before, tails, inside)
+
+    def step(i, accs, signed):
+        """One 64-byte step of every row for every token; the new accumulators."""
+        byte = builder.mul(i, ir.Constant(_I64, 64))
+        blk = builder.mul(i, ir.Constant(_I64, 4 if sub16 else 2))
+        if nibbles:  # (weight bytes, activation byte offset, weight-scale block, activation block) per half
+            d_blk = builder.mul(i, ir.Constant(_I64, 2))
+            halves = [((byte, blk, d_blk), (builder.add(byte, half), builder.add(blk, s_half), builder.add(d_blk, d_half)))]
+        else:
+            halves = [((byte, blk, builder.mul(i, ir.Constant(_I64, 2))),)]
+        n_s = 4 if sub16 else 2
+        packed = []  # per row: the step's 64 bytes of nibbles
+        for j in range(n_rows):
+            # the same bytes PREFETCH_ROWS rows on (see the module's notes)
+            builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, byte)]),
+                                    ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            if n_planes:
+                planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
+                builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
+                                        ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            packed.append(load64(q_rows[j], byte) if nibbles else None)
+        new = list(accs)
+        # part by part (a half-row each where the layout has them), so that only one part's weight
+        # vectors are live across the tokens; each sum still adds the low half first
+        for p, (x_off, s_blk, d_blk) in enumerate(halves[0]):
+            weights = []  # per row: (int8 vector, weight-scale lanes)
+            for j in range(n_rows):
+                if nibbles:
+                    wv = _weight_bytes(builder, q_rows[j], i, half, n_planes, packed[j], p)
+                else:
+                    wv = load64(q_rows[j], x_off)
+                weights.append((wv, lanes(s_rows[j], s_blk, n_s)))
+            for t in range(n_tok):
+                xv = load64(x_rows[t], x_off)
+                # each row's lanes start from -off x the activation bytes (once for all rows)
+                start = builder.sub(zero_i, builder.call(dpbusd, [zero_i, offv, xv])) if signed else zero_i
+                dl = lanes(d_rows[t], d_blk, 2)
+                for j in range(n_rows):
+                    wv, sl = weights[j]
+                    dot = builder.call(dpbusd, [start, wv, xv])
+                    sc = builder.fmul(sl, dl, flags=fast)
+                    u = j * n_tok + t
+                    new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast), flags=fast)
+        return new
+
+    def transpose(vs):
+        """G = len(vs) (4 or 2) steps' 64 bytes, read as 16 lanes of 4 bytes each in natural
+        order, to the order `engine.quants.int8_position` stores a group of 64G activation bytes
+        in: lane j of step s gets the natural lane Gj + s (two-source permutes: 8 for 4 steps,
+        2 for 2)."""
+        a = [builder.bitcast(v, _V16I32) for v in vs]
+        mask = lambda m: ir.Constant(ir.VectorType(_I32, 16), m)  # noqa: E731
+        if len(a) == 2:
+            out = [builder.shuffle_vector(a[0], a[1], mask([2 * j + s for j in range(16)])) for s in range(2)]
+            return [builder.bitcast(v, _V64I8) for v in out]
+        lo = [builder.shuffle_vector(a[0 + h], a[1 + h], mask([4 * j + s for s in range(2) for j in range(8)]))
+              for h in (0, 2)]
+        hi = [builder.shuffle_vector(a[0 + h], a[1 + h], mask([4 * j + 2 + s for s in range(2) for j in range(8)]))
+              for h in (0, 2)]
+        first, second = list(range(8)) + list(range(16, 24)), list(range(8, 16)) + list(range(24, 32))
+        out = [builder.shuffle_vector(lo[0], lo[1], mask(first)), builder.shuffle_vector(lo[0], lo[1], mask(second)),
+               builder.shuffle_vector(hi[0], hi[1], mask(first)), builder.shuffle_vector(hi[0], hi[1], mask(second))]
+        return [builder.bitcast(v, _V64I8) for v in out]
+
+    def grouped(n_g):
+        """The loop body for an activation stored in groups of n_g steps (engine.quants
+        `int8_position`)."""
+
+        def group(g, accs, signed):
+            """Group g of n_g 64-byte steps (64 n_g weights of each part: the row, or each
+            half-row of a nibble layout) of every row for every token: each lane sums the integer
+            products of 4 n_g weights of one scale block over the steps, turned to float and
+            scaled once."""
+            size = 64 * n_g
+            byte = builder.mul(g, ir.Constant(_I64, size))
+            parts = [(byte, 0), (builder.add(byte, half), 1)] if nibbles else [(byte, 0)]
+            steps = [builder.add(byte, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
+            first = builder.mul(g, ir.Constant(_I64, n_g))  # the natural step index of the group's first
+            packed = []
+            for j in range(n_rows):
+                for s in range(n_g):
+                    builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, steps[s])]),
+                                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                    if n_planes:
+                        i = builder.add(first, ir.Constant(_I64, s))
+                        planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
+                        builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
+                                                ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                if nibbles:  # planes are added to the natural steps' nibbles, then transposed
+                    natural = [load64(q_rows[j], at) for at in steps]
+                    packed.append(natural if n_planes else transpose(natural))
+            new = list(accs)
+            per_scale = (16 if sub16 else 32) // (4 * n_g)  # lanes per weight scale
+            for x_off, hf in parts:
+                weights = []  # per row: (n_g int8 vectors in the grouped order, weight-scale lanes)
+                for j in range(n_rows):
+                    if n_planes:
+                        wv = transpose([_weight_bytes(builder, q_rows[j], builder.add(first, ir.Constant(_I64, s)),
+                                                      half, n_planes, packed[j][s], hf) for s in range(n_g)])
+                    elif nibbles:
+                        wv = [builder.and_(v, ir.Constant(_V64I8, [0x0F] * 64)) if hf == 0
+                              else builder.lshr(v, ir.Constant(_V64I8, [4] * 64)) for v in packed[j]]
+                    else:
+                        wv = transpose([load64(q_rows[j], builder.add(x_off, ir.Constant(_I64, 64 * s)))
+                                        for s in range(n_g)])
+                    s_at = builder.udiv(x_off, ir.Constant(_I64, 16 if sub16 else 32))
+                    weights.append((wv, lanes(s_rows[j], s_at, 16 // per_scale)))
+                d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
+                for t in range(n_tok):
+                    xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
+                    start = zero_i
+                    if signed:  # -off x the activation bytes, once for all the rows
+                        o = zero_i
+                        for xv in xs_:
+                            o = builder.call(dpbusd, [o, offv, xv])
+                        start = builder.sub(zero_i, o)
+                    dl = lanes(d_rows[t], d_at, 16 * n_g // 8)
+                    for j in range(n_rows):
+                        wv, sl = weights[j]
+                        dot = start
+                        for s in range(n_g):
+                            dot = builder.call(dpbusd, [dot, wv[s], xs_[s]])
+                        u = j * n_tok + t
+                        sc = builder.fmul(sl, dl, flags=fast)
+                        new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast),
+                                              flags=fast)
+            return new
+
+        return group
+
+    def loop(count, body, signed):
+        """for i < count: accs = body(i, accs, signed); the per-(row, token) sums."""
+        entry = builder.block
+        head = builder.append_basic_block("i8dot.loop")
+        inner = builder.append_basic_block("i8dot.body")
+        done = builder.append_basic_block("i8dot.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        i = builder.phi(_I64)
+        i.add_incoming(ir.Constant(_I64, 0), entry)
+        accs = []
+        for _ in range(n_rows * n_tok):
+            acc = builder.phi(_V16F32)
+            acc.add_incoming(zero_f, entry)
+            accs.append(acc)
+        builder.cbranch(builder.icmp_unsigned("<", i, count), inner, done)
+        builder.position_at_end(inner)
+        new = body(i, accs, signed)
+        i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), builder.block)
+        for acc, value in zip(accs, new):
+            acc.add_incoming(value, builder.block)
+        builder.branch(head)
+        builder.position_at_end(done)
+        return [builder.call(reduce, [ir.Constant(_F32, -0.0), acc], fastmath=("reassoc",)) for acc in accs]
+
+    def row(signed):
+        """The loop over the rows' 64-byte steps (or their groups of n_g) and the per-(row,
+        token) sums."""
+        if n_g == 1:
+            sums = loop(n_steps, step, signed)
+            return nib_tail(sums, signed) if layout == NIB else sums  # planes: whole 128-weight steps only
+        return loop(builder.udiv(k, ir.Constant(_I64, 64 * n_g * (2 if nibbles else 1))), grouped(n_g), signed)
+
+    with builder.if_else(builder.icmp_signed("!=", off_val, ir.Constant(_I64, 0))) as (offset, plain):
+        with offset:
+            signed_sums, signed_end = row(True), builder.block
+        with plain:
+            plain_sums, plain_end = row(False), builder.block
+    for j, v in enumerate(merge(signed_sums, signed_end, plain_sums, plain_end)):
+        builder.store(v, builder.gep(out, [ir.Constant(_I64, j)]))
+    builder.ret_void()
+    return fn
+
+
 def _codegen(n_rows: int, n_tok: int, layout: int):
     """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, r (the first of n_rows
     rows), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
-    first of n_tok tokens). Per 64-byte step, each token's activation bytes are loaded (and their
-    product with the offset taken) once for all the rows, and each row's bytes once for all the
-    tokens. The loop is emitted twice, with and without the offset's product; `off` picks one."""
+    first of n_tok tokens): a call of the `_kernel` for xq's grouping. Per 64-byte step (or group),
+    each token's activation bytes are loaded (and their product with the offset taken) once for
+    all the rows, and each row's bytes once for all the tokens. The loops are emitted twice, with
+    and without the offset's product; `off` picks one."""
 
     def codegen(context, builder, sig, args):
         q_val, s_val, r, xq_val, xd_val, off_val, t0 = args
-        q_ty, s_ty, _, xq_ty, xd_ty = sig.args[:5]
         mod = builder.module
-        dpbusd = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), "llvm.x86.avx512.vpdpbusd.512")
-        reduce = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, _V16F32]),
-                                                "llvm.vector.reduce.fadd.v16f32")
 
-        def rows_of(ty, val, first, n):
-            """Byte pointers to rows first..first+n-1 of a 2-D array."""
+        def raw(ty, val):
             arr = context.make_array(ty)(context, builder, val)
-            stride = cgutils.unpack_tuple(builder, arr.strides)[0]
-            base = builder.bitcast(arr.data, _I8.as_pointer())
-            first = builder.sext(first, _I64) if first.type.width < 64 else first
-            return [builder.gep(base, [builder.mul(builder.add(first, ir.Constant(_I64, j)), stride)])
-                    for j in range(n)], arr
+            return builder.bitcast(arr.data, _I8.as_pointer()), cgutils.unpack_tuple(builder, arr.strides)[0], arr
 
-        q_rows, q_arr = rows_of(q_ty, q_val, r, n_rows)
-        q_stride = cgutils.unpack_tuple(builder, q_arr.strides)[0]
-        prefetch = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0i8")
-        ahead = builder.mul(q_stride, ir.Constant(_I64, PREFETCH_ROWS))
-        s_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(s_ty, s_val, r, n_rows)[0]]
-        x_rows, xq = rows_of(xq_ty, xq_val, t0, n_tok)
-        d_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(xd_ty, xd_val, t0, n_tok)[0]]
+        def i64(v):
+            return builder.sext(v, _I64) if v.type.width < 64 else v
+
+        (q, qs, _), (s, ss, _), (x, xs, xq), (d, ds, _) = (raw(sig.args[i], args[i]) for i in (0, 1, 3, 4))
         k = cgutils.unpack_tuple(builder, xq.shape)[1]
-        half = builder.udiv(k, ir.Constant(_I64, 2))
-        nibbles, n_planes, sub16 = layout in _NIBBLES, _PLANES.get(layout, 0), layout in _SUB16
-        n_steps = builder.udiv(k, ir.Constant(_I64, 128 if nibbles else 64))
-        d_half = builder.udiv(k, ir.Constant(_I64, 64))  # nibbles: activation-block index of the high half
-        s_half = builder.udiv(k, ir.Constant(_I64, 32)) if sub16 else d_half  # its weight-scale index
-
-        def lanes(ptr, idx, n):
-            """The n floats at ptr[idx] spread over 16 lanes (each over 16/n neighbouring lanes)."""
-            vn = ir.VectorType(_F32, n)
-            v = builder.load(builder.bitcast(builder.gep(ptr, [idx]), vn.as_pointer()), align=4)
-            mask = [j * n // 16 for j in range(16)]
-            return builder.shuffle_vector(v, ir.Constant(vn, None), ir.Constant(ir.VectorType(_I32, 16), mask))
-
-        def load64(ptr, idx):
-            return _load64(builder, ptr, idx)
-
-        off8 = builder.trunc(off_val, _I8)
-        offv = builder.shuffle_vector(builder.insert_element(ir.Constant(_V64I8, None), off8, ir.Constant(_I32, 0)),
-                                      ir.Constant(_V64I8, None), ir.Constant(ir.VectorType(_I32, 64), [0] * 64))
-        zero_i, zero_f = ir.Constant(_V16I32, None), ir.Constant(_V16F32, None)
-        fast = ("fast",)
-
-        def merge(a_vals, a_block, b_vals, b_block):
-            """Where two branches join: each value from whichever branch ran."""
-            out = []
-            for a, b in zip(a_vals, b_vals):
-                phi = builder.phi(_F32)
-                phi.add_incoming(a, a_block)
-                phi.add_incoming(b, b_block)
-                out.append(phi)
-            return out
-
-        def nib_tail(sums, signed):
-            """A half-row of 64k + 32 bytes (K = 576, say) ends with one 32-byte step, 8 lanes wide."""
-            v32i8, v8i32, v8f32 = ir.VectorType(_I8, 32), ir.VectorType(_I32, 8), ir.VectorType(_F32, 8)
-            dpbusd8 = cgutils.get_or_insert_function(
-                mod, ir.FunctionType(v8i32, [v8i32, v32i8, v32i8]), "llvm.x86.avx512.vpdpbusd.256")
-            reduce8 = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, v8f32]),
-                                                     "llvm.vector.reduce.fadd.v8f32")
-            offv32 = builder.shuffle_vector(offv, ir.Constant(_V64I8, None),
-                                            ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
-            has_tail = builder.icmp_unsigned("!=", builder.urem(half, ir.Constant(_I64, 64)), ir.Constant(_I64, 0))
-            before = builder.block
-            with builder.if_then(has_tail):
-                byte = builder.mul(n_steps, ir.Constant(_I64, 64))
-                blk = builder.mul(n_steps, ir.Constant(_I64, 2))
-                parts = ((byte, blk), (builder.add(byte, half), builder.add(blk, d_half)))
-                tails = list(sums)
-                for j in range(n_rows):
-                    qv = builder.load(builder.bitcast(builder.gep(q_rows[j], [byte]), v32i8.as_pointer()), align=1)
-                    nibs = (builder.and_(qv, ir.Constant(v32i8, [0x0F] * 32)), builder.lshr(qv, ir.Constant(v32i8, [4] * 32)))
-                    for t in range(n_tok):
-                        acc = ir.Constant(v8f32, None)
-                        for nib, (off, bk) in zip(nibs, parts):
-                            xv = builder.load(builder.bitcast(builder.gep(x_rows[t], [off]), v32i8.as_pointer()), align=1)
-                            dot = builder.call(dpbusd8, [ir.Constant(v8i32, None), nib, xv])
-                            if signed:
-                                dot = builder.sub(dot, builder.call(dpbusd8, [ir.Constant(v8i32, None), offv32, xv]))
-                            sc = builder.fmul(builder.load(builder.gep(s_rows[j], [bk])),
-                                              builder.load(builder.gep(d_rows[t], [bk])), flags=fast)
-                            scv = builder.insert_element(ir.Constant(v8f32, None), sc, ir.Constant(_I32, 0))
-                            scv = builder.shuffle_vector(scv, ir.Constant(v8f32, None), ir.Constant(v8i32, [0] * 8))
-                            acc = builder.fadd(acc, builder.fmul(builder.sitofp(dot, v8f32), scv, flags=fast), flags=fast)
-                        u = j * n_tok + t
-                        tails[u] = builder.fadd(sums[u], builder.call(reduce8, [ir.Constant(_F32, -0.0), acc],
-                                                                      fastmath=("reassoc",)))
-                inside = builder.block
-            return merge(sums, before, tails, inside)
-
-        def step(i, accs, signed):
-            """One 64-byte step of every row for every token; the new accumulators."""
-            byte = builder.mul(i, ir.Constant(_I64, 64))
-            blk = builder.mul(i, ir.Constant(_I64, 4 if sub16 else 2))
-            if nibbles:  # (weight bytes, activation byte offset, weight-scale block, activation block) per half
-                d_blk = builder.mul(i, ir.Constant(_I64, 2))
-                halves = [((byte, blk, d_blk), (builder.add(byte, half), builder.add(blk, s_half), builder.add(d_blk, d_half)))]
-            else:
-                halves = [((byte, blk, builder.mul(i, ir.Constant(_I64, 2))),)]
-            n_s = 4 if sub16 else 2
-            packed = []  # per row: the step's 64 bytes of nibbles
-            for j in range(n_rows):
-                # the same bytes PREFETCH_ROWS rows on (see the module's notes)
-                builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, byte)]),
-                                        ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                if n_planes:
-                    planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
-                    builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
-                                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                packed.append(load64(q_rows[j], byte) if nibbles else None)
-            new = list(accs)
-            # part by part (a half-row each where the layout has them), so that only one part's weight
-            # vectors are live across the tokens; each sum still adds the low half first
-            for p, (x_off, s_blk, d_blk) in enumerate(halves[0]):
-                weights = []  # per row: (int8 vector, weight-scale lanes)
-                for j in range(n_rows):
-                    if nibbles:
-                        wv = _weight_bytes(builder, q_rows[j], i, half, n_planes, packed[j], p)
-                    else:
-                        wv = load64(q_rows[j], x_off)
-                    weights.append((wv, lanes(s_rows[j], s_blk, n_s)))
-                for t in range(n_tok):
-                    xv = load64(x_rows[t], x_off)
-                    # each row's lanes start from -off x the activation bytes (once for all rows)
-                    start = builder.sub(zero_i, builder.call(dpbusd, [zero_i, offv, xv])) if signed else zero_i
-                    dl = lanes(d_rows[t], d_blk, 2)
-                    for j in range(n_rows):
-                        wv, sl = weights[j]
-                        dot = builder.call(dpbusd, [start, wv, xv])
-                        sc = builder.fmul(sl, dl, flags=fast)
-                        u = j * n_tok + t
-                        new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast), flags=fast)
-            return new
-
-        def transpose(vs):
-            """G = len(vs) (4 or 2) steps' 64 bytes, read as 16 lanes of 4 bytes each in natural
-            order, to the order `engine.quants.int8_position` stores a group of 64G activation bytes
-            in: lane j of step s gets the natural lane Gj + s (two-source permutes: 8 for 4 steps,
-            2 for 2)."""
-            a = [builder.bitcast(v, _V16I32) for v in vs]
-            mask = lambda m: ir.Constant(ir.VectorType(_I32, 16), m)  # noqa: E731
-            if len(a) == 2:
-                out = [builder.shuffle_vector(a[0], a[1], mask([2 * j + s for j in range(16)])) for s in range(2)]
-                return [builder.bitcast(v, _V64I8) for v in out]
-            lo = [builder.shuffle_vector(a[0 + h], a[1 + h], mask([4 * j + s for s in range(2) for j in range(8)]))
-                  for h in (0, 2)]
-            hi = [builder.shuffle_vector(a[0 + h], a[1 + h], mask([4 * j + 2 + s for s in range(2) for j in range(8)]))
-                  for h in (0, 2)]
-            first, second = list(range(8)) + list(range(16, 24)), list(range(8, 16)) + list(range(24, 32))
-            out = [builder.shuffle_vector(lo[0], lo[1], mask(first)), builder.shuffle_vector(lo[0], lo[1], mask(second)),
-                   builder.shuffle_vector(hi[0], hi[1], mask(first)), builder.shuffle_vector(hi[0], hi[1], mask(second))]
-            return [builder.bitcast(v, _V64I8) for v in out]
-
-        def grouped(n_g):
-            """The loop body for an activation stored in groups of n_g steps (engine.quants
-            `int8_position`)."""
-
-            def group(g, accs, signed):
-                """Group g of n_g 64-byte steps (64 n_g weights of each part: the row, or each
-                half-row of a nibble layout) of every row for every token: each lane sums the integer
-                products of 4 n_g weights of one scale block over the steps, turned to float and
-                scaled once."""
-                size = 64 * n_g
-                byte = builder.mul(g, ir.Constant(_I64, size))
-                parts = [(byte, 0), (builder.add(byte, half), 1)] if nibbles else [(byte, 0)]
-                steps = [builder.add(byte, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
-                first = builder.mul(g, ir.Constant(_I64, n_g))  # the natural step index of the group's first
-                packed = []
-                for j in range(n_rows):
-                    for s in range(n_g):
-                        builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, steps[s])]),
-                                                ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                        if n_planes:
-                            i = builder.add(first, ir.Constant(_I64, s))
-                            planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
-                            builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
-                                                    ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
-                    if nibbles:  # planes are added to the natural steps' nibbles, then transposed
-                        natural = [load64(q_rows[j], at) for at in steps]
-                        packed.append(natural if n_planes else transpose(natural))
-                new = list(accs)
-                per_scale = (16 if sub16 else 32) // (4 * n_g)  # lanes per weight scale
-                for x_off, hf in parts:
-                    weights = []  # per row: (n_g int8 vectors in the grouped order, weight-scale lanes)
-                    for j in range(n_rows):
-                        if n_planes:
-                            wv = transpose([_weight_bytes(builder, q_rows[j], builder.add(first, ir.Constant(_I64, s)),
-                                                          half, n_planes, packed[j][s], hf) for s in range(n_g)])
-                        elif nibbles:
-                            wv = [builder.and_(v, ir.Constant(_V64I8, [0x0F] * 64)) if hf == 0
-                                  else builder.lshr(v, ir.Constant(_V64I8, [4] * 64)) for v in packed[j]]
-                        else:
-                            wv = transpose([load64(q_rows[j], builder.add(x_off, ir.Constant(_I64, 64 * s)))
-                                            for s in range(n_g)])
-                        s_at = builder.udiv(x_off, ir.Constant(_I64, 16 if sub16 else 32))
-                        weights.append((wv, lanes(s_rows[j], s_at, 16 // per_scale)))
-                    d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
-                    for t in range(n_tok):
-                        xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
-                        start = zero_i
-                        if signed:  # -off x the activation bytes, once for all the rows
-                            o = zero_i
-                            for xv in xs_:
-                                o = builder.call(dpbusd, [o, offv, xv])
-                            start = builder.sub(zero_i, o)
-                        dl = lanes(d_rows[t], d_at, 16 * n_g // 8)
-                        for j in range(n_rows):
-                            wv, sl = weights[j]
-                            dot = start
-                            for s in range(n_g):
-                                dot = builder.call(dpbusd, [dot, wv[s], xs_[s]])
-                            u = j * n_tok + t
-                            sc = builder.fmul(sl, dl, flags=fast)
-                            new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast),
-                                                  flags=fast)
-                return new
-
-            return group
-
-        def loop(count, body, signed):
-            """for i < count: accs = body(i, accs, signed); the per-(row, token) sums."""
-            entry = builder.block
-            head = builder.append_basic_block("i8dot.loop")
-            inner = builder.append_basic_block("i8dot.body")
-            done = builder.append_basic_block("i8dot.done")
-            builder.branch(head)
-            builder.position_at_end(head)
-            i = builder.phi(_I64)
-            i.add_incoming(ir.Constant(_I64, 0), entry)
-            accs = []
-            for _ in range(n_rows * n_tok):
-                acc = builder.phi(_V16F32)
-                acc.add_incoming(zero_f, entry)
-                accs.append(acc)
-            builder.cbranch(builder.icmp_unsigned("<", i, count), inner, done)
-            builder.position_at_end(inner)
-            new = body(i, accs, signed)
-            i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), builder.block)
-            for acc, value in zip(accs, new):
-                acc.add_incoming(value, builder.block)
-            builder.branch(head)
-            builder.position_at_end(done)
-            return [builder.call(reduce, [ir.Constant(_F32, -0.0), acc], fastmath=("reassoc",)) for acc in accs]
-
-        def row(signed):
-            """The loop over the rows' 64-byte steps (or, for an activation stored in groups, their
-            groups of 4 or 2 steps) and the per-(row, token) sums."""
-            by4 = builder.icmp_unsigned("==", builder.urem(k, ir.Constant(_I64, GROUPED)), ir.Constant(_I64, 0))
-            by2 = builder.icmp_unsigned("==", builder.urem(k, ir.Constant(_I64, GROUPED // 2)), ir.Constant(_I64, 0))
-            results = []
-            with builder.if_else(by4) as (four, other):
-                with four:
-                    count = builder.udiv(k, ir.Constant(_I64, 512 if nibbles else 256))
-                    results.append((loop(count, grouped(4), signed), builder.block))
-                with other:
-                    with builder.if_else(by2) as (two, steps):
-                        with two:
-                            count = builder.udiv(k, ir.Constant(_I64, 256 if nibbles else 128))
-                            results.append((loop(count, grouped(2), signed), builder.block))
-                        with steps:
-                            sums = loop(n_steps, step, signed)
-                            if layout == NIB:  # engine.quants packs the planes only for whole 128-weight steps
-                                sums = nib_tail(sums, signed)
-                            results.append((sums, builder.block))
-                    inner = merge(results[1][0], results[1][1], results[2][0], results[2][1]), builder.block
-            return merge(results[0][0], results[0][1], inner[0], inner[1])
-
-        with builder.if_else(builder.icmp_signed("!=", off_val, ir.Constant(_I64, 0))) as (offset, plain):
-            with offset:
-                signed_sums, signed_end = row(True), builder.block
-            with plain:
-                plain_sums, plain_end = row(False), builder.block
-        sums = merge(signed_sums, signed_end, plain_sums, plain_end)
-        if len(sums) == 1:
+        n = n_rows * n_tok
+        out = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(_F32, n)), _F32.as_pointer())
+        call_args = [q, qs, s, ss, i64(r), x, xs, d, ds, i64(t0), k, off_val, out]
+        by4 = builder.icmp_unsigned("==", builder.urem(k, ir.Constant(_I64, GROUPED)), ir.Constant(_I64, 0))
+        by2 = builder.icmp_unsigned("==", builder.urem(k, ir.Constant(_I64, GROUPED // 2)), ir.Constant(_I64, 0))
+        with builder.if_else(by4) as (four, other):
+            with four:
+                builder.call(_kernel(mod, n_rows, n_tok, layout, 4), call_args)
+            with other:
+                with builder.if_else(by2) as (two, steps):
+                    with two:
+                        builder.call(_kernel(mod, n_rows, n_tok, layout, 2), call_args)
+                    with steps:
+                        builder.call(_kernel(mod, n_rows, n_tok, layout, 1), call_args)
+        sums = [builder.load(builder.gep(out, [ir.Constant(_I64, j)])) for j in range(n)]
+        if n == 1:
             return sums[0]
         return context.make_tuple(builder, sig.return_type, sums)
 
