@@ -361,18 +361,29 @@ def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.n
 SERIAL_WEIGHTS = 1 << 18  # below this many weights one thread is faster than a parallel region
 
 
+def _threads() -> int:
+    """numba.get_num_threads() for this thread, read once (from Python it took ~4 µs, a tenth of
+    a small matrix's time; SmolLM2 decodes with ~150 of them a token). The engine sets its
+    thread's count before its first kernel (engine.native); a later change on the same thread
+    would only leave work items of the old size."""
+    n = getattr(_local, "threads", 0)
+    if not n:
+        n = _local.threads = get_num_threads()
+    return n
+
+
 def group_chunk(rows: int) -> int:
     """Rows per work item for experts that each run a different number of tokens
     (`experts_swiglu`/`experts_down` on a batch grouped by expert): a whole number of items per
     thread for each expert, the items taken chunk by chunk across the experts, so that Numba's
     even split of the items gives every thread the same share of every expert (one item per
     expert left a thread with whichever half of the experts got more tokens)."""
-    return max(32, -(-rows // (2 * get_num_threads())))
+    return max(32, -(-rows // (2 * _threads())))
 
 
 def work_chunk(rows: int) -> int:
     """Rows per parallel work item: a few per thread, never tiny (each costs a call)."""
-    return max(64, -(-rows // (4 * get_num_threads())))
+    return max(64, -(-rows // (4 * _threads())))
 
 
 def matvec_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) -> None:
