@@ -81,6 +81,17 @@ def main() -> int:
     return 0
 
 
+def _best_of(runs: int, work) -> float:
+    """The shortest of `runs` timed calls of work(), after one untimed (compiling, warming)."""
+    work()
+    best = float("inf")
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def _distinct_passes(tokens: list[int], rng: np.random.Generator, M, matrix) -> int:
     layers = [[matrix(rows, k, True) for _, rows, k, reps in SHAPES if reps > 1] for _ in range(24)]
     head = [matrix(rows, k, False) for _, rows, k, reps in SHAPES if reps == 1]
@@ -95,12 +106,7 @@ def _distinct_passes(tokens: list[int], rng: np.random.Generator, M, matrix) -> 
                 xq, xd, xs = acts[s.shape[1] * 32]
                 M.matmul_i8(outs[q.shape[0]], kind, 16.0, q, s, m, xq, xd, xs, M.work_chunk(q.shape[0]))
 
-        one_pass()
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            one_pass()
-            best = min(best, time.perf_counter() - t0)
+        best = _best_of(5, one_pass)
         print(f"{n_tok} token(s), distinct matrices: {best * 1e3:.1f} ms per pass ({n_tok / best:.0f} tok/s, "
               "matrices only)", flush=True)
     return 0
@@ -119,12 +125,7 @@ def _expert_matrices(tokens: list[int], rng: np.random.Generator, M) -> int:
             for q, s, m in mats:
                 M.matmul_i8(out, M.KIND_NIB, 0.0, q, s, m, xq, xd, xs, M.work_chunk(rows))
 
-        all_experts()
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            all_experts()
-            best = min(best, time.perf_counter() - t0)
+        best = _best_of(5, all_experts)
         print(f"{n_tok:3d} token(s): {best / n * 1e6:7.1f} us per expert matrix, "
               f"{rows * k * n_tok * n / best / 1e9:6.1f} GMAC/s", flush=True)
     return 0
