@@ -159,8 +159,9 @@ def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
         first = r - a
         both = first == 0 and a + 1 < r1
         t = 0
-        while t + 8 <= n_tok and both:  # the common case, with stores LLVM unrolls (the head of
-            o = I8.dot2x8(layout, q, s, a, xq, xd, oi, t)  # Qwen2.5-0.5B for 8 tokens: 10% slower without)
+        # the common case first, a pair of rows and whole groups of 8, with plain stores
+        while t + 8 <= n_tok and both:
+            o = I8.dot2x8(layout, q, s, a, xq, xd, oi, t)
             for u in range(8):
                 out[t + u, a] = o[u]
                 out[t + u, a + 1] = o[8 + u]
