@@ -16,10 +16,10 @@ lane sums 16 (8) products of one scale block over the group, and the lanes are t
 and scaled once per group. Per `vpdpbusd` that leaves about one float operation in place of
 three, which had bound these kernels (docs/benchmarks.md, "Seventh pass"; `tests/engine/
 bench_int8.py --expert`). The rows are read once for T tokens, so a batch of tokens (prefill,
-several sequences decoded together, the tokens of one expert) costs little more than one; two rows at a time load
-each token's activation bytes once for both (Qwen2.5-0.5B's matrices for 8 tokens: 16.0 ms
-against 19–20 ms one row at a time). Rows read
-side by side are not a stream the hardware prefetcher follows: from memory, two rows at a time ran
+several sequences decoded together, the tokens of one expert) costs little more than one; two
+rows at a time load each token's activation bytes once for both (Qwen2.5-0.5B's matrices for 8
+tokens: 16.0 ms against 19–20 ms one row at a time). Rows read side by side are not a stream the
+hardware prefetcher follows: from memory, two rows at a time ran
 at 40% of the speed of one until each step prefetched the same bytes `PREFETCH_ROWS` rows on; the
 prefetch pays for one row at a time too (Qwen2.5-0.5B's matrices, each from memory, for one
 token: 8.2 ms against 10.5 without; `tests/engine/bench_int8.py --distinct`). Each row's lanes
@@ -59,8 +59,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.quants import INT8_GROUPED as GROUPED
-from engine.quants import int8_position, stored_value
+from engine.quants import int8_groups, int8_position, stored_value
 
 BYTE32, BYTE16, NIB, NIB5, NIB6 = 0, 1, 2, 3, 4
 _NIBBLES = (NIB, NIB5, NIB6)  # layouts whose bytes hold two 4-bit weights, one per half-row
@@ -323,7 +322,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
                         for xv in xs_:
                             o = builder.call(dpbusd, [o, offv, xv])
                         start = builder.sub(zero_i, o)
-                    dl = lanes(d_rows[t], d_at, 16 * n_g // 8)
+                    dl = lanes(d_rows[t], d_at, 64 * n_g // 32)  # the group's activation scales
                     for j in range(n_rows):
                         wv, sl = weights[j]
                         dot = start
@@ -384,13 +383,14 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
 def _codegen(n_rows: int, n_tok: int, layout: int):
     """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, r (the first of n_rows
     rows), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
-    first of n_tok tokens): a call of the `_kernel` for xq's grouping. Per 64-byte step (or group),
+    first of n_tok tokens), groups (`engine.quants.int8_groups` of K): a call of that variant's
+    `_kernel`. Per 64-byte step (or group),
     each token's activation bytes are loaded (and their product with the offset taken) once for
     all the rows, and each row's bytes once for all the tokens. The loops are emitted twice, with
     and without the offset's product; `off` picks one."""
 
     def codegen(context, builder, sig, args):
-        q_val, s_val, r, xq_val, xd_val, off_val, t0 = args
+        q_val, s_val, r, xq_val, xd_val, off_val, t0, groups = args
         mod = builder.module
 
         def raw(ty, val):
@@ -405,8 +405,8 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         n = n_rows * n_tok
         out = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(_F32, n)), _F32.as_pointer())
         call_args = [q, qs, s, ss, i64(r), x, xs, d, ds, i64(t0), k, off_val, out]
-        by4 = builder.icmp_unsigned("==", builder.urem(k, ir.Constant(_I64, GROUPED)), ir.Constant(_I64, 0))
-        by2 = builder.icmp_unsigned("==", builder.urem(k, ir.Constant(_I64, GROUPED // 2)), ir.Constant(_I64, 0))
+        by4 = builder.icmp_signed("==", groups, ir.Constant(_I64, 4))
+        by2 = builder.icmp_signed("==", groups, ir.Constant(_I64, 2))
         with builder.if_else(by4) as (four, other):
             with four:
                 builder.call(_kernel(mod, n_rows, n_tok, layout, 4), call_args)
@@ -430,7 +430,7 @@ def _portable(n_rows: int, n_tok: int, layout: int):
     n_planes = _PLANES.get(layout, 0)
 
     @njit(cache=True)
-    def dot(q, s, r, xq, xd, off, t0):
+    def dot(q, s, r, xq, xd, off, t0, groups):
         k = xq.shape[1]
         half = k // 2
         out = np.zeros(n_rows * n_tok, np.float32)
@@ -455,14 +455,14 @@ def _make(n_rows: int, n_tok: int, layout: int):
     if not AVAILABLE:
         portable = _portable(n_rows, n_tok, layout)
         if n_rows * n_tok == 1:
-            return njit(cache=True)(lambda q, s, r, xq, xd, off, t0: portable(q, s, r, xq, xd, off, t0)[0])
+            return njit(cache=True)(lambda q, s, r, xq, xd, off, t0, g: portable(q, s, r, xq, xd, off, t0, g)[0])
         return portable
 
     @intrinsic
-    def rowdot(typingctx, q, s, r, xq, xd, off, t0):
+    def rowdot(typingctx, q, s, r, xq, xd, off, t0, groups):
         n = n_rows * n_tok
         ret = types.float32 if n == 1 else types.UniTuple(types.float32, n)
-        return ret(q, s, r, xq, xd, types.int64, t0), _codegen(n_rows, n_tok, layout)
+        return ret(q, s, r, xq, xd, types.int64, t0, types.int64), _codegen(n_rows, n_tok, layout)
 
     return rowdot
 
@@ -475,15 +475,16 @@ def _by_layout(n_rows: int, n_tok: int):
 
     @njit(cache=True, inline="always")
     def dot(layout, q, s, r, xq, xd, off, t0):
+        g = int8_groups(xq.shape[1])
         if layout == NIB:
-            return nib(q, s, r, xq, xd, off, t0)
+            return nib(q, s, r, xq, xd, off, t0, g)
         if layout == NIB5:
-            return nib5(q, s, r, xq, xd, off, t0)
+            return nib5(q, s, r, xq, xd, off, t0, g)
         if layout == NIB6:
-            return nib6(q, s, r, xq, xd, off, t0)
+            return nib6(q, s, r, xq, xd, off, t0, g)
         if layout == BYTE16:
-            return b16(q, s, r, xq, xd, off, t0)
-        return b32(q, s, r, xq, xd, off, t0)
+            return b16(q, s, r, xq, xd, off, t0, g)
+        return b32(q, s, r, xq, xd, off, t0, g)
 
     return dot
 

@@ -302,13 +302,25 @@ def int8_position(i: int, k: int) -> int:
     steps whose 4-byte lane j holds elements 4Gj + 4s .. 4Gj + 4s + 3 in step s: over the G steps
     a lane of engine.int8's integer dot product sums 4G elements of one scale block, so the scales
     are applied once per G steps instead of each step. Elsewhere the order is the elements' own."""
-    if k % INT8_GROUPED == 0:
+    g = int8_groups(k)
+    if g == 4:
         e = i & 255
         return (i - e) + ((e & 15) >> 2) * 64 + (e >> 4) * 4 + (e & 3)
-    if k % (INT8_GROUPED // 2) == 0:
+    if g == 2:
         e = i & 127
         return (i - e) + ((e & 7) >> 2) * 64 + (e >> 3) * 4 + (e & 3)
     return i
+
+
+@njit(cache=True, inline="always")
+def int8_groups(k: int) -> int:
+    """Steps per group of a K-wide activation's int8 form (`int8_position`): 4, 2 or 1 (none); the
+    one rule that the storing and engine.int8's choice of loop both follow."""
+    if k % INT8_GROUPED == 0:
+        return 4
+    if k % (INT8_GROUPED // 2) == 0:
+        return 2
+    return 1
 
 
 def packable(qtype: int, k: int) -> str | None:
