@@ -59,12 +59,15 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.quants import int8_groups, int8_position, stored_value
+from engine.quants import QK_K, compact_at, int8_groups, int8_position, stored_value
 
-BYTE32, BYTE16, NIB, NIB5, NIB6 = 0, 1, 2, 3, 4
-_NIBBLES = (NIB, NIB5, NIB6)  # layouts whose bytes hold two 4-bit weights, one per half-row
-_PLANES = {NIB5: 1, NIB6: 2}  # bit planes above the nibble (engine.quants PLANES family)
+BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
+_NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
+_PLANES = {NIB5: 1, NIB6: 2, NIB5K: 1}  # bit planes above the nibble (engine.quants PLANES family)
 _SUB16 = (BYTE16, NIB6)  # layouts with a weight scale per 16 (Q6_K)
+#: the K-quants' layouts, whose scales are compact (engine.quants `compact_at`), and whether their
+#: weights are stored with an offset: Q6_K (NIB6) always, Q4_K (NIBK) and Q5_K (NIB5K) never
+_COMPACT = {NIBK: False, NIB5K: False, NIB6: True}
 
 
 def _host_has_vnni() -> bool:
@@ -144,12 +147,31 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
     d_half = builder.udiv(k, ir.Constant(_I64, 64))  # nibbles: activation-block index of the high half
     s_half = builder.udiv(k, ir.Constant(_I64, 32)) if sub16 else d_half  # its weight-scale index
 
+    def spread(v, n):
+        """A vector of n floats spread over 16 lanes (each over 16/n neighbouring lanes)."""
+        mask = [j * n // 16 for j in range(16)]
+        return builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(ir.VectorType(_I32, 16), mask))
+
     def lanes(ptr, idx, n):
         """The n floats at ptr[idx] spread over 16 lanes (each over 16/n neighbouring lanes)."""
         vn = ir.VectorType(_F32, n)
-        v = builder.load(builder.bitcast(builder.gep(ptr, [idx]), vn.as_pointer()), align=4)
-        mask = [j * n // 16 for j in range(16)]
-        return builder.shuffle_vector(v, ir.Constant(vn, None), ir.Constant(ir.VectorType(_I32, 16), mask))
+        return spread(builder.load(builder.bitcast(builder.gep(ptr, [idx]), vn.as_pointer()), align=4), n)
+
+    compact = layout in _COMPACT
+    sc_base = builder.add(half, builder.mul(builder.udiv(k, ir.Constant(_I64, 8)), ir.Constant(_I64, n_planes)))
+
+    def compact_lanes(j, sub_at, x_off, n):
+        """Row j's n weight scales from sub-block sub_at on, spread as `lanes` does, from its
+        compact scales (engine.quants `compact_at`): each scale byte (signed for Q6_K) times the
+        superblock's d, in one plain multiply, the float32 product the other layouts hold."""
+        vb = ir.VectorType(_I8, n)
+        b = builder.load(builder.bitcast(builder.gep(q_rows[j], [builder.add(sc_base, sub_at)]), vb.as_pointer()),
+                         align=1)
+        vi = (builder.sext if _COMPACT[layout] else builder.zext)(b, ir.VectorType(_I32, n))
+        d = builder.load(builder.gep(s_rows[j], [builder.udiv(x_off, ir.Constant(_I64, QK_K))]))
+        dv = builder.insert_element(ir.Constant(ir.VectorType(_F32, n), None), d, ir.Constant(_I32, 0))
+        dv = builder.shuffle_vector(dv, ir.Constant(dv.type, None), ir.Constant(ir.VectorType(_I32, n), [0] * n))
+        return spread(builder.fmul(builder.sitofp(vi, ir.VectorType(_F32, n)), dv), n)
 
     def load64(ptr, idx):
         return _load64(builder, ptr, idx)
@@ -312,7 +334,9 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
                         wv = transpose([load64(q_rows[j], builder.add(x_off, ir.Constant(_I64, 64 * s)))
                                         for s in range(n_g)])
                     s_at = builder.udiv(x_off, ir.Constant(_I64, 16 if sub16 else 32))
-                    weights.append((wv, lanes(s_rows[j], s_at, 16 // per_scale)))
+                    sl = (compact_lanes(j, s_at, x_off, 16 // per_scale) if compact
+                          else lanes(s_rows[j], s_at, 16 // per_scale))
+                    weights.append((wv, sl))
                 d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
                 for t in range(n_tok):
                     xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
@@ -369,12 +393,16 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
             return nib_tail(sums, signed) if layout == NIB else sums  # planes: whole 128-weight steps only
         return loop(builder.udiv(k, ir.Constant(_I64, 64 * n_g * (2 if nibbles else 1))), grouped(n_g), signed)
 
-    with builder.if_else(builder.icmp_signed("!=", off_val, ir.Constant(_I64, 0))) as (offset, plain):
-        with offset:
-            signed_sums, signed_end = row(True), builder.block
-        with plain:
-            plain_sums, plain_end = row(False), builder.block
-    for j, v in enumerate(merge(signed_sums, signed_end, plain_sums, plain_end)):
+    if compact:  # one quant type, whose offset is known
+        sums = row(_COMPACT[layout])
+    else:
+        with builder.if_else(builder.icmp_signed("!=", off_val, ir.Constant(_I64, 0))) as (offset, plain):
+            with offset:
+                signed_sums, signed_end = row(True), builder.block
+            with plain:
+                plain_sums, plain_end = row(False), builder.block
+        sums = merge(signed_sums, signed_end, plain_sums, plain_end)
+    for j, v in enumerate(sums):
         builder.store(v, builder.gep(out, [ir.Constant(_I64, j)]))
     builder.ret_void()
     return fn
@@ -407,6 +435,13 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         call_args = [q, qs, s, ss, i64(r), x, xs, d, ds, i64(t0), k, off_val, out]
         by4 = builder.icmp_signed("==", groups, ir.Constant(_I64, 4))
         by2 = builder.icmp_signed("==", groups, ir.Constant(_I64, 2))
+        if layout in _COMPACT:  # K-quants: K is whole superblocks of 256, in groups of 4 steps or 2
+            with builder.if_else(by4) as (four, two):
+                with four:
+                    builder.call(_kernel(mod, n_rows, n_tok, layout, 4), call_args)
+                with two:
+                    builder.call(_kernel(mod, n_rows, n_tok, layout, 2), call_args)
+            return _result(context, builder, sig, out, n_rows * n_tok)
         with builder.if_else(by4) as (four, other):
             with four:
                 builder.call(_kernel(mod, n_rows, n_tok, layout, 4), call_args)
@@ -416,23 +451,30 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
                         builder.call(_kernel(mod, n_rows, n_tok, layout, 2), call_args)
                     with steps:
                         builder.call(_kernel(mod, n_rows, n_tok, layout, 1), call_args)
-        sums = [builder.load(builder.gep(out, [ir.Constant(_I64, j)])) for j in range(n)]
-        if n == 1:
-            return sums[0]
-        return context.make_tuple(builder, sig.return_type, sums)
+        return _result(context, builder, sig, out, n)
 
     return codegen
+
+
+def _result(context, builder, sig, out, n: int):
+    """The n sums a kernel wrote to `out`, as the intrinsic returns them."""
+    sums = [builder.load(builder.gep(out, [ir.Constant(_I64, j)])) for j in range(n)]
+    if n == 1:
+        return sums[0]
+    return context.make_tuple(builder, sig.return_type, sums)
 
 
 def _portable(n_rows: int, n_tok: int, layout: int):
     """The same sums in plain Numba (slow: only so that callers compile without VNNI)."""
 
     n_planes = _PLANES.get(layout, 0)
+    compact = layout in _COMPACT
 
     @njit(cache=True)
     def dot(q, s, r, xq, xd, off, t0, groups):
         k = xq.shape[1]
         half = k // 2
+        _n, sub, at = compact_at(q.shape[1], k)
         out = np.zeros(n_rows * n_tok, np.float32)
         for j in range(n_rows):
             qr, sr = q[r + j], s[r + j]
@@ -443,8 +485,12 @@ def _portable(n_rows: int, n_tok: int, layout: int):
                         w = stored_value(qr, i, half, n_planes)
                     else:
                         w = np.int64(qr[i])
-                    sb = i // 16 if layout in _SUB16 else i // 32
-                    acc += sr[sb] * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, int8_position(i, k)]))
+                    if compact:  # the scale byte (signed for Q6_K) times the superblock's d
+                        b = np.int64(qr[at + i // sub])
+                        sc = sr[i // QK_K] * np.float32(b - 256 if sub == 16 and b > 127 else b)
+                    else:
+                        sc = sr[i // 16 if layout in _SUB16 else i // 32]
+                    acc += sc * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, int8_position(i, k)]))
                 out[j * n_tok + t] = acc
         return out
 
@@ -471,11 +517,16 @@ def _by_layout(n_rows: int, n_tok: int):
     """dot(layout, q, s, r, xq, xd, off, t0): rows r..r+n_rows-1 of (q, s) in `layout` against
     tokens t0..t0+n_tok-1 of (xq, xd); the n_rows * n_tok sums row by row (one float for 1x1).
     Numba fixes an intrinsic's code when it compiles the caller, so the layout picks one of five."""
-    b32, b16, nib, nib5, nib6 = (_make(n_rows, n_tok, lay) for lay in (BYTE32, BYTE16, NIB, NIB5, NIB6))
+    b32, b16, nib, nib5, nib6, nibk, nib5k = (_make(n_rows, n_tok, lay)
+                                              for lay in (BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K))
 
     @njit(cache=True, inline="always")
     def dot(layout, q, s, r, xq, xd, off, t0):
         g = int8_groups(xq.shape[1])
+        if layout == NIBK:
+            return nibk(q, s, r, xq, xd, off, t0, g)
+        if layout == NIB5K:
+            return nib5k(q, s, r, xq, xd, off, t0, g)
         if layout == NIB:
             return nib(q, s, r, xq, xd, off, t0, g)
         if layout == NIB5:

@@ -21,7 +21,8 @@ from numba import get_num_threads, njit, prange
 from engine import int8 as I8
 from engine import kernels as K
 from engine.kernels import FAST
-from engine.quants import ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, Packed, stored_value
+from engine.quants import (ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, QK_K, Packed,
+                           compact_at, stored_value)
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -91,13 +92,14 @@ def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: 
         for r in range(r0, r1):
             out[r - base] = _dot_f32(w32[r], xh)
         return
+    compact = s.shape[1] * QK_K == xh.shape[0]
     if kind == KIND_BYTE and s.shape[1] * 32 == xh.shape[0]:
         for r in range(r0, r1):
             out[r - base] = _dot_byte32(q[r], s[r], o, xh)
     elif kind == KIND_BYTE:
         for r in range(r0, r1):
             out[r - base] = _dot_byte16(q[r], s[r], o, xh)
-    elif kind == KIND_NIB:
+    elif kind == KIND_NIB and not compact:
         for r in range(r0, r1):
             out[r - base] = _dot_nib4(q[r], s[r], o, xh)
     else:
@@ -107,11 +109,23 @@ def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: 
             out[r - base] = _dot_f32(y, xh)
     if m.shape[0]:
         for r in range(r0, r1):
-            mr = m[r]
-            acc = out[r - base]
-            for b in range(mr.shape[0]):
-                acc += mr[b] * xs[b]
-            out[r - base] = acc
+            out[r - base] += _min_term(q[r], m[r], xs, compact)
+
+
+@njit(fastmath=FAST, cache=True, inline="always")
+def _min_term(qr: np.ndarray, mr: np.ndarray, xs: np.ndarray, compact: bool) -> np.float32:
+    """sum_b min_b * xs[b] over a row's blocks of 32: its mins `mr`, or where the scales are compact
+    -dmin per 256 in `mr` times each block's min byte at the row's end (engine.quants)."""
+    acc = np.float32(0.0)
+    nb = xs.shape[0]
+    if compact:
+        mb = qr[qr.shape[0] - nb:]
+        for b in range(nb):
+            acc += mr[b >> 3] * (np.float32(mb[b]) * xs[b])
+    else:
+        for b in range(nb):
+            acc += mr[b] * xs[b]
+    return acc
 
 
 @njit(fastmath=FAST, cache=True)
@@ -194,10 +208,13 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     products of the signed weights (stored value - off) and the int8 activation per block, then
     the min term through the activation's block sums."""
     sub16 = s.shape[1] * 16 == xq.shape[1]
+    compact = s.shape[1] * QK_K == xq.shape[1]
     if kind == KIND_NIB:
-        layout = I8.NIB
+        layout = I8.NIBK if compact else I8.NIB
+    elif kind == KIND_PLANES and compact:
+        layout = I8.NIB5K if m.shape[0] else I8.NIB6
     elif kind == KIND_PLANES:
-        layout = I8.NIB6 if sub16 else I8.NIB5
+        layout = I8.NIB5
     else:
         layout = I8.BYTE16 if sub16 else I8.BYTE32
     _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
@@ -205,15 +222,10 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
         return
     # token by token along the rows: a token's outputs are contiguous, while one row's are a row of
     # `out` apart (8 KB for 2048 rows, the same cache set: row by row it ran 6x slower for 64 tokens)
-    nb = m.shape[1]
     for t in range(xq.shape[0]):
         xt, ot = xs[t], out[t]
         for r in range(r0, r1):
-            mr = m[r]
-            acc = np.float32(0.0)
-            for b in range(nb):
-                acc += mr[b] * xt[b]
-            ot[r] += acc
+            ot[r] += _min_term(q[r], m[r], xt, compact)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
@@ -329,11 +341,18 @@ def _deq_nib(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None
 
 @njit(fastmath=FAST, cache=True)
 def _deq_planes(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> None:
-    """One PLANES row (engine.quants). The integer kernels are the fast path for this layout:
-    it is packed only where they run, so this plain loop serves the rare float caller."""
+    """One PLANES row, or a NIB or PLANES row with compact scales (engine.quants). The integer
+    kernels are the fast path for these layouts: they are packed only where those run, so this
+    plain loop serves the rare float caller."""
     k = y.shape[0]
     half = k // 2
-    n_planes = (q.shape[0] - half) * 8 // k
+    n_planes, sub, at = compact_at(q.shape[0], k)
+    if s.shape[0] * QK_K == k:  # compact: d per 256 times each sub-block's scale byte
+        for i in range(k):
+            b = np.int64(q[at + i // sub])
+            sc = np.float32(b - 256 if sub == 16 and b > 127 else b)
+            y[i] = (s[i // QK_K] * sc) * (np.float32(stored_value(q, i, half, n_planes)) - o)
+        return
     sub = 16 if s.shape[0] * 16 == k else 32
     for i in range(k):
         y[i] = s[i // sub] * (np.float32(stored_value(q, i, half, n_planes)) - o)
@@ -351,7 +370,7 @@ def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.n
     elif kind == KIND_BYTE:
         for j in range(y.shape[0]):
             _deq_byte16(y[j], q[r0 + j], s[r0 + j], o)
-    elif kind == KIND_NIB:
+    elif kind == KIND_NIB and s.shape[1] * QK_K != y.shape[1]:
         for j in range(y.shape[0]):
             _deq_nib(y[j], q[r0 + j], s[r0 + j], o)
     else:
@@ -454,7 +473,15 @@ def matmul_packed(out: np.ndarray, w: Packed, xh: np.ndarray, xs: np.ndarray) ->
     else:
         list(_pool(n).map(lambda i: _gemm_rows(out, w, xh, bounds[i], bounds[i + 1]), range(n)))
     if w.m.shape[0]:
-        out += xs @ w.m.T
+        out += xs @ _mins_per_block(w).T
+
+
+def _mins_per_block(w: Packed) -> np.ndarray:
+    """w's min per block of 32, (rows, K/32), multiplied out where its scales are compact."""
+    if not w.compact:
+        return w.m
+    nb = w.k // 32
+    return np.repeat(w.m, QK_K // 32, axis=1) * w.q[:, w.q.shape[1] - nb:].astype(np.float32)
 
 
 def _gemm_rows(out: np.ndarray, w: Packed, xh: np.ndarray, r0: int, r1: int) -> None:

@@ -14,7 +14,11 @@ byte per weight about three times faster than it reassembles five bits, so 5- an
 take a whole byte there; the integer kernels (engine.int8) expand a bit plane into bytes with one
 masked move per 64 weights, so on CPUs that run them the planes save a third of the bytes
 (docs/engine.md). Sub-block scales are pre-multiplied (d*sc, -dmin*m), so every
-quant type is `w = s*(q - off) + m` per block. llama.cpp quantizes the activation to the weight's
+quant type is `w = s*(q - off) + m` per block. For the integer kernels the K-quants keep their
+scales compact instead (`pack(..., compact=True)`, always with `planes`): a float32 d (and -dmin)
+per 256 in `s` (and `m`) and the sub-block scale (and min) as one byte each at the end of the
+row, which the kernels multiply out as they go to the same float32 products (Q4_K: 0.59 bytes
+per weight against 0.75; `compact_at`). llama.cpp quantizes the activation to the weight's
 `vec_dot_type` (Q8_0, Q8_1, Q8_K, F16, BF16) before the dot product; `quantize_activation`
 reproduces those values exactly and hands the kernels the dequantized activation `xh` plus a
 per-32 block sum `xs` for the min term, so our float32 dot products land within rounding of it.
@@ -72,12 +76,18 @@ class Packed(NamedTuple):
     k: int
     w32: np.ndarray  # float32 (rows, K)            F32 family
     q: np.ndarray  # uint8 (rows, K) or (rows, K/2)   BYTE / NIB; PLANES: (rows, K/2 + K/8 per plane)
-    s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K)
-    m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1, Q4_K, Q5_K)
+    #                                                compact: then a byte per sub-block scale (and min)
+    s: np.ndarray  # float32 (rows, K/sub)           scale per 32 (per 16 for Q6_K); compact: d per 256
+    m: np.ndarray  # float32 (rows, K/32)            min per 32 (Q4_1, Q5_1, Q4_K, Q5_K); compact: -dmin per 256
 
     @property
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.w32, self.q, self.s, self.m))
+
+    @property
+    def compact(self) -> bool:
+        """Whether the K-quant scales are kept compact (`compact_at`)."""
+        return self.kind != KIND_F32 and self.s.shape[1] * QK_K == self.k
 
     def rows_slice(self, start: int, stop: int) -> Packed:
         """Rows [start, stop) as views (one expert of a stacked expert tensor)."""
@@ -198,7 +208,7 @@ def dequantize(data: np.ndarray, qtype: int, shape: tuple[int, ...] | None = Non
 
 @njit(parallel=True, cache=True)
 def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
-                q: np.ndarray, s: np.ndarray, m: np.ndarray) -> None:
+                q: np.ndarray, s: np.ndarray, m: np.ndarray, compact: bool) -> None:
     """Decode each row's blocks to integer quants + scales, then write the family layout."""
     rows = raw.shape[0]
     block = 256 if qtype == Q4_K or qtype == Q5_K or qtype == Q6_K else 32
@@ -206,6 +216,8 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
     half = k // 2
     for r in prange(rows):
         qi = np.empty(k, np.uint8)  # unsigned integer quant of each element, natural order
+        scb = np.empty(k // 16, np.uint8)  # compact: each sub-block's scale byte, then its min's
+        n_sub = k // 16 if qtype == Q6_K else k // 32
         row = raw[r]
         for bi in range(k // block):
             b = row[bi * size:(bi + 1) * size]
@@ -237,10 +249,15 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
                 d = tab[_u16(b, 0)]
                 dmin = tab[_u16(b, 2)]
                 qs = b[16:144] if qtype == Q4_K else b[48:176]
+                if compact:
+                    s[r, bi], m[r, bi] = d, -dmin
                 for j in range(8):
                     s_, m_ = _scale_min_k4(b[4:16], j)
-                    s[r, bi * 8 + j] = d * np.float32(s_)
-                    m[r, bi * 8 + j] = -(dmin * np.float32(m_))
+                    if compact:
+                        scb[bi * 8 + j], scb[n_sub + bi * 8 + j] = s_, m_
+                    else:
+                        s[r, bi * 8 + j] = d * np.float32(s_)
+                        m[r, bi * 8 + j] = -(dmin * np.float32(m_))
                     p, shift = j // 2, 4 * (j % 2)
                     for l in range(32):
                         v = (qs[32 * p + l] >> shift) & 0xF
@@ -249,9 +266,14 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
                         qi[base + 32 * j + l] = v
             else:  # Q6_K
                 d = tab[_u16(b, 208)]
+                if compact:
+                    s[r, bi] = d
                 for j in range(16):
                     scv = np.int64(b[192 + j])
-                    s[r, bi * 16 + j] = d * np.float32(scv - 256 if scv > 127 else scv)
+                    if compact:
+                        scb[bi * 16 + j] = b[192 + j]  # a signed byte
+                    else:
+                        s[r, bi * 16 + j] = d * np.float32(scv - 256 if scv > 127 else scv)
                 for h in range(2):
                     for l in range(128):
                         lo = (b[64 * h + (l % 64)] >> (4 * (l // 64))) & 0xF
@@ -262,11 +284,26 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
             continue
         for i in range(half):
             q[r, i] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
-        n_planes = (q.shape[1] - half) * 8 // k
+        n_planes, _sub, at = compact_at(q.shape[1], k)
         q[r, half:] = 0
         for i in range(k * (n_planes > 0)):  # PLANES
             for p in range(n_planes):
                 q[r, plane_byte(i, half, n_planes, p)] |= ((np.int64(qi[i]) >> (4 + p)) & 1) << (i & 7)
+        if compact:
+            n_bytes = n_sub * (2 if m.shape[0] else 1)
+            q[r, at:at + n_bytes] = scb[:n_bytes]
+
+
+@njit(cache=True, inline="always")
+def compact_at(width: int, k: int) -> tuple[int, int, int]:
+    """A NIB or PLANES row of `width` bytes and K weights: its bit planes above the nibble, and,
+    if its scales are compact, their sub-block (16 for Q6_K, the one with two planes; else 32) and
+    the byte they start at, after the nibbles and planes (the mins' bytes, where there are mins,
+    follow K/32 bytes on). The scale bytes add half a plane's K/8 bytes or less, so the planes'
+    count comes out of the width alone."""
+    half = k // 2
+    n_planes = (width - half) * 8 // k
+    return n_planes, (16 if n_planes == 2 else 32), half + n_planes * (k // 8)
 
 
 @njit(cache=True, inline="always")
@@ -339,11 +376,13 @@ def packable(qtype: int, k: int) -> str | None:
 PACK_STEP_BYTES = 16 << 20
 
 
-def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False,
+def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False, compact: bool = False,
          done: Callable[[int, int], None] | None = None) -> Packed:
     """Repack a GGUF tensor's raw rows (rows, bytes per row), or its F32 view, for the kernels;
     `planes`: the 5- and 6-bit types as nibbles and bit planes where the rows are whole 128-weight
-    steps (the layout the integer kernels read fastest; the float ones read BYTE faster).
+    steps (the layout the integer kernels read fastest; the float ones read BYTE faster);
+    `compact`: a K-quant's scales compact (see the module's notes) where it is packed as NIB or
+    PLANES (the K-quants' PLANES always are; the float kernels read compact scales slowly).
     `done(r0, r1)` is called as each step of rows is packed, so that a caller can let the file's
     pages of those rows go (`GGUFFile.release`) before the next step maps its own in: packing
     then holds one step of the file resident, not the whole tensor (Qwen2.5's 136 MB embedding)."""
@@ -361,17 +400,21 @@ def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False,
     else:
         sub = 16 if qtype == Q6_K else 32
         width = {KIND_BYTE: k, KIND_NIB: k // 2, KIND_PLANES: k // 2 + k // 8 * PLANES_OF.get(qtype, 0)}[kind]
+        has_min = qtype in (Q4_1, Q5_1, Q4_K, Q5_K)
+        compact = qtype in (Q4_K, Q5_K, Q6_K) and (kind == KIND_PLANES or (compact and kind == KIND_NIB))
+        if compact:
+            width += k // sub + (k // 32 if has_min else 0)
         q = np.empty((rows, width), np.uint8)
-        s = np.empty((rows, k // sub), np.float32)
-        if qtype in (Q4_1, Q5_1, Q4_K, Q5_K):
-            m = np.empty((rows, k // 32), np.float32)
+        s = np.empty((rows, k // (QK_K if compact else sub)), np.float32)
+        if has_min:
+            m = np.empty((rows, k // (QK_K if compact else 32)), np.float32)
     step = max(1, PACK_STEP_BYTES // max(1, raw.shape[1]))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
         if kind == KIND_F32:
             w32[r0:r1] = dequantize(raw[r0:r1], qtype).reshape(r1 - r0, k)
         else:
-            _pack_quant(qtype, raw[r0:r1], k, F16_TABLE, q[r0:r1], s[r0:r1], m[r0:r1] if m.shape[0] else m)
+            _pack_quant(qtype, raw[r0:r1], k, F16_TABLE, q[r0:r1], s[r0:r1], m[r0:r1] if m.shape[0] else m, compact)
         if done is not None:
             done(r0, r1)
     return Packed(qtype, kind, ACT_OF[qtype], _OFFSET.get(qtype, 0.0), rows, k, w32, q, s, m)

@@ -106,14 +106,15 @@ def _matrix(gguf: GGUFFile, name: str, planes: bool) -> Packed:
     # as each step of rows is packed, the file's copy of them leaves resident memory (a looked-up
     # row faults back in from the page cache)
     return quants.pack(gguf.tensor_bytes(name).reshape(rows, -1), info.ggml_type, k, planes=planes,
-                       done=lambda r0, r1: gguf.release(name, (r0, r1)))
+                       compact=M.INT8, done=lambda r0, r1: gguf.release(name, (r0, r1)))
 
 
 def load_weights(gguf: GGUFFile, cfg: Config, planes: bool = False) -> Weights:
     """Repack every matrix of `gguf` once; vectors stay views into its memory map. `planes`: the 5-
     and 6-bit matrices as nibbles and bit planes where the integer kernels run (engine.quants
     PLANES: a third fewer bytes per decoded token; 10-15% more arithmetic when many tokens share
-    each row, as in prefill and batched decode)."""
+    each row, as in prefill and batched decode). Where they run, the K-quants' scales are kept
+    compact as well (engine.quants `compact_at`)."""
     layers = []
     for i in range(cfg.n_layer):
         fields: dict[str, object] = {}
@@ -197,9 +198,10 @@ def linear(out: np.ndarray, w: Packed, inp: Activations, ints: bool = False) -> 
     """out (T, rows) = inp (T, K) @ W.T, with inp quantized the way llama.cpp's dot product sees it.
     Several tokens go through the integer dot products where the CPU has them, one token through
     the float kernels unless `ints` (batched decode: every sequence gets the same arithmetic
-    whether it runs alone or with others). A PLANES weight always takes the integer kernels (it is
-    packed only where they run; its float kernel is a slow fallback)."""
-    ints = ints or w.kind == quants.KIND_PLANES
+    whether it runs alone or with others). A PLANES weight, or one with compact scales, always
+    takes the integer kernels (those layouts are packed only where they run; their float kernel is
+    a slow fallback)."""
+    ints = ints or w.kind == quants.KIND_PLANES or w.compact
     xh, xs, xq, xd = inp.int8(w.act, ints)
     if (out.shape[0] > 1 or ints) and M.int8_weight(w):
         M.matmul_int8(out, w, xq, xd, xs)

@@ -69,18 +69,31 @@ def _reference_product(raw: np.ndarray, qtype: int, xh: np.ndarray, xs: np.ndarr
     return xh.astype(np.float64) @ w_no_m.T + xs.astype(np.float64) @ m.T
 
 
+_K_QUANTS = (Q.Q4_K, Q.Q5_K, Q.Q6_K)
 _FLOAT_CASES = [(t, False) for t in TYPES] + [(t, True) for t in sorted(Q.PLANES_OF)]
 
 
-@pytest.mark.parametrize(("qtype", "planes"), _FLOAT_CASES,
-                         ids=[T(t).name + ("-planes" if p else "") for t, p in _FLOAT_CASES])
-def test_matvec_and_matmul_match_the_dequantized_product(qtype: int, planes: bool) -> None:
+def _layout_id(qtype: int, planes: bool, compact: bool) -> str:
+    return T(qtype).name + ("-planes" if planes else "") + ("-compact" if compact else "")
+
+
+def _pack_as(raw: np.ndarray, qtype: int, k: int, planes: bool, compact: bool) -> Q.Packed:
+    """`Q.pack` in the layout a case names; the K-quants' planes always have compact scales."""
+    w = Q.pack(raw, qtype, k, planes=planes, compact=compact)
+    assert (w.kind == Q.KIND_PLANES) == planes
+    assert w.compact == (qtype in _K_QUANTS and (compact or planes))
+    return w
+
+
+@pytest.mark.parametrize(("qtype", "planes", "compact"), [(t, p, False) for t, p in _FLOAT_CASES] + [(Q.Q4_K, False, True)],
+                         ids=[_layout_id(t, p, False) for t, p in _FLOAT_CASES] + [_layout_id(Q.Q4_K, False, True)])
+def test_matvec_and_matmul_match_the_dequantized_product(qtype: int, planes: bool, compact: bool) -> None:
     """The packed kernels compute W x to float32 rounding of the float64 product of the dequantized
-    weights, in each layout (the 5- and 6-bit types also as nibbles and bit planes)."""
+    weights, in each layout (the 5- and 6-bit types also as nibbles and bit planes, the K-quants
+    also with compact scales)."""
     rows, k, n_tok = 48, 512, 5
     raw = random_tensor(qtype, rows, k, seed=1)
-    w = Q.pack(raw, qtype, k, planes=planes)
-    assert (w.kind == Q.KIND_PLANES) == planes
+    w = _pack_as(raw, qtype, k, planes, compact)
     x = np.random.default_rng(2).standard_normal((n_tok, k)).astype(np.float32)
     xh, xs = np.empty_like(x), np.empty((n_tok, k // 32), np.float32)
     Q.quantize_activation(w.act, x, xh, xs)
@@ -98,6 +111,7 @@ def test_matvec_and_matmul_match_the_dequantized_product(qtype: int, planes: boo
 _INT8_CASES = [(t, k, False) for t in TYPES for k in (512, 576, 768, 1024)
                if Q._KIND_OF[t] != Q.KIND_F32 and Q.packable(t, k) is None]
 _INT8_CASES += [(t, k, True) for t in sorted(Q.PLANES_OF) for k in (640, 768, 1024) if Q.packable(t, k) is None]
+_INT8_CASES = [(t, k, p, False) for t, k, p in _INT8_CASES] + [(Q.Q4_K, k, False, True) for k in (512, 768, 1024)]
 
 
 def test_int8_groups_give_each_lane_the_elements_of_one_block() -> None:
@@ -116,16 +130,16 @@ def test_int8_groups_give_each_lane_the_elements_of_one_block() -> None:
 
 
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
-@pytest.mark.parametrize(("qtype", "k", "planes"), _INT8_CASES,
-                         ids=[f"{T(t).name}-k{k}" + ("-planes" if p else "") for t, k, p in _INT8_CASES])
-def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, planes: bool) -> None:
+@pytest.mark.parametrize(("qtype", "k", "planes", "compact"), _INT8_CASES,
+                         ids=[f"{_layout_id(t, p, c)}-k{k}" for t, k, p, c in _INT8_CASES])
+def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, planes: bool, compact: bool) -> None:
     """The int8 kernels (engine.int8) compute W x for any number of tokens (groups of 8, 4 and
     single ones) to float32 rounding of the float64 product, in each layout, and a token's result
     does not depend on the tokens beside it."""
     rows, n_tok = 47, 21  # odd: a row left after the pairs; tokens in groups of 8, 8 and 8 (from token 13)
     raw = random_tensor(qtype, rows, k, seed=1)
-    w = Q.pack(raw, qtype, k, planes=planes)
-    assert int8_weight(w) and (w.kind == Q.KIND_PLANES) == planes
+    w = _pack_as(raw, qtype, k, planes, compact)
+    assert int8_weight(w)
     x = np.random.default_rng(2).standard_normal((n_tok, k)).astype(np.float32)
     xh, xs = np.empty_like(x), np.empty((n_tok, k // 32), np.float32)
     xq, xd = np.empty((n_tok, k), np.int8), np.empty((n_tok, k // 32), np.float32)
@@ -143,6 +157,32 @@ def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, 
         some = np.empty((n, rows), np.float32)
         matmul_int8(some, w, xq[:n], xd[:n], xs[:n])
         assert np.array_equal(some, many[:n])
+
+
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
+@pytest.mark.parametrize("k", [512, 768])
+def test_compact_scales_give_the_same_integer_products(k: int) -> None:
+    """A Q4_K matrix's integer dot products (before the min term) are the same floats whether its
+    scales are stored as the float32 products d*sc or compact (d per 256, a byte per sub-block),
+    for one token and for groups; and the compact rows take 0.59 bytes a weight against 0.75."""
+    from engine.matmul import _rows_i8
+
+    rows, n_tok = 33, 11
+    raw = random_tensor(Q.Q4_K, rows, k, seed=3)
+    plain, compact = Q.pack(raw, Q.Q4_K, k), Q.pack(raw, Q.Q4_K, k, compact=True)
+    assert not plain.compact and compact.compact
+    assert plain.nbytes == rows * k * 0.75 and compact.nbytes == rows * k * (0.5 + 2 / 32 + 8 / 256)
+    x = np.random.default_rng(4).standard_normal((n_tok, k)).astype(np.float32)
+    xh, xs = np.empty_like(x), np.empty((n_tok, k // 32), np.float32)
+    xq, xd = np.empty((n_tok, k), np.int8), np.empty((n_tok, k // 32), np.float32)
+    Q.quantize_activation8(Q.ACT_Q8_K, x, xh, xs, xq, xd)
+    for n in (1, n_tok):
+        outs = []
+        for layout, w in ((I8.NIB, plain), (I8.NIBK, compact)):
+            out = np.zeros((n, rows), np.float32)
+            _rows_i8(out, layout, w.q, w.s, xq[:n], xd[:n], 0.0, 0, rows)
+            outs.append(out)
+        assert np.array_equal(outs[0], outs[1]) and np.abs(outs[0]).max() > 0
 
 
 def test_rows_slice_is_one_expert_of_a_stack() -> None:
@@ -250,8 +290,9 @@ def test_integer_expert_kernels_match_the_float_ones(planes: bool, grouped: bool
     else:
         experts, starts = np.array([2, 0], np.int64), np.array([0, 1, 2], np.int64)
     rows = int(starts[-1])
-    gate = Q.pack(random_tensor(Q.Q4_K, n_expert * n_ff, n_embd, seed=5), Q.Q4_K, n_embd)
-    up = Q.pack(random_tensor(Q.Q4_K, n_expert * n_ff, n_embd, seed=6), Q.Q4_K, n_embd)
+    # with planes, gate/up with compact scales too, as the engine packs them where these kernels run
+    gate = Q.pack(random_tensor(Q.Q4_K, n_expert * n_ff, n_embd, seed=5), Q.Q4_K, n_embd, compact=planes)
+    up = Q.pack(random_tensor(Q.Q4_K, n_expert * n_ff, n_embd, seed=6), Q.Q4_K, n_embd, compact=planes)
     down = Q.pack(random_tensor(Q.Q6_K, n_expert * n_embd, n_ff, seed=7), Q.Q6_K, n_ff, planes=planes)
     x = np.random.default_rng(8).standard_normal((rows if grouped else 1, n_embd)).astype(np.float32)
     xh, xs = np.empty_like(x), np.empty((x.shape[0], n_embd // 32), np.float32)
