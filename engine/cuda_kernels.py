@@ -297,11 +297,16 @@ class CudaOps:
 
     def attention(self, out: np.ndarray, q: np.ndarray, k_cache: object, v_cache: object, pos0: int,
                   window: int, scale: float) -> None:
-        """`engine.kernels.attention` on the device; the caches may be host arrays or device arrays."""
+        """`engine.kernels.attention` on the device; the caches may be host arrays (the engine's float16
+        ones are widened to float32 on the way, and q is rounded to float16 as the CPU kernel rounds
+        it; the softmax weights are not, since the split decode normalizes after weighing) or
+        float32 device arrays."""
         n_tok, n_head, d = q.shape
         on_device = hasattr(k_cache, "copy_to_host")  # a device array (the simulator has no is_cuda_array)
-        kc = k_cache if on_device else cuda.to_device(k_cache)
-        vc = v_cache if on_device else cuda.to_device(v_cache)
+        if getattr(k_cache, "dtype", None) == np.float16:
+            q = q.astype(np.float16).astype(np.float32)
+        kc = k_cache if on_device else cuda.to_device(np.asarray(k_cache, np.float32))
+        vc = v_cache if on_device else cuda.to_device(np.asarray(v_cache, np.float32))
         d_q = cuda.to_device(np.ascontiguousarray(q))
         d_out = cuda.device_array(q.shape, np.float32)
         span = min(window, pos0 + n_tok) if window > 0 else pos0 + n_tok  # the longest window of these queries

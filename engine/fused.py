@@ -70,8 +70,8 @@ def attention_one_token(x: np.ndarray, attn_norm: np.ndarray, eps: float,
     K.rope(q3, cos, sin, neox)
     K.rope(k3, cos, sin, neox)
     slot = pos % k_cache.shape[0]
-    k_cache[slot] = k3[0]
-    v_cache[slot] = v.reshape(n_kv, d)
+    K.store_kv(k_cache[slot], k3[0])
+    K.store_kv(v_cache[slot], v.reshape(n_kv, d))
     K.attention(att.reshape(1, n_head, d), q3, k_cache, v_cache, pos, window, scale)
     q_dim = att.shape[0]
     _linear(proj, wo, att, xh[:q_dim], xs[:q_dim // 32], chunks[3], -1)

@@ -31,6 +31,54 @@ def _f32_from_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
     return types.float32(types.int32), codegen
 
 
+@intrinsic
+def kv_f32(typingctx, x):  # noqa: ANN001, ANN202 - a Numba intrinsic
+    """A KV-cache element as float32: a float16's bits (uint16, the CPU caches: Numba has no
+    float16 arrays there) widened, which x86 CPUs with F16C do in one instruction for 16 of them, or
+    a float32 as it is."""
+    if x == types.uint16:
+        def widen(context, builder, sig, args):  # noqa: ANN001, ANN202
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+        return types.float32(x), widen
+    if x == types.float32:
+        return types.float32(x), lambda context, builder, sig, args: args[0]
+    return None
+
+
+@intrinsic
+def _kv_value(typingctx, v, cache):  # noqa: ANN001, ANN202 - a Numba intrinsic
+    """The float32 v as an element of `cache`: rounded to float16 (to nearest, ties to even, as
+    numpy's and F16C's conversions) for a uint16 cache, as it is for a float32 one."""
+    if cache.dtype == types.uint16:
+        def narrow(context, builder, sig, args):  # noqa: ANN001, ANN202
+            return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+        return types.uint16(types.float32, cache), narrow
+    return types.float32(types.float32, cache), lambda context, builder, sig, args: args[0]
+
+
+@njit(cache=True)
+def store_kv(cache_row: np.ndarray, x: np.ndarray) -> None:
+    """cache_row (n_kv, d) = x (n_kv, d): one position's keys or values into a float16 (uint16 bits)
+    or float32 cache."""
+    for h in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            cache_row[h, i] = _kv_value(x[h, i], cache_row)
+
+
+@njit(cache=True, inline="always")
+def as_cached(x: np.float32, cache: np.ndarray) -> np.float32:
+    """x as an element of `cache` would hold it, as float32: rounded to float16 for a float16
+    cache (uint16 bits), x itself for a float32 one."""
+    return kv_f32(_kv_value(np.float32(x), cache))
+
+
+def kv_view(cache: np.ndarray) -> np.ndarray:
+    """A KV cache as the jitted kernels take it: float16 as its uint16 bits, float32 as it is."""
+    return cache.view(np.uint16) if cache.dtype == np.float16 else cache
+
+
 @njit(cache=True)
 def exp_f32(x: np.float32) -> np.float32:
     """e**x in float32 within about 2 ulp, with no library call, so that loops over it vectorize.
@@ -110,8 +158,9 @@ def attention(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache: np.n
               window: int, scale: float) -> None:
     """Causal grouped-query attention for T queries at positions pos0..pos0+T-1 (hot).
 
-    q (T, n_head, d); k_cache/v_cache (cap, n_kv, d) hold position p in slot p % cap; a query
-    at p sees keys max(0, p - window + 1)..p (all of 0..p when window is 0).
+    q (T, n_head, d); k_cache/v_cache (cap, n_kv, d) hold position p in slot p % cap (float16 bits
+    or float32, `kv_view`); a query at p sees keys max(0, p - window + 1)..p (all of 0..p when
+    window is 0).
     """
     n_tok, n_head, d = q.shape
     cap, n_kv = k_cache.shape[0], k_cache.shape[1]
@@ -148,6 +197,12 @@ def attention_gemm(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache:
     else:
         rows = np.arange(lo, end) % cap
         keys, vals = k_cache[rows], v_cache[rows]
+    if keys.dtype == np.uint16:  # a float16 cache's bits (`kv_view`)
+        keys, vals = keys.view(np.float16), vals.view(np.float16)
+    half = keys.dtype == np.float16  # then q and the weights are rounded to float16, as in `_attend`
+    keys, vals = keys.astype(np.float32, copy=False), vals.astype(np.float32, copy=False)
+    if half:
+        q = q.astype(np.float16).astype(np.float32)
     key_pos = np.arange(lo, end)[None, :]
     query_pos = np.arange(pos0, end)[:, None]
     hidden = key_pos > query_pos
@@ -162,7 +217,9 @@ def attention_gemm(out: np.ndarray, q: np.ndarray, k_cache: np.ndarray, v_cache:
         s[hidden] = -np.inf
         s -= s.max(axis=1, keepdims=True)
         np.exp(s, out=s)
-        s /= s.sum(axis=1, keepdims=True, dtype=np.float64).astype(np.float32)
+        s *= (1.0 / s.sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
+        if half:
+            s = s.astype(np.float16).astype(np.float32)
         out[:, h, :] = s @ vals[:, g, :]
 
     list(pool.map(head, range(n_head)))  # type: ignore[attr-defined]
@@ -185,11 +242,17 @@ def attention_slots(out: np.ndarray, q: np.ndarray, k_caches: np.ndarray, v_cach
 @njit(fastmath=FAST, cache=True)
 def _attend(o: np.ndarray, qv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, g: int, p: int,
             window: int, sc: np.float32) -> None:
-    """One head of one query at position p: softmax(q . k / sqrt(d)) v over its window of KV head g."""
+    """One head of one query at position p: softmax(q . k / sqrt(d)) v over its window of KV head g.
+    With a float16 cache, q and the softmax weights are rounded to float16 before they meet the
+    keys and values, as llama.cpp's matrix products with a float16 cache convert them."""
     cap, d = k_cache.shape[0], qv.shape[0]
     lo = max(0, p - window + 1) if window > 0 else 0
     n = p - lo + 1  # the caller sizes rings so that n <= cap
     scores = np.empty(n, np.float32)
+    qr = np.empty(d, np.float32)
+    for i in range(d):
+        qr[i] = as_cached(qv[i], k_cache)
+    qv = qr
     best = np.float32(-3.4e38)
     # the ring's slots counted with a wrap, not `% cap` per key: an integer division per key and
     # head was most of attention's cost at long contexts (Qwen's decode at 1,400 tokens, measured)
@@ -201,10 +264,10 @@ def _attend(o: np.ndarray, qv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndar
         s0 = s1 = s2 = s3 = np.float32(0.0)
         for i in range(d):
             x = qv[i]
-            s0 += x * k0[i]
-            s1 += x * k1[i]
-            s2 += x * k2[i]
-            s3 += x * k3[i]
+            s0 += x * kv_f32(k0[i])
+            s1 += x * kv_f32(k1[i])
+            s2 += x * kv_f32(k2[i])
+            s3 += x * kv_f32(k3[i])
         scores[j], scores[j + 1], scores[j + 2], scores[j + 3] = s0 * sc, s1 * sc, s2 * sc, s3 * sc
         best = max(best, max(max(s0 * sc, s1 * sc), max(s2 * sc, s3 * sc)))
         j += 4
@@ -214,7 +277,7 @@ def _attend(o: np.ndarray, qv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndar
         slot = slot + 1 if slot + 1 < cap else 0
         s = np.float32(0.0)
         for i in range(d):
-            s += qv[i] * kv[i]
+            s += qv[i] * kv_f32(kv[i])
         s = s * sc
         scores[j] = s
         best = max(best, s)
@@ -229,18 +292,19 @@ def _attend(o: np.ndarray, qv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndar
     slot = first
     j = 0
     while j + 4 <= n and slot + 4 <= cap:  # four keys per pass over o: a quarter of its loads and stores
-        w0, w1, w2, w3 = scores[j] * inv, scores[j + 1] * inv, scores[j + 2] * inv, scores[j + 3] * inv
+        w0, w1 = as_cached(scores[j] * inv, v_cache), as_cached(scores[j + 1] * inv, v_cache)
+        w2, w3 = as_cached(scores[j + 2] * inv, v_cache), as_cached(scores[j + 3] * inv, v_cache)
         v0, v1, v2, v3 = v_cache[slot, g], v_cache[slot + 1, g], v_cache[slot + 2, g], v_cache[slot + 3, g]
         for i in range(d):
-            o[i] += w0 * v0[i] + w1 * v1[i] + w2 * v2[i] + w3 * v3[i]
+            o[i] += w0 * kv_f32(v0[i]) + w1 * kv_f32(v1[i]) + w2 * kv_f32(v2[i]) + w3 * kv_f32(v3[i])
         j += 4
         slot = slot + 4 if slot + 4 < cap else 0
     while j < n:
-        wj = scores[j] * inv
+        wj = as_cached(scores[j] * inv, v_cache)
         vv = v_cache[slot, g]
         slot = slot + 1 if slot + 1 < cap else 0
         for i in range(d):
-            o[i] += wj * vv[i]
+            o[i] += wj * kv_f32(vv[i])
         j += 1
 
 

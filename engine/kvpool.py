@@ -58,12 +58,13 @@ def block_keys(tokens: Sequence[int], salt: bytes = b"", n_blocks: int | None = 
 class BlockPool:
     """KV blocks of `BLOCK_TOKENS` positions for every layer, at most `cap_bytes` of them."""
 
-    def __init__(self, n_layer: int, n_kv: int, head_dim: int, cap_bytes: int) -> None:
-        self.block_bytes = 2 * n_layer * BLOCK_TOKENS * n_kv * head_dim * 4  # K and V, float32
+    def __init__(self, n_layer: int, n_kv: int, head_dim: int, cap_bytes: int, dtype: type = np.float32) -> None:
+        """`dtype`: the slots' KV caches' (float16 on the CPU), which the blocks keep as they are."""
+        self.block_bytes = 2 * n_layer * BLOCK_TOKENS * n_kv * head_dim * np.dtype(dtype).itemsize  # K and V
         self.capacity = max(0, cap_bytes // self.block_bytes)
         shape = (self.capacity, BLOCK_TOKENS, n_kv, head_dim)
-        self.k = [np.zeros(shape, np.float32) for _ in range(n_layer)]  # per layer
-        self.v = [np.zeros(shape, np.float32) for _ in range(n_layer)]
+        self.k = [np.zeros(shape, dtype) for _ in range(n_layer)]  # per layer
+        self.v = [np.zeros(shape, dtype) for _ in range(n_layer)]
         self._where: OrderedDict[bytes, int] = OrderedDict()  # key -> block index, least recently used first
         self._free = list(range(self.capacity - 1, -1, -1))
         self.stats = PoolStats()

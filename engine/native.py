@@ -151,7 +151,7 @@ class NativeBackend(VocabText):
         self._slot_salt = [b""] * n_slots  # per slot: how its rows were computed (the pool keeps kinds apart)
         windowed = any(self.cfg.window(layer) for layer in range(self.cfg.n_layer))
         self.pool = None if windowed or block_cache_bytes <= 0 else BlockPool(
-            self.cfg.n_layer, self.cfg.n_head_kv, self.cfg.head_dim, block_cache_bytes)
+            self.cfg.n_layer, self.cfg.n_head_kv, self.cfg.head_dim, block_cache_bytes, self.state.kv_dtype)
         self.summary = ModelSummary(
             path=self.path,
             architecture=architecture or self.cfg.arch,

@@ -254,15 +254,20 @@ class RunState:
             self._expert_in: Activations | None = None  # `float_expert_in`
             self.routed = np.zeros((cfg.n_layer, cfg.n_expert), np.int64)  # tokens per expert, since reset
         # KV cache per layer (n_slots, cap, n_kv, d): a global layer holds every position, a windowed
-        # one a ring of the window plus a chunk
+        # one a ring of the window plus a chunk. float16, as llama.cpp keeps it by default: half the
+        # bytes each decoded token's attention reads, and half the memory (the GPU path widens
+        # what it copies to the device)
+        self.kv_dtype = np.float16
         self.k_slots, self.v_slots = [], []
         for layer in range(cfg.n_layer):
             window = cfg.window(layer)
             cap = min(n_ctx, window + n_batch - 1) if window else n_ctx
-            self.k_slots.append(np.zeros((n_slots, cap, cfg.n_head_kv, cfg.head_dim), f32))
-            self.v_slots.append(np.zeros((n_slots, cap, cfg.n_head_kv, cfg.head_dim), f32))
+            self.k_slots.append(np.zeros((n_slots, cap, cfg.n_head_kv, cfg.head_dim), self.kv_dtype))
+            self.v_slots.append(np.zeros((n_slots, cap, cfg.n_head_kv, cfg.head_dim), self.kv_dtype))
         self.k_cache = [a[0] for a in self.k_slots]  # slot 0's, per layer
         self.v_cache = [a[0] for a in self.v_slots]
+        self.k_bits = [K.kv_view(a) for a in self.k_slots]  # the same caches as the jitted kernels take them
+        self.v_bits = [K.kv_view(a) for a in self.v_slots]
 
     def one_token_buffers(self, k: int, width: int, n_out: int) -> tuple[np.ndarray, ...]:
         """For one token through k experts (or one dense FFN) of that width: mid, up scratch, mid
@@ -343,7 +348,7 @@ class RunState:
                 for x in v:
                     touch(x)
 
-        kept = ("k_slots", "v_slots", "k_cache", "v_cache", "chunks", "routed")
+        kept = ("k_slots", "v_slots", "k_cache", "v_cache", "k_bits", "v_bits", "chunks", "routed")
         touch({k: v for k, v in vars(self).items() if k not in kept})
 
     @property
@@ -371,7 +376,7 @@ def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int
         e if lw.bq is None else lw.bq, e if lw.bk is None else lw.bk, e if lw.bv is None else lw.bv,
         e if lw.bo is None else lw.bo, e if lw.q_norm is None else lw.q_norm, e if lw.k_norm is None else lw.k_norm,
         _QK_MODE[cfg.qk_norm], st.cos[:1], st.sin[:1], cfg.rope_neox,
-        st.k_slots[layer][slot], st.v_slots[layer][slot], pos, cfg.window(layer), 1.0 / math.sqrt(cfg.head_dim),
+        st.k_bits[layer][slot], st.v_bits[layer][slot], pos, cfg.window(layer), 1.0 / math.sqrt(cfg.head_dim),
         st.attn_in.x[0], st.q[0], st.k[0], st.v[0], st.attn_out.x[0], st.proj[0], st.one_xh, st.one_xs, chunks,
     )
 
@@ -411,9 +416,9 @@ def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos
         slots, positions = batch
         kc, vc = st.k_slots[layer], st.v_slots[layer]
         rows = positions % kc.shape[1]
-        kc[slots, rows] = k3
+        kc[slots, rows] = k3  # (rounded to float16 on the CPU)
         vc[slots, rows] = v.reshape(n, n_kv, d)
-        K.attention_slots(att, q3, kc, vc, slots, positions, cfg.window(layer), scale)
+        K.attention_slots(att, q3, st.k_bits[layer], st.v_bits[layer], slots, positions, cfg.window(layer), scale)
     else:
         # store k, v at their slots (a ring for windowed layers)
         kc, vc = st.k_slots[layer][slot], st.v_slots[layer][slot]
@@ -426,7 +431,7 @@ def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos
         elif n >= K.GEMM_QUERIES and not st.batched:
             K.attention_gemm(att, q3, kc, vc, pos0, cfg.window(layer), scale, M.thread_pool())
         else:
-            K.attention(att, q3, kc, vc, pos0, cfg.window(layer), scale)
+            K.attention(att, q3, st.k_bits[layer][slot], st.v_bits[layer][slot], pos0, cfg.window(layer), scale)
     # output projection and residual
     o = st.proj[:n]
     linear(o, lw.wo, st.attn_out, st.batched)

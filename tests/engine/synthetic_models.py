@@ -3,8 +3,8 @@
 `build_model` writes an F32 file with the `gguf` package (`tokenizer.ggml.model = "no_vocab"`,
 so token ids go straight in), `quantize_model` turns it into any file type with llama.cpp's own
 `llama_model_quantize`, and `llama_logits` teacher-forces a token sequence through llama.cpp and
-returns the logits of every position (float32 KV cache, flash attention off, so the oracle does
-no rounding of its own beyond ggml's matmuls).
+returns the logits of every position (float16 KV cache, llama.cpp's default and the native
+engine's, and flash attention off, so the oracle rounds nothing beyond ggml's matrix products).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.tokenizer import init_llama
 
-GGML_TYPE_F32 = 0
+GGML_TYPE_F32, GGML_TYPE_F16 = 0, 1
 FLASH_ATTN_DISABLED = 0
 
 #: the file types the parity suite runs each architecture at
@@ -251,7 +251,8 @@ def llama_logits(path: Path, tokens: list[int], n_threads: int = 2, capture: tup
 
 
 def _open(path: Path, n_ctx: int, n_batch: int, n_threads: int, cb_eval: object = None) -> tuple[object, object]:
-    """A model and a context set up as the oracle: float32 KV cache, flash attention off."""
+    """A model and a context set up as the oracle: float16 KV cache (llama.cpp's default, as the native
+    engine keeps it), flash attention off."""
     init_llama()
     mparams = lc.llama_model_default_params()
     mparams.n_gpu_layers = 0
@@ -261,7 +262,7 @@ def _open(path: Path, n_ctx: int, n_batch: int, n_threads: int, cb_eval: object 
     cparams.n_ctx = max(256, n_ctx)
     cparams.n_batch = cparams.n_ubatch = n_batch
     cparams.n_threads = cparams.n_threads_batch = n_threads
-    cparams.type_k = cparams.type_v = GGML_TYPE_F32
+    cparams.type_k = cparams.type_v = GGML_TYPE_F16
     cparams.flash_attn_type = FLASH_ATTN_DISABLED
     cparams.no_perf = True
     if cb_eval is not None:
@@ -272,7 +273,7 @@ def _open(path: Path, n_ctx: int, n_batch: int, n_threads: int, cb_eval: object 
 
 
 def llama_greedy(path: Path, prompt: list[int], n_tokens: int, n_threads: int = 2) -> list[int]:
-    """llama.cpp's greedy continuation of `prompt`, set up as the oracle (float32 KV, no flash attention)."""
+    """llama.cpp's greedy continuation of `prompt`, set up as the oracle (float16 KV, no flash attention)."""
     model, ctx = _open(path, len(prompt) + n_tokens, len(prompt), n_threads)
     n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
     out: list[int] = []

@@ -50,5 +50,6 @@ def test_split_decode_attention_equals_cpu(sim_results: dict[str, float]) -> Non
 
 def test_backend_on_the_gpu_path_equals_the_cpu(sim_results: dict[str, float]) -> None:
     """A MoE model with a sliding window gives the same logits with attention and routing on the GPU path,
-    in a prefill and token by token."""
-    assert sim_results["backend"] < 1e-5
+    in a prefill and token by token, to float16 rounding: both read the same float16 KV cache with q
+    rounded to float16, but the GPU's softmax weights stay float32 (`CudaOps.attention`)."""
+    assert sim_results["backend"] < 1e-3

@@ -99,6 +99,39 @@ def test_attention_matches_the_reference(window: int) -> None:
             np.testing.assert_allclose(part, want[p0:p0 + 4], rtol=1e-5, atol=1e-5)
 
 
+def test_float16_caches_attend_to_their_values_and_store_rounded() -> None:
+    """The CPU's float16 KV caches (as uint16 bits, `kv_view`) give the attention of their values
+    widened to float32, with every kernel (one query, several, several sequences' slots, the
+    SGEMM path); `store_kv` rounds as numpy does."""
+    n_pos, n_head, n_kv, d = 80, 6, 2, 32
+    k = RNG.standard_normal((n_pos, n_kv, d)).astype(np.float32)
+    v = RNG.standard_normal((n_pos, n_kv, d)).astype(np.float32)
+    q = RNG.standard_normal((n_pos, n_head, d)).astype(np.float32)
+    kc, vc = np.zeros((n_pos, n_kv, d), np.float16), np.zeros((n_pos, n_kv, d), np.float16)
+    for p in range(n_pos):  # one position at a time, as a decoded token's are written
+        K.store_kv(K.kv_view(kc)[p], k[p])
+        K.store_kv(K.kv_view(vc)[p], v[p])
+    assert np.array_equal(kc, k.astype(np.float16)) and np.array_equal(vc, v.astype(np.float16))
+    # q and the softmax weights rounded to float16 too (as llama.cpp's products with a float16
+    # cache): against a reference that rounds only q, within the weights' float16 rounding
+    want = _attention_reference(q.astype(np.float16).astype(np.float32), kc.astype(np.float32),
+                                vc.astype(np.float32), 0, 0)
+    scale = 1 / np.sqrt(d)
+    out = np.empty_like(q)
+    K.attention(out, q, K.kv_view(kc), K.kv_view(vc), 0, 0, scale)
+    np.testing.assert_allclose(out, want, rtol=0, atol=2e-3)
+    slots_out = np.empty_like(q)
+    K.attention_slots(slots_out, q, K.kv_view(kc)[None], K.kv_view(vc)[None], np.zeros(n_pos, np.int64),
+                      np.arange(n_pos), 0, scale)
+    assert np.array_equal(slots_out, out)
+    from concurrent.futures import ThreadPoolExecutor
+
+    gemm_out = np.empty_like(q)
+    with ThreadPoolExecutor(2) as pool:
+        K.attention_gemm(gemm_out, q, kc, vc, 0, 0, scale, pool)
+    np.testing.assert_allclose(gemm_out, want, rtol=0, atol=2e-3)
+
+
 @pytest.mark.parametrize(("renorm", "scale"), [(False, 0.0), (True, 0.0), (True, 2.5)])
 def test_route_experts_is_softmax_topk(renorm: bool, scale: float) -> None:
     """Routing takes a softmax over all experts, the top-k in order, then optional renormalisation and scale."""

@@ -28,7 +28,14 @@ EXTRA_TYPES = ["Q4_0", "Q4_1", "Q5_1", "Q5_K_M", "BF16"]
 CASES = [(a, t) for a in ARCHS for t in MAIN_TYPES] + [("llama", t) for t in EXTRA_TYPES]
 TOKENS = np.random.default_rng(1).integers(0, 384, 64).tolist()
 # end-to-end bounds on the median and largest per-position relative error, by file type
-E2E = {"F32": (1e-5, 1e-5), "F16": (1e-3, 1e-3), "BF16": (1e-2, 1e-2)}
+# Both engines keep K and V in float16 and round q and the softmax weights to it. Where a float
+# file's float32 products come out an ulp apart (another summation order), that rounding can land
+# on either side: an element 2^-11 apart, a layer's output ~1e-4 (F32 files: layers' median up to
+# 1.3e-5, end to end 8e-5, largest 3e-4). Quantized files' integer dot products are exact, so their
+# layers stay at float32 rounding.
+E2E = {"F32": (2e-4, 1e-3), "F16": (1e-3, 1e-3), "BF16": (1e-2, 1e-2)}
+LAYER_MEDIAN = {"F32": 2e-4, "F16": 2e-4, "BF16": 2e-4}
+FLOAT16_KV = 1e-3  # the same computation by another path (chunks, the window), float16 rounding apart
 # Quantized files end to end: the noise of activation quantization once a rounding flips, which
 # is also how far llama.cpp's batched and token-by-token paths are apart (1.7e-2 on SmolLM2,
 # docs/engine.md); one routing flip in a MoE moves a position by up to ~0.2.
@@ -55,9 +62,9 @@ def layerwise_errors(native: NativeBackend, path: Path, tokens: list[int],
     return layers, rel_err(native.eval_head(x), ref), ref
 
 
-def check_layerwise(layers: list[np.ndarray], head: np.ndarray) -> None:
+def check_layerwise(layers: list[np.ndarray], head: np.ndarray, ftype: str) -> None:
     for i, e in enumerate(layers):
-        assert np.median(e) < 1e-5 and e.max() < 1e-2, (i, np.median(e), e.max())
+        assert np.median(e) < LAYER_MEDIAN.get(ftype, 1e-5) and e.max() < 1e-2, (i, np.median(e), e.max())
     assert head.max() < 1e-5, head.max()
 
 
@@ -69,18 +76,27 @@ def test_logits_match_llama_cpp(arch: str, ftype: str, synthetic: Callable[..., 
     native = NativeBackend(path, n_ctx=128, n_threads=2, n_batch=64)
     try:
         layers, head, ref = layerwise_errors(native, path, TOKENS)
-        check_layerwise(layers, head)
+        check_layerwise(layers, head, ftype)
         got = native.eval_logits(TOKENS)
     finally:
         native.close()
     e = rel_err(got, ref)
     median_bound, max_bound = E2E.get(ftype, E2E_QUANT)
-    agree = np.mean(got.argmax(1) == ref.argmax(1))
+    same = got.argmax(1) == ref.argmax(1)
+    decisive = top_two_margin(ref) > e  # where the error could not have swapped llama.cpp's first two
     print(f"\nPARITY {arch:9s} {ftype:6s} layers median {max(np.median(x) for x in layers):.1e} "
           f"max {max(x.max() for x in layers):.1e} | end-to-end median {np.median(e):.1e} max {e.max():.1e} "
-          f"argmax {agree:.3f}")
+          f"argmax {np.mean(same):.3f}, at the {decisive.sum()} decisive positions {np.mean(same[decisive]):.3f}")
     assert np.median(e) < median_bound and e.max() < max_bound, (np.median(e), e.max())
-    assert agree >= 0.95
+    assert np.mean(same) >= 0.9 and same[decisive].all() and decisive.sum() >= 32, (same, decisive)
+
+
+def top_two_margin(logits: np.ndarray) -> np.ndarray:
+    """Per row, the gap between the two largest logits relative to the row's norm (the scale of
+    `rel_err`): below a position's error, the two may swap by the noise alone (a random tiny model's
+    near-ties: olmoe-Q8_0's four swaps of 64 had gaps of 2e-5 to 9e-4 against errors of 7e-3 to 9e-3)."""
+    top = np.sort(logits, axis=1)[:, -2:]
+    return (top[:, 1] - top[:, 0]) / np.linalg.norm(logits, axis=1)
 
 
 WINDOW_ARCHS = ["llama", "qwen2", "qwen3moe", "olmoe"]
@@ -96,7 +112,7 @@ def test_sliding_window_longer_prompt(arch: str, ftype: str, synthetic: Callable
     try:
         assert native.state.k_cache[0].shape[0] == 8 + 16 - 1
         layers, head, ref = layerwise_errors(native, path, TOKENS, window=8)
-        check_layerwise(layers, head)
+        check_layerwise(layers, head, ftype)
         got = native.eval_logits(TOKENS)
     finally:
         native.close()
@@ -118,7 +134,7 @@ def test_per_layer_window_pattern(synthetic: Callable[..., Path]) -> None:
         full, _, _ = layerwise_errors(native, path, TOKENS)
     finally:
         native.close()
-    assert windowed[0].max() < 1e-5 and full[1].max() < 1e-5, (windowed[0].max(), full[1].max())
+    assert windowed[0].max() < FLOAT16_KV and full[1].max() < FLOAT16_KV, (windowed[0].max(), full[1].max())
     assert np.median(full[0]) > 1e-2 and np.median(windowed[1]) > 1e-2  # and the other way round they differ
 
 
@@ -135,4 +151,4 @@ def test_chunked_prefill_and_decode_agree(synthetic: Callable[..., Path]) -> Non
     finally:
         one.close()
         small.close()
-    assert rel_err(b, a).max() < 1e-5 and rel_err(c, a).max() < 1e-5
+    assert rel_err(b, a).max() < FLOAT16_KV and rel_err(c, a).max() < FLOAT16_KV
