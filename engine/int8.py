@@ -28,7 +28,12 @@ start from -off x the activation bytes, computed once per token and step for all
 Layouts (`engine.quants` packed families): `BYTE32` one byte per weight and a scale per 32
 (Q8_0, Q5_0, Q5_1, Q5_K), `BYTE16` the same with a scale per 16 (Q6_K), `NIB` two 4-bit weights
 per byte in half-rows (Q4_0, Q4_1, Q4_K), `NIB5` and `NIB6` the same nibbles plus one bit plane
-(Q5_0, Q5_1, Q5_K) or two with a scale per 16 (Q6_K): per 64 weights a 64-bit mask per plane,
+(Q5_0, Q5_1) or two with a scale per 16 (Q6_K), `NIBK` and `NIB5K` Q4_K and Q5_K as `NIB` and
+`NIB5`. The K-quants' layouts (`NIBK`, `NIB5K`, `NIB6`) keep compact scales (engine.quants
+`compact_at`): per group the kernel loads the scale bytes, widens them and multiplies them by the
+superblock's float32 `d` in one plain multiply, the same float32 products the float32 scales hold;
+they run only the grouped loops (K is whole superblocks) and only their type's offset (Q6_K 32,
+the others none). Per 64 weights a plane is a 64-bit mask,
 which one masked byte move (`select` of a `<64 x i1>`) turns into the bit's value in each byte,
 OR-ed onto the nibbles. The planes cost a few instructions per step and save the bytes: 0.75
 against 1.125 bytes per weight for Q5_0, 1.0 against 1.25 for Q6_K. Where many tokens share each
@@ -516,7 +521,7 @@ def _make(n_rows: int, n_tok: int, layout: int):
 def _by_layout(n_rows: int, n_tok: int):
     """dot(layout, q, s, r, xq, xd, off, t0): rows r..r+n_rows-1 of (q, s) in `layout` against
     tokens t0..t0+n_tok-1 of (xq, xd); the n_rows * n_tok sums row by row (one float for 1x1).
-    Numba fixes an intrinsic's code when it compiles the caller, so the layout picks one of five."""
+    Numba fixes an intrinsic's code when it compiles the caller, so the layout picks one of seven."""
     b32, b16, nib, nib5, nib6, nibk, nib5k = (_make(n_rows, n_tok, lay)
                                               for lay in (BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K))
 
