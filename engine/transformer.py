@@ -5,8 +5,9 @@ Three plain containers carry a model: the frozen `Config` (models.arch) from the
 map) and a `RunState` of preallocated activations and the KV cache. `forward` reads top to
 bottom like the paper for a chunk of tokens. Every matrix product first quantizes its input to
 the weight's `vec_dot_type` exactly as ggml-cpu does (`Activations`), so the logits agree with
-llama.cpp's on the same file to float32 rounding. The KV cache is float32; a layer with a
-sliding window keeps a ring of `window + n_batch - 1` slots, a global layer the whole context.
+llama.cpp's on the same file to float32 rounding. The KV cache is float16, as llama.cpp's default
+is (the jitted kernels read it as uint16 bits, engine.kernels `kv_view`); a layer with a sliding
+window keeps a ring of `window + n_batch - 1` slots, a global layer the whole context.
 """
 
 from __future__ import annotations
