@@ -64,7 +64,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.quants import QK_K, compact_at, int8_groups, int8_position, stored_value
+from engine.quants import QK_K, compact_at, compact_scale, int8_groups, int8_position, stored_value
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
 _NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
@@ -490,9 +490,8 @@ def _portable(n_rows: int, n_tok: int, layout: int):
                         w = stored_value(qr, i, half, n_planes)
                     else:
                         w = np.int64(qr[i])
-                    if compact:  # the scale byte (signed for Q6_K) times the superblock's d
-                        b = np.int64(qr[at + i // sub])
-                        sc = sr[i // QK_K] * np.float32(b - 256 if sub == 16 and b > 127 else b)
+                    if compact:  # the scale byte times the superblock's d
+                        sc = sr[i // QK_K] * compact_scale(qr, at, i, sub)
                     else:
                         sc = sr[i // 16 if layout in _SUB16 else i // 32]
                     acc += sc * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, int8_position(i, k)]))

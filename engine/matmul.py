@@ -22,7 +22,7 @@ from engine import int8 as I8
 from engine import kernels as K
 from engine.kernels import FAST
 from engine.quants import (ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, QK_K, Packed,
-                           compact_at, stored_value)
+                           compact_at, compact_scale, compact_scales, stored_value)
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -92,7 +92,7 @@ def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: 
         for r in range(r0, r1):
             out[r - base] = _dot_f32(w32[r], xh)
         return
-    compact = s.shape[1] * QK_K == xh.shape[0]
+    compact = compact_scales(s.shape[1], xh.shape[0])
     if kind == KIND_BYTE and s.shape[1] * 32 == xh.shape[0]:
         for r in range(r0, r1):
             out[r - base] = _dot_byte32(q[r], s[r], o, xh)
@@ -208,7 +208,7 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     products of the signed weights (stored value - off) and the int8 activation per block, then
     the min term through the activation's block sums."""
     sub16 = s.shape[1] * 16 == xq.shape[1]
-    compact = s.shape[1] * QK_K == xq.shape[1]
+    compact = compact_scales(s.shape[1], xq.shape[1])
     if kind == KIND_NIB:
         layout = I8.NIBK if compact else I8.NIB
     elif kind == KIND_PLANES and compact:
@@ -347,11 +347,10 @@ def _deq_planes(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> N
     k = y.shape[0]
     half = k // 2
     n_planes, sub, at = compact_at(q.shape[0], k)
-    if s.shape[0] * QK_K == k:  # compact: d per 256 times each sub-block's scale byte
+    if compact_scales(s.shape[0], k):  # d per 256 times each sub-block's scale byte
         for i in range(k):
-            b = np.int64(q[at + i // sub])
-            sc = np.float32(b - 256 if sub == 16 and b > 127 else b)
-            y[i] = (s[i // QK_K] * sc) * (np.float32(stored_value(q, i, half, n_planes)) - o)
+            sc = s[i // QK_K] * compact_scale(q, at, i, sub)
+            y[i] = sc * (np.float32(stored_value(q, i, half, n_planes)) - o)
         return
     sub = 16 if s.shape[0] * 16 == k else 32
     for i in range(k):
@@ -370,7 +369,7 @@ def dequantize_rows(y: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.n
     elif kind == KIND_BYTE:
         for j in range(y.shape[0]):
             _deq_byte16(y[j], q[r0 + j], s[r0 + j], o)
-    elif kind == KIND_NIB and s.shape[1] * QK_K != y.shape[1]:
+    elif kind == KIND_NIB and not compact_scales(s.shape[1], y.shape[1]):
         for j in range(y.shape[0]):
             _deq_nib(y[j], q[r0 + j], s[r0 + j], o)
     else:

@@ -87,7 +87,7 @@ class Packed(NamedTuple):
     @property
     def compact(self) -> bool:
         """Whether the K-quant scales are kept compact (`compact_at`)."""
-        return self.kind != KIND_F32 and self.s.shape[1] * QK_K == self.k
+        return self.kind != KIND_F32 and compact_scales(self.s.shape[1], self.k)
 
     def rows_slice(self, start: int, stop: int) -> Packed:
         """Rows [start, stop) as views (one expert of a stacked expert tensor)."""
@@ -292,6 +292,21 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
         if compact:
             n_bytes = n_sub * (2 if m.shape[0] else 1)
             q[r, at:at + n_bytes] = scb[:n_bytes]
+
+
+@njit(cache=True, inline="always")
+def compact_scales(n_scales: int, k: int) -> bool:
+    """Whether a K-wide row with n_scales scales per row keeps them compact (one per 256: a
+    packed row's `s` otherwise holds one per 32 or 16)."""
+    return n_scales * QK_K == k
+
+
+@njit(cache=True, inline="always")
+def compact_scale(qr: np.ndarray, at: int, i: int, sub: int) -> np.float32:
+    """Element i's scale byte in a compact row `qr` (`compact_at`'s sub and at) as a number: signed
+    for Q6_K (sub 16), a 6-bit code for Q4_K and Q5_K; times the superblock's d it is the scale."""
+    b = np.int64(qr[at + i // sub])
+    return np.float32(b - 256 if sub == 16 and b > 127 else b)
 
 
 @njit(cache=True, inline="always")
