@@ -9,7 +9,8 @@ intrinsic that walks R weight rows in 64-byte steps with that instruction and, p
 the int32 lanes to float and multiplies each by its block's scale product (weight scale ×
 activation scale) into 16 float32 accumulators per row and token, reduced once at the end of the
 rows. Where the activation's int8 form is stored in groups (`engine.quants.int8_position`: K a
-multiple of 512 or of 256), that work is done once per group of 4 (or 2) steps: the weight
+multiple of 128, each half of K in groups of 4 steps, then one of 2 and a single step where the
+half does not divide), that work is done once per group of 4 (or 2) steps: the weight
 rows' bytes, loaded in their own order, are transposed in registers to the activation's grouped
 order (8 or 2 two-source permutes per group and row, shared by the tokens), so that each int32
 lane sums 16 (8) products of one scale block over the group, and the lanes are turned to float
@@ -64,7 +65,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.quants import QK_K, compact_at, compact_scale, int8_groups, int8_position, stored_value
+from engine.quants import INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, compact_at, compact_scale, int8_order, int8_position, stored_value
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
 _NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
@@ -113,14 +114,13 @@ def _load64(builder, ptr, idx):
     return builder.load(builder.bitcast(builder.gep(ptr, [idx]), _V64I8.as_pointer()), align=1)
 
 
-def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
+def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     """The LLVM function, in module `mod`, that computes the n_rows x n_tok sums of one rowdot with
-    the activation stored in groups of n_g steps (1: in the elements' own order; engine.quants
-    `int8_position`): void(q, q_stride, s, s_stride, r, xq, xq_stride, xd, xd_stride, t0, K, off,
+    the activation stored in `order` (engine.quants `int8_order`, `int8_position`): void(q, q_stride, s, s_stride, r, xq, xq_stride, xd, xd_stride, t0, K, off,
     out), the arrays as byte pointers and row strides, the sums written to out (float*). One
     function per variant, not one body with a branch on K: the branches' other loops cost the
     stepwise loop ~7% (Qwen2.5-0.5B's 896-wide matrices for 8 tokens)."""
-    name = f"assistant_i8dot_{n_rows}x{n_tok}_l{layout}_g{n_g}"
+    name = f"assistant_i8dot_{n_rows}x{n_tok}_l{layout}_o{order}"
     if name in mod.globals:
         return mod.globals[name]
     i8p, f32p = _I8.as_pointer(), _F32.as_pointer()
@@ -165,17 +165,25 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
     compact = layout in _COMPACT
     sc_base = builder.add(half, builder.mul(builder.udiv(k, ir.Constant(_I64, 8)), ir.Constant(_I64, n_planes)))
 
-    def compact_lanes(j, sub_at, x_off, n):
+    def compact_lanes(j, sub_at, x_off, n, size):
         """Row j's n weight scales from sub-block sub_at on, spread as `lanes` does, from its
-        compact scales (engine.quants `compact_at`): each scale byte (signed for Q6_K) times the
-        superblock's d, in one plain multiply, the float32 product the other layouts hold."""
+        compact scales (engine.quants `compact_at`): each scale byte (signed for Q6_K) times its
+        superblock's d, in one plain multiply, the float32 product the other layouts hold. A group
+        of `size` = 256 weights in a MIXED order starts at a multiple of 128: where it starts
+        half-way through a superblock (the second half of K = 768, say), its second half of scales
+        takes the next d."""
         vb = ir.VectorType(_I8, n)
         b = builder.load(builder.bitcast(builder.gep(q_rows[j], [builder.add(sc_base, sub_at)]), vb.as_pointer()),
                          align=1)
         vi = (builder.sext if _COMPACT[layout] else builder.zext)(b, ir.VectorType(_I32, n))
         d = builder.load(builder.gep(s_rows[j], [builder.udiv(x_off, ir.Constant(_I64, QK_K))]))
         dv = builder.insert_element(ir.Constant(ir.VectorType(_F32, n), None), d, ir.Constant(_I32, 0))
-        dv = builder.shuffle_vector(dv, ir.Constant(dv.type, None), ir.Constant(ir.VectorType(_I32, n), [0] * n))
+        which = [0] * n
+        if size == QK_K and order == INT8_MIXED:
+            last = builder.udiv(builder.add(x_off, ir.Constant(_I64, QK_K - 1)), ir.Constant(_I64, QK_K))
+            dv = builder.insert_element(dv, builder.load(builder.gep(s_rows[j], [last])), ir.Constant(_I32, 1))
+            which = [0] * (n // 2) + [1] * (n // 2)
+        dv = builder.shuffle_vector(dv, ir.Constant(dv.type, None), ir.Constant(ir.VectorType(_I32, n), which))
         return spread(builder.fmul(builder.sitofp(vi, ir.VectorType(_F32, n)), dv), n)
 
     def load64(ptr, idx):
@@ -191,7 +199,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
         """Where two branches join: each value from whichever branch ran."""
         out = []
         for a, b in zip(a_vals, b_vals):
-            phi = builder.phi(_F32)
+            phi = builder.phi(a.type)
             phi.add_incoming(a, a_block)
             phi.add_incoming(b, b_block)
             out.append(phi)
@@ -234,25 +242,29 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
             inside = builder.block
         return merge(sums, before, tails, inside)
 
+    def fetch_ahead(j, at):
+        """Row j's byte `at`, PREFETCH_ROWS rows on, on its way to the cache (see the module's notes)."""
+        builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, at)]),
+                                ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+
     def step(i, accs, signed):
-        """One 64-byte step of every row for every token; the new accumulators."""
+        """One 64-byte step of every row for every token: step i of each half of the row where the
+        layout has halves or the order is MIXED (the step a half ends with), else of the row; the
+        new accumulators."""
         byte = builder.mul(i, ir.Constant(_I64, 64))
         blk = builder.mul(i, ir.Constant(_I64, 4 if sub16 else 2))
-        if nibbles:  # (weight bytes, activation byte offset, weight-scale block, activation block) per half
-            d_blk = builder.mul(i, ir.Constant(_I64, 2))
+        d_blk = builder.mul(i, ir.Constant(_I64, 2))
+        if nibbles or order == INT8_MIXED:  # (activation byte offset, weight-scale block, activation block) per half
             halves = [((byte, blk, d_blk), (builder.add(byte, half), builder.add(blk, s_half), builder.add(d_blk, d_half)))]
         else:
-            halves = [((byte, blk, builder.mul(i, ir.Constant(_I64, 2))),)]
+            halves = [((byte, blk, d_blk),)]
         n_s = 4 if sub16 else 2
         packed = []  # per row: the step's 64 bytes of nibbles
         for j in range(n_rows):
-            # the same bytes PREFETCH_ROWS rows on (see the module's notes)
-            builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, byte)]),
-                                    ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+            for x_off, _, _ in (halves[0][:1] if nibbles else halves[0]):
+                fetch_ahead(j, x_off)
             if n_planes:
-                planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
-                builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
-                                        ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                fetch_ahead(j, builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes))))
             packed.append(load64(q_rows[j], byte) if nibbles else None)
         new = list(accs)
         # part by part (a half-row each where the layout has them), so that only one part's weight
@@ -297,30 +309,28 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
                builder.shuffle_vector(hi[0], hi[1], mask(first)), builder.shuffle_vector(hi[0], hi[1], mask(second))]
         return [builder.bitcast(v, _V64I8) for v in out]
 
-    def grouped(n_g):
-        """The loop body for an activation stored in groups of n_g steps (engine.quants
+    def grouped_at(n_g):
+        """The body for a group of n_g steps of an activation stored in groups (engine.quants
         `int8_position`)."""
 
-        def group(g, accs, signed):
-            """Group g of n_g 64-byte steps (64 n_g weights of each part: the row, or each
-            half-row of a nibble layout) of every row for every token: each lane sums the integer
-            products of 4 n_g weights of one scale block over the steps, turned to float and
-            scaled once."""
-            size = 64 * n_g
-            byte = builder.mul(g, ir.Constant(_I64, size))
-            parts = [(byte, 0), (builder.add(byte, half), 1)] if nibbles else [(byte, 0)]
+        def group(first, accs, signed):
+            """The n_g 64-byte steps from step `first` of each half of every row (64 n_g weights of
+            each half-row) where the layout has halves or the order is MIXED, else of the row, for
+            every token: each lane sums the integer products of 4 n_g weights of one scale block
+            over the steps, turned to float and scaled once."""
+            byte = builder.mul(first, ir.Constant(_I64, 64))
+            split = nibbles or order == INT8_MIXED
+            parts = [(byte, 0), (builder.add(byte, half), 1)] if split else [(byte, 0)]
             steps = [builder.add(byte, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
-            first = builder.mul(g, ir.Constant(_I64, n_g))  # the natural step index of the group's first
             packed = []
             for j in range(n_rows):
                 for s in range(n_g):
-                    builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, steps[s])]),
-                                            ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                    fetch_ahead(j, steps[s])
+                    if split and not nibbles:  # the other half's bytes are a stream of their own
+                        fetch_ahead(j, builder.add(steps[s], half))
                     if n_planes:
                         i = builder.add(first, ir.Constant(_I64, s))
-                        planes_at = builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes)))
-                        builder.call(prefetch, [builder.gep(q_rows[j], [builder.add(ahead, planes_at)]),
-                                                ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+                        fetch_ahead(j, builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes))))
                 if nibbles:  # planes are added to the natural steps' nibbles, then transposed
                     natural = [load64(q_rows[j], at) for at in steps]
                     packed.append(natural if n_planes else transpose(natural))
@@ -339,7 +349,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
                         wv = transpose([load64(q_rows[j], builder.add(x_off, ir.Constant(_I64, 64 * s)))
                                         for s in range(n_g)])
                     s_at = builder.udiv(x_off, ir.Constant(_I64, 16 if sub16 else 32))
-                    sl = (compact_lanes(j, s_at, x_off, 16 // per_scale) if compact
+                    sl = (compact_lanes(j, s_at, x_off, 16 // per_scale, 64 * n_g) if compact
                           else lanes(s_rows[j], s_at, 16 // per_scale))
                     weights.append((wv, sl))
                 d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
@@ -366,7 +376,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
         return group
 
     def loop(count, body, signed):
-        """for i < count: accs = body(i, accs, signed); the per-(row, token) sums."""
+        """for i < count: accs = body(i, accs, signed), from zero; the per-(row, token) vectors."""
         entry = builder.block
         head = builder.append_basic_block("i8dot.loop")
         inner = builder.append_basic_block("i8dot.body")
@@ -388,15 +398,40 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
             acc.add_incoming(value, builder.block)
         builder.branch(head)
         builder.position_at_end(done)
+        return accs
+
+    def when(pred, body, accs):
+        """accs = body(accs) if pred."""
+        before = builder.block
+        with builder.if_then(pred):
+            new, inside = body(accs), builder.block
+        return merge(accs, before, new, inside)
+
+    def reduced(accs):
         return [builder.call(reduce, [ir.Constant(_F32, -0.0), acc], fastmath=("reassoc",)) for acc in accs]
 
     def row(signed):
-        """The loop over the rows' 64-byte steps (or their groups of n_g) and the per-(row,
-        token) sums."""
-        if n_g == 1:
-            sums = loop(n_steps, step, signed)
+        """The loop over the rows' 64-byte steps (or their groups of 4; MIXED: each half's groups of
+        4 steps, then the group of 2 and the step that end it where it has them) and the
+        per-(row, token) sums."""
+        if order == INT8_NATURAL:
+            sums = reduced(loop(n_steps, step, signed))
             return nib_tail(sums, signed) if layout == NIB else sums  # planes: whole 128-weight steps only
-        return loop(builder.udiv(k, ir.Constant(_I64, 64 * n_g * (2 if nibbles else 1))), grouped(n_g), signed)
+        four, two = grouped_at(4), grouped_at(2)
+        if order == INT8_UNIFORM:
+            count = builder.udiv(k, ir.Constant(_I64, 512 if nibbles else 256))
+            return reduced(loop(count, lambda g, a, sg: four(builder.mul(g, ir.Constant(_I64, 4)), a, sg), signed))
+        n4 = builder.udiv(half, ir.Constant(_I64, 256))
+        accs = loop(n4, lambda g, a, sg: four(builder.mul(g, ir.Constant(_I64, 4)), a, sg), signed)
+        at = builder.mul(n4, ir.Constant(_I64, 4))
+        left = builder.urem(half, ir.Constant(_I64, 256))
+        has2 = builder.icmp_unsigned(">=", left, ir.Constant(_I64, 128))
+        accs = when(has2, lambda a: two(at, a, signed), accs)
+        if not compact:  # (K-quants: K is whole superblocks, no half ends with a single step)
+            last = builder.select(has2, builder.add(at, ir.Constant(_I64, 2)), at)
+            has1 = builder.icmp_unsigned("!=", builder.urem(left, ir.Constant(_I64, 128)), ir.Constant(_I64, 0))
+            accs = when(has1, lambda a: step(last, a, signed), accs)
+        return reduced(accs)
 
     if compact:  # one quant type, whose offset is known
         sums = row(_COMPACT[layout])
@@ -416,14 +451,14 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, n_g: int):
 def _codegen(n_rows: int, n_tok: int, layout: int):
     """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, r (the first of n_rows
     rows), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
-    first of n_tok tokens), groups (`engine.quants.int8_groups` of K): a call of that variant's
+    first of n_tok tokens), order (`engine.quants.int8_order` of K): a call of that variant's
     `_kernel`. Per 64-byte step (or group),
     each token's activation bytes are loaded (and their product with the offset taken) once for
     all the rows, and each row's bytes once for all the tokens. The loops are emitted twice, with
     and without the offset's product; `off` picks one."""
 
     def codegen(context, builder, sig, args):
-        q_val, s_val, r, xq_val, xd_val, off_val, t0, groups = args
+        q_val, s_val, r, xq_val, xd_val, off_val, t0, order = args
         mod = builder.module
 
         def raw(ty, val):
@@ -438,24 +473,20 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         n = n_rows * n_tok
         out = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(_F32, n)), _F32.as_pointer())
         call_args = [q, qs, s, ss, i64(r), x, xs, d, ds, i64(t0), k, off_val, out]
-        by4 = builder.icmp_signed("==", groups, ir.Constant(_I64, 4))
-        by2 = builder.icmp_signed("==", groups, ir.Constant(_I64, 2))
-        if layout in _COMPACT:  # K-quants: K is whole superblocks of 256, in groups of 4 steps or 2
-            with builder.if_else(by4) as (four, two):
-                with four:
-                    builder.call(_kernel(mod, n_rows, n_tok, layout, 4), call_args)
-                with two:
-                    builder.call(_kernel(mod, n_rows, n_tok, layout, 2), call_args)
-            return _result(context, builder, sig, out, n_rows * n_tok)
-        with builder.if_else(by4) as (four, other):
-            with four:
-                builder.call(_kernel(mod, n_rows, n_tok, layout, 4), call_args)
+        uniform = builder.icmp_signed("==", order, ir.Constant(_I64, INT8_UNIFORM))
+        with builder.if_else(uniform) as (by_fours, other):
+            with by_fours:
+                builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_UNIFORM), call_args)
             with other:
-                with builder.if_else(by2) as (two, steps):
-                    with two:
-                        builder.call(_kernel(mod, n_rows, n_tok, layout, 2), call_args)
-                    with steps:
-                        builder.call(_kernel(mod, n_rows, n_tok, layout, 1), call_args)
+                if layout in _COMPACT:  # K-quants: K is whole superblocks of 256, never in its own order
+                    builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_MIXED), call_args)
+                else:
+                    mixed = builder.icmp_signed("==", order, ir.Constant(_I64, INT8_MIXED))
+                    with builder.if_else(mixed) as (by_mixed, natural):
+                        with by_mixed:
+                            builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_MIXED), call_args)
+                        with natural:
+                            builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_NATURAL), call_args)
         return _result(context, builder, sig, out, n)
 
     return codegen
@@ -476,7 +507,7 @@ def _portable(n_rows: int, n_tok: int, layout: int):
     compact = layout in _COMPACT
 
     @njit(cache=True)
-    def dot(q, s, r, xq, xd, off, t0, groups):
+    def dot(q, s, r, xq, xd, off, t0, order):
         k = xq.shape[1]
         half = k // 2
         _n, sub, at = compact_at(q.shape[1], k)
@@ -509,7 +540,7 @@ def _make(n_rows: int, n_tok: int, layout: int):
         return portable
 
     @intrinsic
-    def rowdot(typingctx, q, s, r, xq, xd, off, t0, groups):
+    def rowdot(typingctx, q, s, r, xq, xd, off, t0, order):
         n = n_rows * n_tok
         ret = types.float32 if n == 1 else types.UniTuple(types.float32, n)
         return ret(q, s, r, xq, xd, types.int64, t0, types.int64), _codegen(n_rows, n_tok, layout)
@@ -526,7 +557,7 @@ def _by_layout(n_rows: int, n_tok: int):
 
     @njit(cache=True, inline="always")
     def dot(layout, q, s, r, xq, xd, off, t0):
-        g = int8_groups(xq.shape[1])
+        g = int8_order(xq.shape[1])
         if layout == NIBK:
             return nibk(q, s, r, xq, xd, off, t0, g)
         if layout == NIB5K:

@@ -79,6 +79,7 @@ def unsupported_reason(gguf: GGUFFile) -> str | None:
 # ======================================================================================
 
 DEFAULT_BLOCK_CACHE_BYTES = 256 << 20  # the block pool's cap, beside the slots' own KV
+_KV_DTYPES = {"f16": np.float16, "f32": np.float32}  # NativeBackend's kv_type
 _SINGLE, _UNIFORM = b"single", b"uniform"  # one generation's kernels, or the batched ones for every token
 
 
@@ -121,12 +122,17 @@ class NativeBackend(VocabText):
         device: Device | None = None,
         n_slots: int = 1,
         block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
+        kv_type: str = "f16",
     ) -> None:
         """Load `path`; `device` None runs on the GPU when numba.cuda finds one, else on the CPU.
         `n_slots` sequences can be generated together (`generate_batch`), each with its own KV cache;
         up to `block_cache_bytes` more hold blocks of earlier sequences for any later prompt that
         starts the same way (engine.kvpool; not for models with a windowed layer, whose rings do
-        not keep every row)."""
+        not keep every row). `kv_type` "f32" keeps the KV cache in float32 instead of float16
+        (llama.cpp's `type_k`/`type_v`): twice the memory, and keys, values, queries and softmax
+        weights are not rounded to float16 (the layer-by-layer parity checks use it on both sides)."""
+        if kv_type not in _KV_DTYPES:
+            raise EngineError(f"unknown KV cache type {kv_type!r}: one of {', '.join(_KV_DTYPES)}")
         self.path = Path(path)
         self._lock = threading.Lock()
         self.gguf = read_gguf(self.path)
@@ -145,7 +151,8 @@ class NativeBackend(VocabText):
             self._engine.close()
             raise
         self.device: Device = device or ("cuda" if cuda_present() else "cpu")
-        self.state = T.RunState(self.cfg, n_ctx, max(min(n_batch, n_ctx), n_slots), self.device, n_slots)
+        self.state = T.RunState(self.cfg, n_ctx, max(min(n_batch, n_ctx), n_slots), self.device, n_slots,
+                                _KV_DTYPES[kv_type])
         self._slot_tokens: list[list[int]] = [[] for _ in range(n_slots)]  # per slot: tokens whose K/V it holds
         self._cached = self._slot_tokens[0]  # slot 0's: the single generation
         self._slot_salt = [b""] * n_slots  # per slot: how its rows were computed (the pool keeps kinds apart)

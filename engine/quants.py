@@ -342,37 +342,45 @@ def stored_value(qr: np.ndarray, i: int, half: int, n_planes: int) -> int:
     return v
 
 
-#: activations whose width is a multiple of this keep their int8 form in groups of four 64-byte
-#: steps, of half of it in groups of two (`int8_position`)
-INT8_GROUPED = 512
+#: the orders an activation's int8 form is stored in (`int8_order`): the elements' own; groups of
+#: 4 steps throughout (K a multiple of 512); groups of 4, 2 and 1 steps in each half of K
+INT8_NATURAL, INT8_UNIFORM, INT8_MIXED = 0, 1, 2
 
 
 @njit(cache=True, inline="always")
 def int8_position(i: int, k: int) -> int:
-    """Where element i of a K-wide activation's int8 form is stored. Where K is a multiple of
-    `INT8_GROUPED` (or of half of it), each 256 (128) elements are stored as G = 4 (2) 64-byte
-    steps whose 4-byte lane j holds elements 4Gj + 4s .. 4Gj + 4s + 3 in step s: over the G steps
-    a lane of engine.int8's integer dot product sums 4G elements of one scale block, so the scales
-    are applied once per G steps instead of each step. Elsewhere the order is the elements' own."""
-    g = int8_groups(k)
-    if g == 4:
-        e = i & 255
-        return (i - e) + ((e & 15) >> 2) * 64 + (e >> 4) * 4 + (e & 3)
-    if g == 2:
-        e = i & 127
-        return (i - e) + ((e & 7) >> 2) * 64 + (e >> 3) * 4 + (e & 3)
+    """Where element i of a K-wide activation's int8 form is stored. Where K is a multiple of 128
+    (`int8_order`), each half of K (the elements a nibble layout's bytes pair) is stored from its
+    start in groups of 256 elements as 4 64-byte steps, then, where 128 or more are left, 128 as 2
+    steps, then the last 64 (if any) in their own order; in a group of G steps the 4-byte lane j
+    of step s holds elements 4Gj + 4s .. 4Gj + 4s + 3 of the group. Over the G steps a lane of
+    engine.int8's integer dot product then sums 4G elements of one scale block, so the scales are
+    applied once per G steps instead of each step. Elsewhere the order is the elements' own."""
+    if k % 128:
+        return i
+    half = k >> 1
+    base = half if i >= half else 0
+    e = i - base
+    n4 = half - (half & 255)  # the half's elements in groups of 4 steps
+    if e < n4:
+        f = e & 255
+        return i - f + ((f & 15) >> 2) * 64 + (f >> 4) * 4 + (f & 3)
+    f = e - n4
+    if f < 128 and half - n4 >= 128:  # a group of 2 steps
+        return i - f + ((f & 7) >> 2) * 64 + (f >> 3) * 4 + (f & 3)
     return i
 
 
 @njit(cache=True, inline="always")
-def int8_groups(k: int) -> int:
-    """Steps per group of a K-wide activation's int8 form (`int8_position`): 4, 2 or 1 (none); the
-    one rule that the storing and engine.int8's choice of loop both follow."""
-    if k % INT8_GROUPED == 0:
-        return 4
-    if k % (INT8_GROUPED // 2) == 0:
-        return 2
-    return 1
+def int8_order(k: int) -> int:
+    """The order a K-wide activation's int8 form is stored in (`int8_position`): INT8_UNIFORM
+    where each half of K is whole groups of 4 steps (K a multiple of 512: the same as groups of 4
+    along the whole row), INT8_MIXED where the halves end in a group of 2 or a step (K a multiple
+    of 128), else INT8_NATURAL; the one rule that the storing and engine.int8's choice of kernel
+    both follow."""
+    if k % 512 == 0:
+        return INT8_UNIFORM
+    return INT8_MIXED if k % 128 == 0 else INT8_NATURAL
 
 
 def packable(qtype: int, k: int) -> str | None:
@@ -506,8 +514,9 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
             if amax == 0:
                 xh[b * QK_K:(b + 1) * QK_K] = 0.0
                 xs[b * 8:(b + 1) * 8] = 0.0
-                if ints:
-                    xq[b * QK_K:(b + 1) * QK_K] = 0
+                if ints:  # (a superblock's int8 values need not be stored in its own 256 places)
+                    for i in range(b * QK_K, (b + 1) * QK_K):
+                        xq[int8_position(i, k)] = 0
                     xd[b * 8:(b + 1) * 8] = 0.0
                 continue
             iscale = np.float32(-127.0) / vmax

@@ -214,7 +214,8 @@ class RunState:
     """Buffers for up to n_batch tokens per forward call, and a KV cache of n_ctx positions for each
     of n_slots sequences (slot 0 is the one a single generation uses)."""
 
-    def __init__(self, cfg: Config, n_ctx: int, n_batch: int, device: Device = "cpu", n_slots: int = 1) -> None:
+    def __init__(self, cfg: Config, n_ctx: int, n_batch: int, device: Device = "cpu", n_slots: int = 1,
+                 kv_dtype: type = np.float16) -> None:
         self.n_ctx, self.n_batch, self.n_slots = n_ctx, n_batch, n_slots
         self.batched = False  # in forward_batch: every token through the batched kernels, even alone
         self.experts_alone = False  # in forward: one MoE token's experts through the one-token path
@@ -257,8 +258,9 @@ class RunState:
         # KV cache per layer (n_slots, cap, n_kv, d): a global layer holds every position, a windowed
         # one a ring of the window plus a chunk. float16, as llama.cpp keeps it by default: half the
         # bytes each decoded token's attention reads, and half the memory (the GPU path widens
-        # what it copies to the device)
-        self.kv_dtype = np.float16
+        # what it copies to the device); float32 on request (llama.cpp's `type_k`/`type_v` f32)
+        assert kv_dtype in (np.float16, np.float32), kv_dtype
+        self.kv_dtype = kv_dtype
         self.k_slots, self.v_slots = [], []
         for layer in range(cfg.n_layer):
             window = cfg.window(layer)

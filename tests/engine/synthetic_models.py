@@ -194,14 +194,15 @@ _GGML.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctyp
 
 
 def llama_logits(path: Path, tokens: list[int], n_threads: int = 2, capture: tuple[str, ...] = (),
-                 window: int = 0) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+                 window: int = 0, kv_f32: bool = False) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
     """llama.cpp's logits (n_tokens, n_vocab) at every position of `tokens`, evaluated in one batch.
 
     With `capture`, also the graph's float32 tensors of those names (e.g. "l_out-0", the residual
     stream after layer 0, or "result_norm"), each as (n_tokens, width). With `window`, every
     layer attends only to the last `window` positions: llama.cpp does not read a sliding window
     for these families, so tokens go in one at a time and the positions that leave the window
-    are removed from its KV cache before the next one.
+    are removed from its KV cache before the next one. `kv_f32`: a float32 KV cache instead of
+    llama.cpp's default float16.
     """
     states: dict[str, list[np.ndarray]] = {}
 
@@ -218,7 +219,7 @@ def llama_logits(path: Path, tokens: list[int], n_threads: int = 2, capture: tup
         return True
 
     n = len(tokens)
-    model, ctx = _open(path, n, n, n_threads, grab if capture else None)
+    model, ctx = _open(path, n, n, n_threads, grab if capture else None, kv_f32)
     n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))  # no_vocab: llama.cpp adds dummies
     # one batch of every token, or (window) one token per call so each finds its window already cached
     calls = [list(range(n))] if not window else [[i] for i in range(n)]
@@ -250,9 +251,10 @@ def llama_logits(path: Path, tokens: list[int], n_threads: int = 2, capture: tup
 
 
 
-def _open(path: Path, n_ctx: int, n_batch: int, n_threads: int, cb_eval: object = None) -> tuple[object, object]:
+def _open(path: Path, n_ctx: int, n_batch: int, n_threads: int, cb_eval: object = None,
+          kv_f32: bool = False) -> tuple[object, object]:
     """A model and a context set up as the oracle: float16 KV cache (llama.cpp's default, as the native
-    engine keeps it), flash attention off."""
+    engine keeps it; float32 with `kv_f32`), flash attention off."""
     init_llama()
     mparams = lc.llama_model_default_params()
     mparams.n_gpu_layers = 0
@@ -262,7 +264,7 @@ def _open(path: Path, n_ctx: int, n_batch: int, n_threads: int, cb_eval: object 
     cparams.n_ctx = max(256, n_ctx)
     cparams.n_batch = cparams.n_ubatch = n_batch
     cparams.n_threads = cparams.n_threads_batch = n_threads
-    cparams.type_k = cparams.type_v = GGML_TYPE_F16
+    cparams.type_k = cparams.type_v = GGML_TYPE_F32 if kv_f32 else GGML_TYPE_F16
     cparams.flash_attn_type = FLASH_ATTN_DISABLED
     cparams.no_perf = True
     if cb_eval is not None:

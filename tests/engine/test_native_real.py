@@ -52,7 +52,7 @@ def test_bundled_model_on_real_source(model: str, request: pytest.FixtureRequest
     """Over 512 tokens of each of three stdlib files the native argmax agrees with llama.cpp's
     (98% noise-aware on each, and raw, pooled over the three, no worse than llama.cpp with itself
     less one point), and every layer fed llama.cpp's input agrees with llama.cpp's output to
-    float32 rounding at the median position."""
+    float32 rounding (both with float32 KV caches)."""
     path: Path = request.getfixturevalue(model)
     native = NativeBackend(path, n_ctx=1024, n_threads=2, n_batch=512)
     try:
@@ -71,16 +71,23 @@ def test_bundled_model_on_real_source(model: str, request: pytest.FixtureRequest
             raws.append(raw)
             selfs.append(self_agree)
         assert np.mean(raws) >= np.mean(selfs) - 0.01, (raws, selfs)
-        tokens = native.tokenize(SOURCE, add_special=False)[:512]
-        # layer by layer on the first 64 tokens
-        head = tokens[:64]
+        head = native.tokenize(SOURCE, add_special=False)[:64]
+    finally:
+        native.close()
+    # layer by layer on the first 64 tokens, both engines with a float32 KV cache: with float16
+    # ones, a key or weight whose float32 value differs in the last bit (another summation order)
+    # now and then rounds to the neighbouring float16, which moves that layer's output by ~1e-3
+    # at a third to a half of the positions, whichever side of 1e-5 the median then falls
+    native = NativeBackend(path, n_ctx=128, n_threads=2, n_batch=64, kv_type="f32")
+    try:
         n_layer = native.cfg.n_layer
-        _, states = llama_logits(path, head, capture=tuple(f"l_out-{i}" for i in range(n_layer)))
+        _, states = llama_logits(path, head, capture=tuple(f"l_out-{i}" for i in range(n_layer)), kv_f32=True)
         x = quants.dequantize(native.weights.token_embd[np.array(head)], native.weights.token_embd_type)
         x = x.reshape(len(head), -1)
         for i in range(n_layer):
             want = states[f"l_out-{i}"]
             e = np.linalg.norm(native.eval_layer(i, x) - want, axis=1) / np.linalg.norm(want, axis=1)
+            print(f"layer {i}: median {np.median(e):.1e}, largest {e.max():.1e}")
             assert np.median(e) < 1e-5 and e.max() < 2e-2, (i, np.median(e), e.max())
             x = want
     finally:

@@ -107,26 +107,42 @@ def test_matvec_and_matmul_match_the_dequantized_product(qtype: int, planes: boo
     assert np.max(np.abs(many - want) / scale) < 1e-6
 
 
-# 576: 4-bit half-rows end in a 32-byte step; 512, 1024: the activation in groups of 4 steps, 768: of 2
-_INT8_CASES = [(t, k, False) for t in TYPES for k in (512, 576, 768, 1024)
+# 576: 4-bit half-rows end in a 32-byte step (the activation in its own order); 512, 1024: each half in
+# groups of 4 steps; 768: 4 then 2; 896: 4, 2, then a step; 640: 4 then a step
+_INT8_CASES = [(t, k, False) for t in TYPES for k in (512, 576, 768, 896, 1024)
                if Q._KIND_OF[t] != Q.KIND_F32 and Q.packable(t, k) is None]
-_INT8_CASES += [(t, k, True) for t in sorted(Q.PLANES_OF) for k in (640, 768, 1024) if Q.packable(t, k) is None]
+_INT8_CASES += [(t, k, True) for t in sorted(Q.PLANES_OF) for k in (640, 768, 896, 1024) if Q.packable(t, k) is None]
 _INT8_CASES = [(t, k, p, False) for t, k, p in _INT8_CASES] + [(Q.Q4_K, k, False, True) for k in (512, 768, 1024)]
 
 
 def test_int8_groups_give_each_lane_the_elements_of_one_block() -> None:
-    """Where the activation's int8 form is stored in groups of G steps, the positions are a
-    permutation, and the 4-byte lane j of a group's G 64-byte steps holds its elements 4Gj..4Gj+4G-1
-    (within one scale block of 16 or 32); elsewhere the order is the elements' own."""
-    for k, n_g in ((1024, 4), (768, 2), (896, 1)):
+    """Where the activation's int8 form is stored in groups (K a multiple of 128), the positions
+    are a permutation; each half of K is stored from its start as groups of 4 64-byte steps, then
+    one of 2 where 128 or more are left, then its last 64 in their own order; and the 4-byte lane
+    j of a group of G steps holds its elements 4Gj..4Gj+4G-1 (within one scale block of 16 or 32).
+    Elsewhere the order is the elements' own."""
+    def groups(half: int) -> list[tuple[int, int]]:  # (first element, steps) of one half's groups
+        out, e = [], 0
+        while half - e >= 256:
+            out, e = out + [(e, 4)], e + 256
+        if half - e >= 128:
+            out, e = out + [(e, 2)], e + 128
+        return out + ([(e, 1)] if half - e else [])
+
+    assert groups(448) == [(0, 4), (256, 2), (384, 1)]
+    for k in (1024, 768, 896, 640, 4864, 384, 576):
         where = np.array([Q.int8_position(i, k) for i in range(k)])
         assert sorted(where) == list(range(k))
-        size = 64 * n_g
-        for g in range(k // size):
-            for j in range(16):
-                held = sorted(i for i in range(k) if where[i] - size * g in
-                              [64 * s + 4 * j + b for s in range(n_g) for b in range(4)])
-                assert held == list(range(size * g + 4 * n_g * j, size * g + 4 * n_g * (j + 1)))
+        if k % 128:
+            assert list(where) == list(range(k))
+            continue
+        for h in (0, k // 2):
+            for first, n_g in groups(k // 2):
+                start = h + first
+                for j in range(16):
+                    held = sorted(i for i in range(start, start + 64 * n_g) if where[i] - start in
+                                  [64 * s + 4 * j + b for s in range(n_g) for b in range(4)])
+                    assert held == list(range(start + 4 * n_g * j, start + 4 * n_g * (j + 1)))
 
 
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
