@@ -246,3 +246,28 @@ def test_warm_up_changes_nothing_a_later_evaluation_computes(one_token_int8: boo
         finally:
             backend.close()
     assert np.array_equal(results[0], results[1])
+
+
+def test_kv_cache_type_float32_follows_llama_cpps_float32_cache(synthetic) -> None:
+    """`kv_type` "f32" keeps the KV cache in float32 (twice the bytes) and then agrees with
+    llama.cpp's float32 cache to float32 rounding; an unknown type is refused with its name."""
+    from engine.backend import EngineError
+    from engine.native import NativeBackend
+    from synthetic_models import llama_logits
+
+    path = synthetic("qwen2")
+    with pytest.raises(EngineError, match="unknown KV cache type 'q8_0'"):
+        NativeBackend(path, n_ctx=64, n_threads=1, n_batch=16, kv_type="q8_0")
+    f16 = NativeBackend(path, n_ctx=64, n_threads=1, n_batch=16)
+    f32 = NativeBackend(path, n_ctx=64, n_threads=1, n_batch=16, kv_type="f32")
+    try:
+        assert f32.state.kv_bytes == 2 * f16.state.kv_bytes
+        tokens = [int(t) for t in np.random.default_rng(5).integers(1, 200, 48)]
+        want = llama_logits(path, tokens, n_threads=1, kv_f32=True)
+        got = f32.eval_logits(tokens)
+        rel = np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
+        print(f"\nfloat32 KV: relative error median {np.median(rel):.1e}, largest {rel.max():.1e}")
+        assert np.median(rel) < 1e-5 and rel.max() < 1e-4
+    finally:
+        f16.close()
+        f32.close()
