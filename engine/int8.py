@@ -65,7 +65,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from engine.quants import INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, compact_at, compact_scale, int8_order, int8_position, stored_value
+from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, compact_at, compact_scale, int8_order,
+                           int8_position, stored_value)
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
 _NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
@@ -116,8 +117,8 @@ def _load64(builder, ptr, idx):
 
 def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     """The LLVM function, in module `mod`, that computes the n_rows x n_tok sums of one rowdot with
-    the activation stored in `order` (engine.quants `int8_order`, `int8_position`): void(q, q_stride, s, s_stride, r, xq, xq_stride, xd, xd_stride, t0, K, off,
-    out), the arrays as byte pointers and row strides, the sums written to out (float*). One
+    the activation stored in `order` (engine.quants `int8_order`, `int8_position`): void(q,
+    q_stride, s, s_stride, r, xq, xq_stride, xd, xd_stride, t0, K, off, out), the arrays as byte pointers and row strides, the sums written to out (float*). One
     function per variant, not one body with a branch on K: the branches' other loops cost the
     stepwise loop ~7% (Qwen2.5-0.5B's 896-wide matrices for 8 tokens)."""
     name = f"assistant_i8dot_{n_rows}x{n_tok}_l{layout}_o{order}"
@@ -451,9 +452,8 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
 def _codegen(n_rows: int, n_tok: int, layout: int):
     """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, r (the first of n_rows
     rows), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
-    first of n_tok tokens), order (`engine.quants.int8_order` of K): a call of that variant's
-    `_kernel`. Per 64-byte step (or group),
-    each token's activation bytes are loaded (and their product with the offset taken) once for
+    first of n_tok tokens), order (`engine.quants.int8_order` of K): a call of that order's
+    `_kernel`. Per 64-byte step (or group), each token's activation bytes are loaded (and their product with the offset taken) once for
     all the rows, and each row's bytes once for all the tokens. The loops are emitted twice, with
     and without the offset's product; `off` picks one."""
 

@@ -73,6 +73,8 @@ def _scores16(typingctx, scores, at, qv, cache, slot, g, sc):  # noqa: ANN001, A
     shuffles and an add that halve the vectors each round (45 instructions, one 16-lane vector of
     the 16 sums at the end), where one key at a time each dot product ended in a horizontal sum
     of its own (~8 dependent instructions a key)."""
+    if not all(a.layout == "C" for a in (scores, qv, cache)):  # rows read as contiguous 16-lane vectors
+        return None
     f32, i64 = ir.FloatType(), ir.IntType(64)
     v16 = ir.VectorType(f32, 16)
     half = cache.dtype == types.uint16
