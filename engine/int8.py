@@ -75,6 +75,12 @@ _SUB16 = (BYTE16, NIB6)  # layouts with a weight scale per 16 (Q6_K)
 #: the K-quants' layouts, whose scales are compact (engine.quants `compact_at`), and whether their
 #: weights are stored with an offset: Q6_K (NIB6) always, Q4_K (NIBK) and Q5_K (NIB5K) never
 _COMPACT = {NIBK: False, NIB5K: False, NIB6: True}
+#: layouts whose weights always carry the same offset (whether they do, as `_COMPACT`): the K-quants'
+#: and Q6_K's bytes (BYTE16 holds only Q6_K); only that row loop is compiled for them
+_OFFSET_KNOWN = {**_COMPACT, BYTE16: True}
+#: layouts whose K is always a multiple of 128, whose activation is never in its own order: the
+#: K-quants' (whole superblocks) and the planes (whole 128-weight steps, engine.quants `pack`)
+_GROUPED_ONLY = (*_COMPACT, BYTE16, NIB5)
 
 
 def _host_has_vnni() -> bool:
@@ -428,14 +434,14 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
         left = builder.urem(half, ir.Constant(_I64, 256))
         has2 = builder.icmp_unsigned(">=", left, ir.Constant(_I64, 128))
         accs = when(has2, lambda a: two(at, a, signed), accs)
-        if not compact:  # (K-quants: K is whole superblocks, no half ends with a single step)
+        if not (compact or layout == BYTE16):  # (K whole superblocks: no half ends with a single step)
             last = builder.select(has2, builder.add(at, ir.Constant(_I64, 2)), at)
             has1 = builder.icmp_unsigned("!=", builder.urem(left, ir.Constant(_I64, 128)), ir.Constant(_I64, 0))
             accs = when(has1, lambda a: step(last, a, signed), accs)
         return reduced(accs)
 
-    if compact:  # one quant type, whose offset is known
-        sums = row(_COMPACT[layout])
+    if layout in _OFFSET_KNOWN:  # its weights' offset is known
+        sums = row(_OFFSET_KNOWN[layout])
     else:
         with builder.if_else(builder.icmp_signed("!=", off_val, ir.Constant(_I64, 0))) as (offset, plain):
             with offset:
@@ -478,7 +484,7 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
             with by_fours:
                 builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_UNIFORM), call_args)
             with other:
-                if layout in _COMPACT:  # K-quants: K is whole superblocks of 256, never in its own order
+                if layout in _GROUPED_ONLY:  # K a multiple of 128: never in the elements' own order
                     builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_MIXED), call_args)
                 else:
                     mixed = builder.icmp_signed("==", order, ir.Constant(_I64, INT8_MIXED))

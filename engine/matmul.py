@@ -132,7 +132,7 @@ def _min_term(qr: np.ndarray, mr: np.ndarray, xs: np.ndarray, compact: bool) -> 
 def matvec_serial(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarray,
                   s: np.ndarray, m: np.ndarray, xh: np.ndarray, xs: np.ndarray) -> None:
     """`matvec` on one thread, for matrices too small to pay for a parallel region."""
-    _matvec_rows(out, kind, np.float32(off), w32, q, s, m, xh, xs, 0, out.shape[0])
+    _matvec_rows(out, kind, np.float32(off), w32, q, s, m, xh, xs, np.int64(0), out.shape[0])  # (see matmul_i8_serial)
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)
@@ -258,7 +258,9 @@ def matmul_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarr
 def matmul_i8_serial(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
                      xq: np.ndarray, xd: np.ndarray, xs: np.ndarray) -> None:
     """`matmul_i8` on one thread (small matrices)."""
-    _matmul_rows_i8(out, kind, off, q, s, m, xq, xd, xs, 0, out.shape[1])
+    # the first row as an int64, not the literal 0: Numba would compile _matmul_rows_i8 and every
+    # integer kernel in it a second time for a literal argument (a first run's compiling, measured)
+    _matmul_rows_i8(out, kind, off, q, s, m, xq, xd, xs, np.int64(0), out.shape[1])
 
 
 # --- one token through a SwiGLU FFN, or through the experts a router picked ------------------------
