@@ -65,6 +65,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from engine.llvm_ir import vector_loop
 from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, compact_at, compact_scale, int8_order,
                            int8_position, stored_value)
 
@@ -199,7 +200,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     off8 = builder.trunc(off_val, _I8)
     offv = builder.shuffle_vector(builder.insert_element(ir.Constant(_V64I8, None), off8, ir.Constant(_I32, 0)),
                                   ir.Constant(_V64I8, None), ir.Constant(ir.VectorType(_I32, 64), [0] * 64))
-    zero_i, zero_f = ir.Constant(_V16I32, None), ir.Constant(_V16F32, None)
+    zero_i = ir.Constant(_V16I32, None)
     fast = ("fast",)
 
     def merge(a_vals, a_block, b_vals, b_block):
@@ -384,28 +385,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
 
     def loop(count, body, signed):
         """for i < count: accs = body(i, accs, signed), from zero; the per-(row, token) vectors."""
-        entry = builder.block
-        head = builder.append_basic_block("i8dot.loop")
-        inner = builder.append_basic_block("i8dot.body")
-        done = builder.append_basic_block("i8dot.done")
-        builder.branch(head)
-        builder.position_at_end(head)
-        i = builder.phi(_I64)
-        i.add_incoming(ir.Constant(_I64, 0), entry)
-        accs = []
-        for _ in range(n_rows * n_tok):
-            acc = builder.phi(_V16F32)
-            acc.add_incoming(zero_f, entry)
-            accs.append(acc)
-        builder.cbranch(builder.icmp_unsigned("<", i, count), inner, done)
-        builder.position_at_end(inner)
-        new = body(i, accs, signed)
-        i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), builder.block)
-        for acc, value in zip(accs, new):
-            acc.add_incoming(value, builder.block)
-        builder.branch(head)
-        builder.position_at_end(done)
-        return accs
+        return vector_loop(builder, count, n_rows * n_tok, _V16F32, lambda i, accs: body(i, accs, signed), "i8dot")
 
     def when(pred, body, accs):
         """accs = body(accs) if pred."""

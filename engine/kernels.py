@@ -19,6 +19,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from engine.llvm_ir import vector_loop
+
 # fastmath without 'nnan'/'ninf': masks and overflowing exponentials must keep their meaning
 FAST = {"reassoc", "contract", "nsz", "arcp", "afn"}
 
@@ -93,37 +95,21 @@ def _scores16(typingctx, scores, at, qv, cache, slot, g, sc):  # noqa: ANN001, A
         q_ptr = builder.ptrtoint(q_arr.data, i64)
         fast = ("fast",)
 
-        entry = builder.block
-        head_bb = builder.append_basic_block("scores16.loop")
-        body_bb = builder.append_basic_block("scores16.body")
-        done_bb = builder.append_basic_block("scores16.done")
-        builder.branch(head_bb)
-        builder.position_at_end(head_bb)
-        c = builder.phi(i64)
-        c.add_incoming(ir.Constant(i64, 0), entry)
-        accs = []
-        for _ in range(16):
-            phi = builder.phi(v16)
-            phi.add_incoming(ir.Constant(v16, None), entry)
-            accs.append(phi)
-        builder.cbranch(builder.icmp_signed("<", c, d), body_bb, done_bb)
-        builder.position_at_end(body_bb)
-        q = builder.load(builder.inttoptr(builder.add(q_ptr, builder.mul(c, ir.Constant(i64, 4))), v16.as_pointer()),
-                         align=4)
-        new = []
-        for u in range(16):
-            row = builder.add(base, builder.mul(ir.Constant(i64, u), strides[0]))
-            at_ptr = builder.inttoptr(builder.add(row, builder.mul(c, ir.Constant(i64, elem))), ety.as_pointer())
-            k = builder.load(at_ptr, align=elem)
-            if half:
-                k = builder.fpext(builder.bitcast(k, ir.VectorType(ir.HalfType(), 16)), v16)
-            new.append(builder.fadd(accs[u], builder.fmul(q, k, flags=fast), flags=fast))
-        nxt = builder.add(c, ir.Constant(i64, 16))
-        c.add_incoming(nxt, builder.block)
-        for phi, v in zip(accs, new):
-            phi.add_incoming(v, builder.block)
-        builder.branch(head_bb)
-        builder.position_at_end(done_bb)
+        def chunk(i, accs):  # elements 16i..16i+15 of q and of each key
+            c = builder.mul(i, ir.Constant(i64, 16))
+            q = builder.load(builder.inttoptr(builder.add(q_ptr, builder.mul(c, ir.Constant(i64, 4))),
+                                              v16.as_pointer()), align=4)
+            new = []
+            for u in range(16):
+                row = builder.add(base, builder.mul(ir.Constant(i64, u), strides[0]))
+                at_ptr = builder.inttoptr(builder.add(row, builder.mul(c, ir.Constant(i64, elem))), ety.as_pointer())
+                k = builder.load(at_ptr, align=elem)
+                if half:
+                    k = builder.fpext(builder.bitcast(k, ir.VectorType(ir.HalfType(), 16)), v16)
+                new.append(builder.fadd(accs[u], builder.fmul(q, k, flags=fast), flags=fast))
+            return new
+
+        accs = vector_loop(builder, builder.udiv(d, ir.Constant(i64, 16)), 16, v16, chunk, "scores16")
 
         def mask(m):
             return ir.Constant(ir.VectorType(ir.IntType(32), 16), m)
