@@ -79,9 +79,11 @@ _COMPACT = {NIBK: False, NIB5K: False, NIB6: True}
 #: layouts whose weights always carry the same offset (whether they do, as `_COMPACT`): the K-quants'
 #: and Q6_K's bytes (BYTE16 holds only Q6_K); only that row loop is compiled for them
 _OFFSET_KNOWN = {**_COMPACT, BYTE16: True}
-#: layouts whose K is always a multiple of 128, whose activation is never in its own order: the
-#: K-quants' (whole superblocks) and the planes (whole 128-weight steps, engine.quants `pack`)
-_GROUPED_ONLY = (*_COMPACT, BYTE16, NIB5)
+#: layouts of the K-quants and Q6_K's bytes, whose K is whole 256-weight superblocks
+_SUPERBLOCKS = (*_COMPACT, BYTE16)
+#: layouts whose K is always a multiple of 128, whose activation is never in its own order: those
+#: and the planes (whole 128-weight steps, engine.quants `pack`)
+_GROUPED_ONLY = (*_SUPERBLOCKS, NIB5)
 
 
 def _host_has_vnni() -> bool:
@@ -414,7 +416,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
         left = builder.urem(half, ir.Constant(_I64, 256))
         has2 = builder.icmp_unsigned(">=", left, ir.Constant(_I64, 128))
         accs = when(has2, lambda a: two(at, a, signed), accs)
-        if not (compact or layout == BYTE16):  # (K whole superblocks: no half ends with a single step)
+        if layout not in _SUPERBLOCKS:  # (K whole superblocks: no half ends with a single step)
             last = builder.select(has2, builder.add(at, ir.Constant(_I64, 2)), at)
             has1 = builder.icmp_unsigned("!=", builder.urem(left, ir.Constant(_I64, 128)), ir.Constant(_I64, 0))
             accs = when(has1, lambda a: step(last, a, signed), accs)

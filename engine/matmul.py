@@ -112,19 +112,23 @@ def _matvec_rows(out: np.ndarray, kind: int, o: np.float32, w32: np.ndarray, q: 
             out[r - base] += _min_term(q[r], m[r], xs, compact)
 
 
+@njit(cache=True, inline="always")
+def _block_min(qr: np.ndarray, mr: np.ndarray, b: int, nb: int, compact: bool) -> np.float32:
+    """The min of block b (of nb per row, 32 weights each) of a row: its mins `mr`, or where the
+    scales are compact -dmin per 256 in `mr` times the block's min byte at the row's end
+    (engine.quants)."""
+    if compact:
+        return mr[b >> 3] * np.float32(qr[qr.shape[0] - nb + b])
+    return mr[b]
+
+
 @njit(fastmath=FAST, cache=True, inline="always")
 def _min_term(qr: np.ndarray, mr: np.ndarray, xs: np.ndarray, compact: bool) -> np.float32:
-    """sum_b min_b * xs[b] over a row's blocks of 32: its mins `mr`, or where the scales are compact
-    -dmin per 256 in `mr` times each block's min byte at the row's end (engine.quants)."""
+    """sum_b min_b * xs[b] over a row's blocks of 32 (`_block_min`)."""
     acc = np.float32(0.0)
     nb = xs.shape[0]
-    if compact:
-        mb = qr[qr.shape[0] - nb:]
-        for b in range(nb):
-            acc += mr[b >> 3] * (np.float32(mb[b]) * xs[b])
-    else:
-        for b in range(nb):
-            acc += mr[b] * xs[b]
+    for b in range(nb):
+        acc += _block_min(qr, mr, b, nb, compact) * xs[b]
     return acc
 
 
@@ -220,15 +224,14 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
     if m.shape[0] == 0:
         return
-    # each row's min per block of 32 (compact: -dmin per 256 times the block's min byte at the
-    # row's end, engine.quants) once for all the tokens: made again for every token, the min term
-    # took 24% of a Qwen3-30B-A3B-shaped prefill's gate/up experts (185 ms against 141 without it)
+    # each row's min per block of 32 (`_block_min`) once for all the tokens: made again for every
+    # token, the min term took 24% of a Qwen3-30B-A3B-shaped prefill's gate/up experts (185 ms
+    # against 141 without it)
     nb = xs.shape[1]
     mins = np.empty((r1 - r0, nb), np.float32)
     for r in range(r0, r1):
-        mb = q[r, q.shape[1] - nb:]
         for b in range(nb):
-            mins[r - r0, b] = m[r, b >> 3] * np.float32(mb[b]) if compact else m[r, b]
+            mins[r - r0, b] = _block_min(q[r], m[r], b, nb, compact)
     # token by token along the rows: a token's outputs are contiguous, while one row's are a row of
     # `out` apart (8 KB for 2048 rows, the same cache set: row by row it ran 6x slower for 64 tokens)
     for t in range(xq.shape[0]):
