@@ -58,6 +58,8 @@ release changes every file at once, so users never meet a stale kernel).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
@@ -66,7 +68,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from engine.llvm_ir import vector_loop
-from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, compact_at, compact_scale, int8_order,
+from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, Q6_STEP_BYTES, QK_K, compact_at, compact_scale, int8_order,
                            int8_position, stored_value)
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
@@ -81,21 +83,27 @@ _COMPACT = {NIBK: False, NIB5K: False, NIB6: True}
 _OFFSET_KNOWN = {**_COMPACT, BYTE16: True}
 #: layouts of the K-quants and Q6_K's bytes, whose K is whole 256-weight superblocks
 _SUPERBLOCKS = (*_COMPACT, BYTE16)
+#: layouts whose bytes are stored in the activation's grouped int8 order (engine.quants `nibble_byte`):
+#: their steps go to `vpdpbusd` as loaded, without the transposes the others take
+_STORED_GROUPED = (NIB6,)
 #: layouts whose K is always a multiple of 128, whose activation is never in its own order: those
 #: and the planes (whole 128-weight steps, engine.quants `pack`)
 _GROUPED_ONLY = (*_SUPERBLOCKS, NIB5)
 
 
-def _host_has_vnni() -> bool:
+def _host_has(*names: str) -> bool:
     try:
         f = llvm_binding.get_host_cpu_features()
     except Exception:  # pragma: no cover - llvmlite cannot say: take the float path
         return False
-    return all(f.get(name, False) for name in ("avx512f", "avx512bw", "avx512vnni"))
+    return all(f.get(name, False) for name in names)
 
 
 #: True when this CPU runs the integer dot products (AVX-512 VNNI)
-AVAILABLE = _host_has_vnni()
+AVAILABLE = _host_has("avx512f", "avx512bw", "avx512vnni")
+#: whether Q6_K's 2-bit fields are moved into place by GF2P8AFFINEQB (else by shifts);
+#: ASSISTANT_GFNI=0 takes the shifts (tests of that path)
+_GFNI = _host_has("gfni") and os.environ.get("ASSISTANT_GFNI", "1") != "0"
 
 _I8, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _V64I8, _V16I32, _V16F32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16), ir.VectorType(_F32, 16)
@@ -106,14 +114,37 @@ _V64I8, _V16I32, _V16F32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16), ir.V
 PREFETCH_ROWS = 8
 
 
-def _weight_bytes(builder, row, i, half, n_planes: int, qv, hf: int):
-    """Half-row hf's 64 weights of step i of a NIB/PLANES row (a byte pointer) as bytes, from the
-    step's 64 bytes `qv`: its nibbles, then the bits above 4 from the planes (engine.quants
-    `plane_byte`; per half-row and plane a 64-bit mask, which LLVM turns into one masked byte move)."""
+def _weight_bytes(builder, row, high_at, n_planes: int, qv, hf: int):
+    """Half-row hf's 64 weights of a step of a NIB/PLANES row (a byte pointer) as bytes, from the
+    step's 64 bytes `qv`: its nibbles, then the bits above 4 (engine.quants `high_bit`) from the
+    step's bytes of them at byte `high_at` of the row. One plane:
+    per half-row a 64-bit mask, which LLVM turns into one masked byte move. Two (Q6_K): the step's
+    32 bytes of 2-bit fields loaded twice over into 64, and each byte's field for this half-row
+    moved to bits 4-5 by one GF2P8AFFINEQB (a bit matrix per 8 bytes: the first 32 bytes take bits
+    0-1 or 4-5, the last 32 bits 2-3 or 6-7), or by shifts where the CPU lacks GFNI."""
     v = builder.and_(qv, ir.Constant(_V64I8, [0x0F] * 64)) if hf == 0 else builder.lshr(qv, ir.Constant(_V64I8, [4] * 64))
+    if n_planes == 2:
+        v32 = ir.VectorType(_I8, 32)
+        c = builder.load(builder.bitcast(builder.gep(row, [high_at]), v32.as_pointer()), align=1)
+        c = builder.shuffle_vector(c, ir.Constant(v32, None), ir.Constant(ir.VectorType(_I32, 64), list(range(32)) * 2))
+        first, second = 4 * hf, 4 * hf + 2  # the field's low bit in bytes 0-31 and 32-63
+        if _GFNI:
+            affine = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(_V64I8, [_V64I8, _V64I8, _I8]), "llvm.x86.vgf2p8affineqb.512")
+            # output bit 4 reads matrix byte 3, bit 5 byte 2 (GF2P8AFFINEQB: bit o = parity(A[7 - o] & x))
+            matrix = [0] * 64
+            for qw in range(8):
+                low = first if qw < 4 else second
+                matrix[8 * qw + 3], matrix[8 * qw + 2] = 1 << low, 1 << (low + 1)
+            hi = builder.call(affine, [c, ir.Constant(_V64I8, matrix), ir.Constant(_I8, 0)])
+        else:
+            shift = [4 - first] * 32 + [4 - second] * 32
+            up = builder.shl(c, ir.Constant(_V64I8, [max(t, 0) for t in shift]))
+            hi = builder.and_(builder.lshr(up, ir.Constant(_V64I8, [max(-t, 0) for t in shift])),
+                              ir.Constant(_V64I8, [0x30] * 64))
+        return builder.or_(v, hi)
     for p in range(n_planes):
-        w = builder.add(builder.mul(i, ir.Constant(_I64, 2 * n_planes)), ir.Constant(_I64, hf * n_planes + p))
-        at = builder.add(half, builder.mul(w, ir.Constant(_I64, 8)))
+        at = builder.add(high_at, ir.Constant(_I64, 8 * (hf * n_planes + p)))
         bits = builder.load(builder.bitcast(builder.gep(row, [at]), _I64.as_pointer()), align=1)
         mask = builder.bitcast(bits, ir.VectorType(ir.IntType(1), 64))
         v = builder.or_(v, builder.select(mask, ir.Constant(_V64I8, [16 << p] * 64), ir.Constant(_V64I8, None)))
@@ -175,15 +206,15 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     compact = layout in _COMPACT
     sc_base = builder.add(half, builder.mul(builder.udiv(k, ir.Constant(_I64, 8)), ir.Constant(_I64, n_planes)))
 
-    def compact_lanes(j, sub_at, x_off, n, size):
-        """Row j's n weight scales from sub-block sub_at on, spread as `lanes` does, from its
-        compact scales (engine.quants `compact_at`): each scale byte (signed for Q6_K) times its
+    def compact_lanes(j, sc_at, x_off, n, size):
+        """Row j's n weight scales from its byte sc_at on, spread as `lanes` does, from its
+        compact scales (engine.quants `compact_byte`): each scale byte (signed for Q6_K) times its
         superblock's d, in one plain multiply, the float32 product the other layouts hold. A group
         of `size` = 256 weights in a MIXED order starts at a multiple of 128: where it starts
         half-way through a superblock (the second half of K = 768, say), its second half of scales
         takes the next d."""
         vb = ir.VectorType(_I8, n)
-        b = builder.load(builder.bitcast(builder.gep(q_rows[j], [builder.add(sc_base, sub_at)]), vb.as_pointer()),
+        b = builder.load(builder.bitcast(builder.gep(q_rows[j], [sc_at]), vb.as_pointer()),
                          align=1)
         vi = (builder.sext if _COMPACT[layout] else builder.zext)(b, ir.VectorType(_I32, n))
         d = builder.load(builder.gep(s_rows[j], [builder.udiv(x_off, ir.Constant(_I64, QK_K))]))
@@ -283,7 +314,8 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             weights = []  # per row: (int8 vector, weight-scale lanes)
             for j in range(n_rows):
                 if nibbles:
-                    wv = _weight_bytes(builder, q_rows[j], i, half, n_planes, packed[j], p)
+                    wv = _weight_bytes(builder, q_rows[j], builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes))),
+                                       n_planes, packed[j], p)
                 else:
                     wv = load64(q_rows[j], x_off)
                 weights.append((wv, lanes(s_rows[j], s_blk, n_s)))
@@ -331,16 +363,27 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             byte = builder.mul(first, ir.Constant(_I64, 64))
             split = nibbles or order == INT8_MIXED
             parts = [(byte, 0), (builder.add(byte, half), 1)] if split else [(byte, 0)]
-            steps = [builder.add(byte, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
+            grouped_row = layout in _STORED_GROUPED
+            # where the group's nibble steps, bytes of high bits and (grouped rows) scales are
+            if grouped_row:  # engine.quants `q6_step_at`: the group's bytes one after the other
+                base = builder.mul(first, ir.Constant(_I64, Q6_STEP_BYTES))
+                steps = [builder.add(base, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
+                highs = [builder.add(base, ir.Constant(_I64, 64 * n_g + 32 * s)) for s in range(n_g)]
+            else:
+                steps = [builder.add(byte, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
+                highs = [builder.add(half, builder.mul(builder.add(first, ir.Constant(_I64, s)),
+                                                       ir.Constant(_I64, 16 * n_planes))) for s in range(n_g)]
             packed = []
             for j in range(n_rows):
-                for s in range(n_g):
+                if grouped_row:  # every line of the group, PREFETCH_ROWS rows on
+                    for line in range(-(-Q6_STEP_BYTES * n_g // 64)):
+                        fetch_ahead(j, builder.add(base, ir.Constant(_I64, 64 * line)))
+                for s in range(n_g * (not grouped_row)):
                     fetch_ahead(j, steps[s])
                     if split and not nibbles:  # the other half's bytes are a stream of their own
                         fetch_ahead(j, builder.add(steps[s], half))
                     if n_planes:
-                        i = builder.add(first, ir.Constant(_I64, s))
-                        fetch_ahead(j, builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes))))
+                        fetch_ahead(j, highs[s])
                 if nibbles:  # planes are added to the natural steps' nibbles, then transposed
                     natural = [load64(q_rows[j], at) for at in steps]
                     packed.append(natural if n_planes else transpose(natural))
@@ -350,8 +393,8 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                 weights = []  # per row: (n_g int8 vectors in the grouped order, weight-scale lanes)
                 for j in range(n_rows):
                     if n_planes:
-                        wv = transpose([_weight_bytes(builder, q_rows[j], builder.add(first, ir.Constant(_I64, s)),
-                                                      half, n_planes, packed[j][s], hf) for s in range(n_g)])
+                        wv = [_weight_bytes(builder, q_rows[j], highs[s], n_planes, packed[j][s], hf) for s in range(n_g)]
+                        wv = wv if grouped_row else transpose(wv)
                     elif nibbles:
                         wv = [builder.and_(v, ir.Constant(_V64I8, [0x0F] * 64)) if hf == 0
                               else builder.lshr(v, ir.Constant(_V64I8, [4] * 64)) for v in packed[j]]
@@ -359,7 +402,11 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                         wv = transpose([load64(q_rows[j], builder.add(x_off, ir.Constant(_I64, 64 * s)))
                                         for s in range(n_g)])
                     s_at = builder.udiv(x_off, ir.Constant(_I64, 16 if sub16 else 32))
-                    sl = (compact_lanes(j, s_at, x_off, 16 // per_scale, 64 * n_g) if compact
+                    if grouped_row:  # the group's scale bytes of this half-row, after its high bits
+                        sc_at = builder.add(base, ir.Constant(_I64, 96 * n_g + 4 * n_g * hf))
+                    else:
+                        sc_at = builder.add(sc_base, s_at)
+                    sl = (compact_lanes(j, sc_at, x_off, 16 // per_scale, 64 * n_g) if compact
                           else lanes(s_rows[j], s_at, 16 // per_scale))
                     weights.append((wv, sl))
                 d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
@@ -510,7 +557,7 @@ def _portable(n_rows: int, n_tok: int, layout: int):
                     else:
                         w = np.int64(qr[i])
                     if compact:  # the scale byte times the superblock's d
-                        sc = sr[i // QK_K] * compact_scale(qr, at, i, sub)
+                        sc = sr[i // QK_K] * compact_scale(qr, at, i, sub, k)
                     else:
                         sc = sr[i // 16 if layout in _SUB16 else i // 32]
                     acc += sc * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, int8_position(i, k)]))

@@ -367,7 +367,7 @@ def _deq_planes(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> N
     n_planes, sub, at = compact_at(q.shape[0], k)
     if compact_scales(s.shape[0], k):  # d per 256 times each sub-block's scale byte
         for i in range(k):
-            sc = s[i // QK_K] * compact_scale(q, at, i, sub)
+            sc = s[i // QK_K] * compact_scale(q, at, i, sub, k)
             y[i] = sc * (np.float32(stored_value(q, i, half, n_planes)) - o)
         return
     sub = 16 if s.shape[0] * 16 == k else 32

@@ -282,16 +282,18 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
         if q.shape[1] == k:  # BYTE
             q[r, :] = qi
             continue
+        n_planes, sub, at = compact_at(q.shape[1], k)
+        q[r, :] = 0
         for i in range(half):
-            q[r, i] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
-        n_planes, _sub, at = compact_at(q.shape[1], k)
-        q[r, half:] = 0
+            q[r, nibble_byte(i, half, n_planes)] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
         for i in range(k * (n_planes > 0)):  # PLANES
             for p in range(n_planes):
-                q[r, plane_byte(i, half, n_planes, p)] |= ((np.int64(qi[i]) >> (4 + p)) & 1) << (i & 7)
+                at_, bit = high_bit(i, half, n_planes, p)
+                q[r, at_] |= ((np.int64(qi[i]) >> (4 + p)) & 1) << bit
         if compact:
             n_bytes = n_sub * (2 if m.shape[0] else 1)
-            q[r, at:at + n_bytes] = scb[:n_bytes]
+            for j in range(n_bytes):
+                q[r, compact_byte(j * sub, k, at, sub) if j < n_sub else at + j] = scb[j]
 
 
 @njit(cache=True, inline="always")
@@ -302,10 +304,24 @@ def compact_scales(n_scales: int, k: int) -> bool:
 
 
 @njit(cache=True, inline="always")
-def compact_scale(qr: np.ndarray, at: int, i: int, sub: int) -> np.float32:
-    """Element i's scale byte in a compact row `qr` (`compact_at`'s sub and at) as a number: signed
+def compact_byte(i: int, k: int, at: int, sub: int) -> int:
+    """Where element i's scale byte is in a compact K-wide row (`compact_at`'s at and sub): one
+    after the other from `at` (the mins, where there are mins, K/32 bytes on), but in Q6_K's PLANES
+    (sub 16) with their step (`q6_step_at`)."""
+    if sub != 16:
+        return at + i // sub
+    half = k >> 1
+    hf = 1 if i >= half else 0
+    j = i - hf * half
+    first, g = q6_group(j >> 6, half)
+    return q6_step_at(first) + 96 * g + 4 * g * hf + ((j - 64 * first) >> 4)
+
+
+@njit(cache=True, inline="always")
+def compact_scale(qr: np.ndarray, at: int, i: int, sub: int, k: int) -> np.float32:
+    """Element i's scale byte in a compact K-wide row `qr` (`compact_at`'s sub and at) as a number: signed
     for Q6_K (sub 16), a 6-bit code for Q4_K and Q5_K; times the superblock's d it is the scale."""
-    b = np.int64(qr[at + i // sub])
+    b = np.int64(qr[compact_byte(i, k, at, sub)])
     return np.float32(b - 256 if sub == 16 and b > 127 else b)
 
 
@@ -321,24 +337,81 @@ def compact_at(width: int, k: int) -> tuple[int, int, int]:
     return n_planes, (16 if n_planes == 2 else 32), half + n_planes * (k // 8)
 
 
-@njit(cache=True, inline="always")
-def plane_byte(i: int, half: int, n_planes: int, p: int) -> int:
-    """Where, in a PLANES row, the byte with bit 4+p of element i lives (bit i % 8 of it).
+#: the bytes of one 64-byte step of nibbles in Q6_K's PLANES rows: the nibbles, 32 bytes of 2-bit
+#: fields and 4 scale bytes per half-row (`q6_step_at`)
+Q6_STEP_BYTES = 104
 
-    Per 64-byte step s of the nibbles (elements 64s.. of the low half-row and half+64s.. of the
-    high one) the planes hold 8 bytes per (half-row, plane), in that order: one 64-bit mask per
-    plane and 64 elements, which the integer kernels turn into bytes with one masked move."""
+
+@njit(cache=True, inline="always")
+def q6_group(step: int, half: int) -> tuple[int, int]:
+    """The group of steps that step `step` of a half-row is in, as (its first step, its steps): the
+    groups of the activation's int8 form (`int8_position`: 4 steps, and one group of 2 where the
+    half ends with 128 elements; K is whole 256-element superblocks)."""
+    n4 = (half >> 8) << 2
+    if step < n4:
+        return step - (step & 3), 4
+    return n4, 2
+
+
+@njit(cache=True, inline="always")
+def q6_step_at(step: int) -> int:
+    """Where step `step`'s group starts in a Q6_K PLANES row, when `step` is its first.
+
+    The row is its groups of steps one after the other (`q6_group`), and a group of G steps is the
+    64G bytes of their nibbles, then 32G bytes of their 2-bit fields (`high_bit`), then 4G scale
+    bytes of the low half-row's 64G weights and 4G of the high one's (`compact_byte`). The integer
+    kernels read a row from its first byte to its last, a stream the hardware prefetcher follows
+    (the nibbles, the planes and the scales each in a region of their own, read group by group,
+    made three interleaved streams, and reading the 253 MB Q6_K head of a Qwen3 file one row after
+    the other ran at 10-12 GB/s on one thread, where a plain stream reads 31)."""
+    return step * Q6_STEP_BYTES
+
+
+@njit(cache=True, inline="always")
+def nibble_byte(i: int, half: int, n_planes: int) -> int:
+    """The byte of a NIB or PLANES row whose nibbles hold element i of the low half-row (its low
+    nibble) and element half + i (its high one). Q6_K's PLANES (two planes) store each group's
+    nibbles (`q6_step_at`) in the order of the activation's int8 form (`int8_position`), so that
+    the integer kernels multiply the bytes as they load them; the others keep the elements' own
+    order from the row's start."""
+    if n_planes != 2:
+        return i
+    p = int8_position(i, 2 * half)
+    st = p >> 6
+    first, _g = q6_group(st, half)
+    return q6_step_at(first) + 64 * (st - first) + (p & 63)
+
+
+@njit(cache=True, inline="always")
+def high_bit(i: int, half: int, n_planes: int, p: int) -> tuple[int, int]:
+    """Where, in a PLANES row, bit 4+p of element i lives: (byte, bit in it).
+
+    One plane (Q5_0, Q5_1, Q5_K), after the nibbles: per 64-byte step s of the nibbles (elements
+    64s.. of the low half-row and half+64s.. of the high one) 8 bytes per half-row, in that order:
+    one 64-bit mask per 64 elements, which the integer kernels turn into bytes with one masked move.
+    Two (Q6_K), in each group after its nibbles (`q6_step_at`): per step 32 bytes of 2-bit fields.
+    Byte b holds the two bits of the element whose nibble is in the step's byte b at bits 0-1 for
+    the low half-row and 4-5 for the high one, and of the nibble byte b + 32 at bits 2-3 and 6-7.
+    Loaded twice over into 64 bytes, one bit-matrix multiply (GF2P8AFFINEQB) per half-row moves
+    each byte's field to bits 4-5 (engine.int8 `_weight_bytes`)."""
     hf = 1 if i >= half else 0
     j = i - hf * half
-    return half + (((j >> 6) * 2 + hf) * n_planes + p) * 8 + ((j & 63) >> 3)
+    if n_planes == 2:
+        pos = int8_position(j, 2 * half)
+        st, b = pos >> 6, pos & 63
+        first, g = q6_group(st, half)
+        return q6_step_at(first) + 64 * g + 32 * (st - first) + (b & 31), 4 * hf + 2 * (b >> 5) + p
+    return half + (((j >> 6) * 2 + hf) * n_planes + p) * 8 + ((j & 63) >> 3), j & 7
 
 
 @njit(cache=True, inline="always")
 def stored_value(qr: np.ndarray, i: int, half: int, n_planes: int) -> int:
     """Element i's stored (unsigned) value in a NIB (n_planes 0) or PLANES row `qr`."""
-    v = np.int64(qr[i] & 15) if i < half else np.int64(qr[i - half] >> 4)
+    v = np.int64(qr[nibble_byte(i, half, n_planes)] & 15) if i < half else \
+        np.int64(qr[nibble_byte(i - half, half, n_planes)] >> 4)
     for p in range(n_planes):
-        v |= ((np.int64(qr[plane_byte(i, half, n_planes, p)]) >> (i & 7)) & 1) << (4 + p)
+        at, bit = high_bit(i, half, n_planes, p)
+        v |= ((np.int64(qr[at]) >> bit) & 1) << (4 + p)
     return v
 
 

@@ -175,6 +175,87 @@ def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, 
         assert np.array_equal(some, many[:n])
 
 
+@pytest.mark.parametrize("k", [768, 1024])
+def test_q6k_planes_rows_are_their_groups_one_after_the_other(k: int) -> None:
+    """A Q6_K PLANES row holds every nibble, 2-bit field and scale byte once, and each group of
+    steps of the activation's int8 form (4 steps, and one of 2 where a half ends with 128) has all
+    of its bytes, both half-rows', in one stretch of the row, the groups in order: the kernels
+    read a row from its first byte to its last."""
+    half = k // 2
+    w = Q.pack(random_tensor(Q.Q6_K, 1, k, seed=4), Q.Q6_K, k, planes=True)
+    assert w.kind == Q.KIND_PLANES and w.q.shape[1] == k // 2 + k // 4 + k // 16
+    owner = np.full(w.q.shape[1] * 8, -1)  # per bit of the row: the group of the element it belongs to
+    n_planes, sub, at = Q.compact_at(w.q.shape[1], k)
+    for i in range(k):
+        group = Q.q6_group((i % half) >> 6, half)[0]
+        bits = [8 * Q.nibble_byte(i % half, half, 2) + 4 * (i >= half) + b for b in range(4)]
+        bits += [8 * byte + bit for byte, bit in (Q.high_bit(i, half, 2, p) for p in range(2))]
+        if i % sub == 0:
+            bits += [8 * Q.compact_byte(i, k, at, sub) + b for b in range(8)]
+        assert (owner[bits] == -1).all(), i
+        owner[bits] = group
+    assert (owner >= 0).all()
+    firsts = owner[::8]
+    assert (np.diff(firsts) >= 0).all()  # the groups in order, each in one stretch
+    for first in np.unique(firsts):
+        assert np.flatnonzero(firsts == first)[0] == Q.q6_step_at(first)
+
+
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
+def test_q6k_fields_without_gfni_give_the_same_products(tmp_path: Path) -> None:
+    """Where the CPU lacks GFNI, the integer kernels move Q6_K's 2-bit fields into place with
+    shifts instead of GF2P8AFFINEQB: the same weight bytes, so the same sums. Each way is compiled
+    in a process of its own (ASSISTANT_GFNI picks it when the module loads, with an empty Numba
+    cache), for one row and token at a time and for a pair of rows and four tokens, K = 768
+    (groups of 4 and 2 steps) and 1024."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+import numpy as np
+from numba import njit
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from engine import int8 as I8, quants as Q
+from test_quants import random_tensor
+one, pair = I8._make(1, 1, I8.NIB6), I8._make(2, 4, I8.NIB6)
+
+@njit
+def products(q, s, xq, xd, g):
+    out = np.empty((2, q.shape[0], 4), np.float32)
+    for r in range(0, q.shape[0], 2):
+        for t in range(4):
+            out[0, r, t] = one(q, s, r, xq, xd, 32, t, g)
+            out[0, r + 1, t] = one(q, s, r + 1, xq, xd, 32, t, g)
+        v = pair(q, s, r, xq, xd, 32, 0, g)
+        for j in range(8):
+            out[1, r + j // 4, j % 4] = v[j]
+    return out
+
+res = []
+for k in (768, 1024):
+    w = Q.pack(random_tensor(Q.Q6_K, 6, k, seed=8), Q.Q6_K, k, planes=True)
+    x = np.random.default_rng(9).standard_normal((4, k)).astype(np.float32)
+    xh, xs = np.empty_like(x), np.empty((4, k // 32), np.float32)
+    xq, xd = np.empty((4, k), np.int8), np.empty((4, k // 32), np.float32)
+    Q.quantize_activation8(w.act, x, xh, xs, xq, xd)
+    res.append(products(w.q, w.s, xq, xd, Q.int8_order(k)))
+np.save(sys.argv[1], np.stack(res))
+print(I8._GFNI)
+"""
+    outs = {}
+    for flag in ("0", "1"):
+        env = {**__import__("os").environ, "ASSISTANT_GFNI": flag, "NUMBA_CACHE_DIR": str(tmp_path / f"nb{flag}")}
+        run = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"gfni{flag}.npy")], env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.stdout.strip() == str(flag == "1" and I8._host_has("gfni"))
+        outs[flag] = np.load(tmp_path / f"gfni{flag}.npy")
+    assert np.array_equal(outs["0"], outs["1"])
+    assert np.array_equal(outs["0"][:, 0], outs["0"][:, 1])  # one row and token at a time as in pairs
+    assert np.abs(outs["0"]).min() > 0
+
+
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
 @pytest.mark.parametrize("k", [512, 768])
 def test_compact_scales_give_the_same_integer_products(k: int) -> None:
