@@ -12,7 +12,8 @@ rows. Where the activation's int8 form is stored in groups (`engine.quants.int8_
 multiple of 128, each half of K in groups of 4 steps, then one of 2 and a single step where the
 half does not divide), that work is done once per group of 4 (or 2) steps: the weight
 rows' bytes, loaded in their own order, are transposed in registers to the activation's grouped
-order (8 or 2 two-source permutes per group and row, shared by the tokens), so that each int32
+order (8 or 2 two-source permutes per group and row, shared by the tokens; the PLANES rows are
+stored in that order and skip them), so that each int32
 lane sums 16 (8) products of one scale block over the group, and the lanes are turned to float
 and scaled once per group. Per `vpdpbusd` that leaves about one float operation in place of
 three, which had bound these kernels (docs/benchmarks.md, "Seventh pass"; `tests/engine/
@@ -34,9 +35,17 @@ per byte in half-rows (Q4_0, Q4_1, Q4_K), `NIB5` and `NIB6` the same nibbles plu
 `compact_at`): per group the kernel loads the scale bytes, widens them and multiplies them by the
 superblock's float32 `d` in one plain multiply, the same float32 products the float32 scales hold;
 they run only the grouped loops (K is whole superblocks) and only their type's offset (Q6_K 32,
-the others none). Per 64 weights a plane is a 64-bit mask,
+the others none). The PLANES layouts (`NIB5`, `NIB6`, `NIB5K`) are stored group by group
+(engine.quants `step_at`): a group's nibbles, in the activation's grouped order, then its bits
+above the nibble (and for Q6_K its scale bytes), so that a row is read from its first byte to its
+last, a stream the hardware prefetcher follows (with the nibbles and the planes in two regions of
+the row, read group by group, one thread read the 253 MB Q6_K head of a Qwen3 file at 10-12 GB/s
+against 31 for a plain stream; stored by groups, at 21). Per 64 weights a plane is a 64-bit mask,
 which one masked byte move (`select` of a `<64 x i1>`) turns into the bit's value in each byte,
-OR-ed onto the nibbles. The planes cost a few instructions per step and save the bytes: 0.75
+OR-ed onto the nibbles; Q6_K's two bits are a 2-bit field per weight, 32 bytes per step, loaded
+twice over into 64 bytes and moved to bits 4-5 by one GF2P8AFFINEQB per half-row (a constant bit
+matrix per 8 bytes; shifts on CPUs without GFNI), 3 instructions per 64 weights where its two
+masks took 6. The planes save the bytes: 0.75
 against 1.125 bytes per weight for Q5_0, 1.0 against 1.25 for Q6_K. Where many tokens share each
 row (prefill, batches) that expansion per group of 8 tokens costs 10-15% (Qwen2.5-0.5B's matrices
 for 64 tokens). Unpacking tiles of rows to bytes first won back about a third of that, but its two
@@ -68,7 +77,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from engine.llvm_ir import vector_loop
-from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, Q6_STEP_BYTES, QK_K, compact_at, compact_scale, int8_order,
+from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, STEP_BYTES, compact_at, compact_scale, int8_order,
                            int8_position, stored_value)
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
@@ -85,7 +94,7 @@ _OFFSET_KNOWN = {**_COMPACT, BYTE16: True}
 _SUPERBLOCKS = (*_COMPACT, BYTE16)
 #: layouts whose bytes are stored in the activation's grouped int8 order (engine.quants `nibble_byte`):
 #: their steps go to `vpdpbusd` as loaded, without the transposes the others take
-_STORED_GROUPED = (NIB6,)
+_STORED_GROUPED = (NIB5, NIB6, NIB5K)
 #: layouts whose K is always a multiple of 128, whose activation is never in its own order: those
 #: and the planes (whole 128-weight steps, engine.quants `pack`)
 _GROUPED_ONLY = (*_SUPERBLOCKS, NIB5)
@@ -304,8 +313,6 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
         for j in range(n_rows):
             for x_off, _, _ in (halves[0][:1] if nibbles else halves[0]):
                 fetch_ahead(j, x_off)
-            if n_planes:
-                fetch_ahead(j, builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes))))
             packed.append(load64(q_rows[j], byte) if nibbles else None)
         new = list(accs)
         # part by part (a half-row each where the layout has them), so that only one part's weight
@@ -314,8 +321,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             weights = []  # per row: (int8 vector, weight-scale lanes)
             for j in range(n_rows):
                 if nibbles:
-                    wv = _weight_bytes(builder, q_rows[j], builder.add(half, builder.mul(i, ir.Constant(_I64, 16 * n_planes))),
-                                       n_planes, packed[j], p)
+                    wv = _weight_bytes(builder, q_rows[j], None, 0, packed[j], p)  # (planes: grouped_at)
                 else:
                     wv = load64(q_rows[j], x_off)
                 weights.append((wv, lanes(s_rows[j], s_blk, n_s)))
@@ -365,25 +371,21 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             parts = [(byte, 0), (builder.add(byte, half), 1)] if split else [(byte, 0)]
             grouped_row = layout in _STORED_GROUPED
             # where the group's nibble steps, bytes of high bits and (grouped rows) scales are
-            if grouped_row:  # engine.quants `q6_step_at`: the group's bytes one after the other
-                base = builder.mul(first, ir.Constant(_I64, Q6_STEP_BYTES))
+            if grouped_row:  # engine.quants `step_at`: the group's bytes one after the other
+                base = builder.mul(first, ir.Constant(_I64, STEP_BYTES[n_planes]))
                 steps = [builder.add(base, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
-                highs = [builder.add(base, ir.Constant(_I64, 64 * n_g + 32 * s)) for s in range(n_g)]
+                highs = [builder.add(base, ir.Constant(_I64, 64 * n_g + 16 * n_planes * s)) for s in range(n_g)]
             else:
                 steps = [builder.add(byte, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
-                highs = [builder.add(half, builder.mul(builder.add(first, ir.Constant(_I64, s)),
-                                                       ir.Constant(_I64, 16 * n_planes))) for s in range(n_g)]
             packed = []
             for j in range(n_rows):
                 if grouped_row:  # every line of the group, PREFETCH_ROWS rows on
-                    for line in range(-(-Q6_STEP_BYTES * n_g // 64)):
+                    for line in range(-(-STEP_BYTES[n_planes] * n_g // 64)):
                         fetch_ahead(j, builder.add(base, ir.Constant(_I64, 64 * line)))
                 for s in range(n_g * (not grouped_row)):
                     fetch_ahead(j, steps[s])
                     if split and not nibbles:  # the other half's bytes are a stream of their own
                         fetch_ahead(j, builder.add(steps[s], half))
-                    if n_planes:
-                        fetch_ahead(j, highs[s])
                 if nibbles:  # planes are added to the natural steps' nibbles, then transposed
                     natural = [load64(q_rows[j], at) for at in steps]
                     packed.append(natural if n_planes else transpose(natural))
@@ -402,7 +404,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                         wv = transpose([load64(q_rows[j], builder.add(x_off, ir.Constant(_I64, 64 * s)))
                                         for s in range(n_g)])
                     s_at = builder.udiv(x_off, ir.Constant(_I64, 16 if sub16 else 32))
-                    if grouped_row:  # the group's scale bytes of this half-row, after its high bits
+                    if layout == NIB6:  # the group's scale bytes of this half-row, after its high bits
                         sc_at = builder.add(base, ir.Constant(_I64, 96 * n_g + 4 * n_g * hf))
                     else:
                         sc_at = builder.add(sc_base, s_at)
@@ -466,7 +468,8 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
         if layout not in _SUPERBLOCKS:  # (K whole superblocks: no half ends with a single step)
             last = builder.select(has2, builder.add(at, ir.Constant(_I64, 2)), at)
             has1 = builder.icmp_unsigned("!=", builder.urem(left, ir.Constant(_I64, 128)), ir.Constant(_I64, 0))
-            accs = when(has1, lambda a: step(last, a, signed), accs)
+            single = grouped_at(1) if layout in _STORED_GROUPED else step
+            accs = when(has1, lambda a: single(last, a, signed), accs)
         return reduced(accs)
 
     if layout in _OFFSET_KNOWN:  # its weights' offset is known

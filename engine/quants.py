@@ -307,14 +307,14 @@ def compact_scales(n_scales: int, k: int) -> bool:
 def compact_byte(i: int, k: int, at: int, sub: int) -> int:
     """Where element i's scale byte is in a compact K-wide row (`compact_at`'s at and sub): one
     after the other from `at` (the mins, where there are mins, K/32 bytes on), but in Q6_K's PLANES
-    (sub 16) with their step (`q6_step_at`)."""
+    (sub 16) in their group of steps (`step_at`)."""
     if sub != 16:
         return at + i // sub
     half = k >> 1
     hf = 1 if i >= half else 0
     j = i - hf * half
-    first, g = q6_group(j >> 6, half)
-    return q6_step_at(first) + 96 * g + 4 * g * hf + ((j - 64 * first) >> 4)
+    first, g = step_group(j >> 6, half)
+    return step_at(first, 2) + 96 * g + 4 * g * hf + ((j - 64 * first) >> 4)
 
 
 @njit(cache=True, inline="always")
@@ -337,71 +337,76 @@ def compact_at(width: int, k: int) -> tuple[int, int, int]:
     return n_planes, (16 if n_planes == 2 else 32), half + n_planes * (k // 8)
 
 
-#: the bytes of one 64-byte step of nibbles in Q6_K's PLANES rows: the nibbles, 32 bytes of 2-bit
-#: fields and 4 scale bytes per half-row (`q6_step_at`)
-Q6_STEP_BYTES = 104
+#: the bytes of one 64-byte step of nibbles in a PLANES row, by its planes (`step_at`): the
+#: nibbles and the step's bits above them (one plane: two 8-byte masks; Q6_K: 32 bytes of 2-bit
+#: fields and 4 scale bytes per half-row)
+STEP_BYTES = (64, 80, 104)
 
 
 @njit(cache=True, inline="always")
-def q6_group(step: int, half: int) -> tuple[int, int]:
-    """The group of steps that step `step` of a half-row is in, as (its first step, its steps): the
-    groups of the activation's int8 form (`int8_position`: 4 steps, and one group of 2 where the
-    half ends with 128 elements; K is whole 256-element superblocks)."""
+def step_group(step: int, half: int) -> tuple[int, int]:
+    """The group of steps that step `step` of a half-row is in, as (its first step, its steps):
+    the groups of the activation's int8 form (`int8_position`: 4 steps, then one of 2 where 128 or
+    more elements are left, then a last single step where 64 are)."""
     n4 = (half >> 8) << 2
     if step < n4:
         return step - (step & 3), 4
-    return n4, 2
+    if (half & 255) >= 128 and step < n4 + 2:
+        return n4, 2
+    return step, 1
 
 
 @njit(cache=True, inline="always")
-def q6_step_at(step: int) -> int:
-    """Where step `step`'s group starts in a Q6_K PLANES row, when `step` is its first.
+def step_at(step: int, n_planes: int) -> int:
+    """Where step `step`'s group starts in a PLANES row with n_planes planes, when `step` is its
+    first.
 
-    The row is its groups of steps one after the other (`q6_group`), and a group of G steps is the
-    64G bytes of their nibbles, then 32G bytes of their 2-bit fields (`high_bit`), then 4G scale
-    bytes of the low half-row's 64G weights and 4G of the high one's (`compact_byte`). The integer
-    kernels read a row from its first byte to its last, a stream the hardware prefetcher follows
-    (the nibbles, the planes and the scales each in a region of their own, read group by group,
-    made three interleaved streams, and reading the 253 MB Q6_K head of a Qwen3 file one row after
-    the other ran at 10-12 GB/s on one thread, where a plain stream reads 31)."""
-    return step * Q6_STEP_BYTES
+    The row is its groups of steps (`step_group`) one after the other, and a group of G steps is
+    the 64G bytes of their nibbles (`nibble_byte`), then their bits above the nibble (`high_bit`),
+    then, for Q6_K, 4G scale bytes of the low half-row's 64G weights and 4G of the high one's
+    (`compact_byte`); Q5_K's compact scales and mins follow the last group. The integer kernels
+    read a row from its first byte to its last, a stream the hardware prefetcher follows. With
+    the nibbles and the planes (and scales) each in a region of their own, read group by group
+    as three interleaved streams, reading the 253 MB Q6_K head of a Qwen3 file one row after the
+    other ran at 10-12 GB/s on one thread, where a plain stream reads 31 (docs/engine.md)."""
+    return step * STEP_BYTES[n_planes]
 
 
 @njit(cache=True, inline="always")
 def nibble_byte(i: int, half: int, n_planes: int) -> int:
     """The byte of a NIB or PLANES row whose nibbles hold element i of the low half-row (its low
-    nibble) and element half + i (its high one). Q6_K's PLANES (two planes) store each group's
-    nibbles (`q6_step_at`) in the order of the activation's int8 form (`int8_position`), so that
-    the integer kernels multiply the bytes as they load them; the others keep the elements' own
-    order from the row's start."""
-    if n_planes != 2:
+    nibble) and element half + i (its high one). PLANES rows store each group's nibbles
+    (`step_at`) in the order of the activation's int8 form (`int8_position`), so that the integer
+    kernels multiply the bytes as they load them; NIB rows keep the elements' own order."""
+    if n_planes == 0:
         return i
     p = int8_position(i, 2 * half)
     st = p >> 6
-    first, _g = q6_group(st, half)
-    return q6_step_at(first) + 64 * (st - first) + (p & 63)
+    first, _g = step_group(st, half)
+    return step_at(first, n_planes) + 64 * (st - first) + (p & 63)
 
 
 @njit(cache=True, inline="always")
 def high_bit(i: int, half: int, n_planes: int, p: int) -> tuple[int, int]:
-    """Where, in a PLANES row, bit 4+p of element i lives: (byte, bit in it).
+    """Where, in a PLANES row, bit 4+p of element i lives: (byte, bit in it). In each group of
+    steps (`step_at`), after its nibbles, per step:
 
-    One plane (Q5_0, Q5_1, Q5_K), after the nibbles: per 64-byte step s of the nibbles (elements
-    64s.. of the low half-row and half+64s.. of the high one) 8 bytes per half-row, in that order:
-    one 64-bit mask per 64 elements, which the integer kernels turn into bytes with one masked move.
-    Two (Q6_K), in each group after its nibbles (`q6_step_at`): per step 32 bytes of 2-bit fields.
-    Byte b holds the two bits of the element whose nibble is in the step's byte b at bits 0-1 for
-    the low half-row and 4-5 for the high one, and of the nibble byte b + 32 at bits 2-3 and 6-7.
-    Loaded twice over into 64 bytes, one bit-matrix multiply (GF2P8AFFINEQB) per half-row moves
-    each byte's field to bits 4-5 (engine.int8 `_weight_bytes`)."""
+    - One plane (Q5_0, Q5_1, Q5_K): 8 bytes per half-row, a 64-bit mask whose bit b belongs to the
+      element in the step's nibble byte b, which the integer kernels turn into bytes with one
+      masked move.
+    - Two (Q6_K): 32 bytes of 2-bit fields. Byte b holds the two bits of the element whose nibble
+      is in the step's byte b at bits 0-1 for the low half-row and 4-5 for the high one, and of the
+      nibble byte b + 32 at bits 2-3 and 6-7. Loaded twice over into 64 bytes, one bit-matrix
+      multiply (GF2P8AFFINEQB) per half-row moves each byte's field to bits 4-5 (engine.int8
+      `_weight_bytes`)."""
     hf = 1 if i >= half else 0
-    j = i - hf * half
+    pos = int8_position(i - hf * half, 2 * half)
+    st, b = pos >> 6, pos & 63
+    first, g = step_group(st, half)
+    at = step_at(first, n_planes) + 64 * g + 16 * n_planes * (st - first)
     if n_planes == 2:
-        pos = int8_position(j, 2 * half)
-        st, b = pos >> 6, pos & 63
-        first, g = q6_group(st, half)
-        return q6_step_at(first) + 64 * g + 32 * (st - first) + (b & 31), 4 * hf + 2 * (b >> 5) + p
-    return half + (((j >> 6) * 2 + hf) * n_planes + p) * 8 + ((j & 63) >> 3), j & 7
+        return at + (b & 31), 4 * hf + 2 * (b >> 5) + p
+    return at + 8 * hf + (b >> 3), b & 7
 
 
 @njit(cache=True, inline="always")

@@ -175,30 +175,40 @@ def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, 
         assert np.array_equal(some, many[:n])
 
 
-@pytest.mark.parametrize("k", [768, 1024])
-def test_q6k_planes_rows_are_their_groups_one_after_the_other(k: int) -> None:
-    """A Q6_K PLANES row holds every nibble, 2-bit field and scale byte once, and each group of
-    steps of the activation's int8 form (4 steps, and one of 2 where a half ends with 128) has all
-    of its bytes, both half-rows', in one stretch of the row, the groups in order: the kernels
-    read a row from its first byte to its last."""
+_PLANE_ROWS = [(Q.Q6_K, 768), (Q.Q6_K, 1024), (Q.Q5_0, 896), (Q.Q5_1, 640), (Q.Q5_K, 768)]
+
+
+@pytest.mark.parametrize(("qtype", "k"), _PLANE_ROWS, ids=[f"{T(t).name}-k{k}" for t, k in _PLANE_ROWS])
+def test_planes_rows_are_their_groups_one_after_the_other(qtype: int, k: int) -> None:
+    """A PLANES row holds every nibble, high bit and scale (and min) byte once, and each group of
+    steps of the activation's int8 form (4 steps, then one of 2 where 128 elements are left, then
+    a single step) has all of its bytes, both half-rows', in one stretch of the row, the groups in
+    order (Q5_K's compact scales and mins after the last): the kernels read a row from its first
+    byte to its last."""
     half = k // 2
-    w = Q.pack(random_tensor(Q.Q6_K, 1, k, seed=4), Q.Q6_K, k, planes=True)
-    assert w.kind == Q.KIND_PLANES and w.q.shape[1] == k // 2 + k // 4 + k // 16
-    owner = np.full(w.q.shape[1] * 8, -1)  # per bit of the row: the group of the element it belongs to
+    w = Q.pack(random_tensor(qtype, 1, k, seed=4), qtype, k, planes=True)
+    assert w.kind == Q.KIND_PLANES
     n_planes, sub, at = Q.compact_at(w.q.shape[1], k)
+    assert n_planes == Q.PLANES_OF[qtype]
+    owner = np.full(w.q.shape[1] * 8, -1)  # per bit of the row: the first step of its element's group
+    after = k  # the scales and mins that follow the groups
     for i in range(k):
-        group = Q.q6_group((i % half) >> 6, half)[0]
-        bits = [8 * Q.nibble_byte(i % half, half, 2) + 4 * (i >= half) + b for b in range(4)]
-        bits += [8 * byte + bit for byte, bit in (Q.high_bit(i, half, 2, p) for p in range(2))]
-        if i % sub == 0:
-            bits += [8 * Q.compact_byte(i, k, at, sub) + b for b in range(8)]
+        group = Q.step_group((i % half) >> 6, half)[0]
+        bits = [8 * Q.nibble_byte(i % half, half, n_planes) + 4 * (i >= half) + b for b in range(4)]
+        bits += [8 * byte + bit for byte, bit in (Q.high_bit(i, half, n_planes, p) for p in range(n_planes))]
         assert (owner[bits] == -1).all(), i
         owner[bits] = group
+        if w.compact and i % sub == 0:
+            scale = [8 * Q.compact_byte(i, k, at, sub) + b for b in range(8)]
+            if qtype == Q.Q5_K:  # and its min
+                scale += [8 * (at + k // 32 + i // 32) + b for b in range(8)]
+            assert (owner[scale] == -1).all(), i
+            owner[scale] = group if qtype == Q.Q6_K else after
     assert (owner >= 0).all()
     firsts = owner[::8]
     assert (np.diff(firsts) >= 0).all()  # the groups in order, each in one stretch
-    for first in np.unique(firsts):
-        assert np.flatnonzero(firsts == first)[0] == Q.q6_step_at(first)
+    for first in np.unique(firsts[firsts < after]):
+        assert np.flatnonzero(firsts == first)[0] == Q.step_at(first, n_planes)
 
 
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
