@@ -77,8 +77,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from engine.llvm_ir import vector_loop
-from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, STEP_BYTES, compact_at, compact_scale, int8_order,
-                           int8_position, stored_value)
+from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, compact_scale, int8_order, int8_position,
+                           row_steps, scale_bytes, stored_value)
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
 _NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
@@ -92,9 +92,11 @@ _COMPACT = {NIBK: False, NIB5K: False, NIB6: True}
 _OFFSET_KNOWN = {**_COMPACT, BYTE16: True}
 #: layouts of the K-quants and Q6_K's bytes, whose K is whole 256-weight superblocks
 _SUPERBLOCKS = (*_COMPACT, BYTE16)
-#: layouts whose bytes are stored in the activation's grouped int8 order (engine.quants `nibble_byte`):
-#: their steps go to `vpdpbusd` as loaded, without the transposes the others take
-_STORED_GROUPED = (NIB5, NIB6, NIB5K)
+#: layouts stored by groups of steps (engine.quants `step_at`), by the bytes of a step there (their
+#: `row_steps`): their nibbles are in the activation's grouped int8 order (engine.quants
+#: `nibble_byte`) and go to `vpdpbusd` as loaded, without the transposes the others take
+_STEP_BYTES = {NIBK: 68, NIB5: 80, NIB5K: 84, NIB6: 104}
+_STORED_GROUPED = tuple(_STEP_BYTES)
 #: layouts whose K is always a multiple of 128, whose activation is never in its own order: those
 #: and the planes (whole 128-weight steps, engine.quants `pack`)
 _GROUPED_ONLY = (*_SUPERBLOCKS, NIB5)
@@ -213,7 +215,6 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
         return spread(builder.load(builder.bitcast(builder.gep(ptr, [idx]), vn.as_pointer()), align=4), n)
 
     compact = layout in _COMPACT
-    sc_base = builder.add(half, builder.mul(builder.udiv(k, ir.Constant(_I64, 8)), ir.Constant(_I64, n_planes)))
 
     def compact_lanes(j, sc_at, x_off, n, size):
         """Row j's n weight scales from its byte sc_at on, spread as `lanes` does, from its
@@ -372,7 +373,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             grouped_row = layout in _STORED_GROUPED
             # where the group's nibble steps, bytes of high bits and (grouped rows) scales are
             if grouped_row:  # engine.quants `step_at`: the group's bytes one after the other
-                base = builder.mul(first, ir.Constant(_I64, STEP_BYTES[n_planes]))
+                base = builder.mul(first, ir.Constant(_I64, _STEP_BYTES[layout]))
                 steps = [builder.add(base, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
                 highs = [builder.add(base, ir.Constant(_I64, 64 * n_g + 16 * n_planes * s)) for s in range(n_g)]
             else:
@@ -380,7 +381,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             packed = []
             for j in range(n_rows):
                 if grouped_row:  # every line of the group, PREFETCH_ROWS rows on
-                    for line in range(-(-STEP_BYTES[n_planes] * n_g // 64)):
+                    for line in range(-(-_STEP_BYTES[layout] * n_g // 64)):
                         fetch_ahead(j, builder.add(base, ir.Constant(_I64, 64 * line)))
                 for s in range(n_g * (not grouped_row)):
                     fetch_ahead(j, steps[s])
@@ -388,7 +389,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                         fetch_ahead(j, builder.add(steps[s], half))
                 if nibbles:  # planes are added to the natural steps' nibbles, then transposed
                     natural = [load64(q_rows[j], at) for at in steps]
-                    packed.append(natural if n_planes else transpose(natural))
+                    packed.append(natural if grouped_row else transpose(natural))
             new = list(accs)
             per_scale = (16 if sub16 else 32) // (4 * n_g)  # lanes per weight scale
             for x_off, hf in parts:
@@ -404,12 +405,12 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                         wv = transpose([load64(q_rows[j], builder.add(x_off, ir.Constant(_I64, 64 * s)))
                                         for s in range(n_g)])
                     s_at = builder.udiv(x_off, ir.Constant(_I64, 16 if sub16 else 32))
-                    if layout == NIB6:  # the group's scale bytes of this half-row, after its high bits
-                        sc_at = builder.add(base, ir.Constant(_I64, 96 * n_g + 4 * n_g * hf))
+                    if compact:  # the group's scale bytes of this half-row, after its nibbles and planes
+                        per = scale_bytes.py_func(_STEP_BYTES[layout])
+                        sc_at = builder.add(base, ir.Constant(_I64, (64 + 16 * n_planes + per * hf) * n_g))
+                        sl = compact_lanes(j, sc_at, x_off, 16 // per_scale, 64 * n_g)
                     else:
-                        sc_at = builder.add(sc_base, s_at)
-                    sl = (compact_lanes(j, sc_at, x_off, 16 // per_scale, 64 * n_g) if compact
-                          else lanes(s_rows[j], s_at, 16 // per_scale))
+                        sl = lanes(s_rows[j], s_at, 16 // per_scale)
                     weights.append((wv, sl))
                 d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
                 for t in range(n_tok):
@@ -541,14 +542,13 @@ def _result(context, builder, sig, out, n: int):
 def _portable(n_rows: int, n_tok: int, layout: int):
     """The same sums in plain Numba (slow: only so that callers compile without VNNI)."""
 
-    n_planes = _PLANES.get(layout, 0)
     compact = layout in _COMPACT
 
     @njit(cache=True)
     def dot(q, s, r, xq, xd, off, t0, order):
         k = xq.shape[1]
         half = k // 2
-        _n, sub, at = compact_at(q.shape[1], k)
+        sb = row_steps(q.shape[1], k)
         out = np.zeros(n_rows * n_tok, np.float32)
         for j in range(n_rows):
             qr, sr = q[r + j], s[r + j]
@@ -556,11 +556,11 @@ def _portable(n_rows: int, n_tok: int, layout: int):
                 acc = np.float32(0.0)
                 for i in range(k):
                     if layout in _NIBBLES:  # element i in the low nibbles of the first half, i - K/2 in the high ones
-                        w = stored_value(qr, i, half, n_planes)
+                        w = stored_value(qr, i, half, sb)
                     else:
                         w = np.int64(qr[i])
                     if compact:  # the scale byte times the superblock's d
-                        sc = sr[i // QK_K] * compact_scale(qr, at, i, sub, k)
+                        sc = sr[i // QK_K] * compact_scale(qr, i, k)
                     else:
                         sc = sr[i // 16 if layout in _SUB16 else i // 32]
                     acc += sc * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, int8_position(i, k)]))

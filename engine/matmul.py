@@ -22,7 +22,7 @@ from engine import int8 as I8
 from engine import kernels as K
 from engine.kernels import FAST
 from engine.quants import (ACT_Q8_0, ACT_Q8_1, ACT_Q8_K, KIND_BYTE, KIND_F32, KIND_NIB, KIND_PLANES, QK_K, Packed,
-                           compact_at, compact_scale, compact_scales, stored_value)
+                           compact_scale, compact_scales, row_steps, stored_value)
 
 # The dot products read 1-D slices (a row, a block): with 2-D indexing in the inner loop LLVM
 # keeps the index arithmetic scalar and the loop runs 2-3x slower.
@@ -230,8 +230,9 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     nb = xs.shape[1]
     mins = np.empty((r1 - r0, nb), np.float32)
     for r in range(r0, r1):
+        qr, mr, row = q[r], m[r], mins[r - r0]
         for b in range(nb):
-            mins[r - r0, b] = _block_min(q[r], m[r], b, nb, compact)
+            row[b] = _block_min(qr, mr, b, nb, compact)
     # token by token along the rows: a token's outputs are contiguous, while one row's are a row of
     # `out` apart (8 KB for 2048 rows, the same cache set: row by row it ran 6x slower for 64 tokens)
     for t in range(xq.shape[0]):
@@ -364,15 +365,15 @@ def _deq_planes(y: np.ndarray, q: np.ndarray, s: np.ndarray, o: np.float32) -> N
     plain loop serves the rare float caller."""
     k = y.shape[0]
     half = k // 2
-    n_planes, sub, at = compact_at(q.shape[0], k)
+    sb = row_steps(q.shape[0], k)
     if compact_scales(s.shape[0], k):  # d per 256 times each sub-block's scale byte
         for i in range(k):
-            sc = s[i // QK_K] * compact_scale(q, at, i, sub, k)
-            y[i] = sc * (np.float32(stored_value(q, i, half, n_planes)) - o)
+            sc = s[i // QK_K] * compact_scale(q, i, k)
+            y[i] = sc * (np.float32(stored_value(q, i, half, sb)) - o)
         return
     sub = 16 if s.shape[0] * 16 == k else 32
     for i in range(k):
-        y[i] = s[i // sub] * (np.float32(stored_value(q, i, half, n_planes)) - o)
+        y[i] = s[i // sub] * (np.float32(stored_value(q, i, half, sb)) - o)
 
 
 @njit(nogil=True, fastmath=FAST, cache=True)

@@ -282,18 +282,21 @@ def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
         if q.shape[1] == k:  # BYTE
             q[r, :] = qi
             continue
-        n_planes, sub, at = compact_at(q.shape[1], k)
+        sb = row_steps(q.shape[1], k)
+        n_planes = planes_of(sb)
         q[r, :] = 0
         for i in range(half):
-            q[r, nibble_byte(i, half, n_planes)] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
+            q[r, nibble_byte(i, half, sb)] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
         for i in range(k * (n_planes > 0)):  # PLANES
             for p in range(n_planes):
-                at_, bit = high_bit(i, half, n_planes, p)
+                at_, bit = high_bit(i, half, sb, p)
                 q[r, at_] |= ((np.int64(qi[i]) >> (4 + p)) & 1) << bit
-        if compact:
-            n_bytes = n_sub * (2 if m.shape[0] else 1)
-            for j in range(n_bytes):
-                q[r, compact_byte(j * sub, k, at, sub) if j < n_sub else at + j] = scb[j]
+        if compact:  # the scales in their groups, the mins (K/32 bytes) at the row's end
+            sub = k // n_sub
+            for j in range(n_sub):
+                q[r, compact_byte(j * sub, k, sb)] = scb[j]
+            if m.shape[0]:
+                q[r, q.shape[1] - n_sub:] = scb[n_sub:2 * n_sub]
 
 
 @njit(cache=True, inline="always")
@@ -304,43 +307,34 @@ def compact_scales(n_scales: int, k: int) -> bool:
 
 
 @njit(cache=True, inline="always")
-def compact_byte(i: int, k: int, at: int, sub: int) -> int:
-    """Where element i's scale byte is in a compact K-wide row (`compact_at`'s at and sub): one
-    after the other from `at` (the mins, where there are mins, K/32 bytes on), but in Q6_K's PLANES
-    (sub 16) in their group of steps (`step_at`)."""
-    if sub != 16:
-        return at + i // sub
-    half = k >> 1
-    hf = 1 if i >= half else 0
-    j = i - hf * half
-    first, g = step_group(j >> 6, half)
-    return step_at(first, 2) + 96 * g + 4 * g * hf + ((j - 64 * first) >> 4)
+def row_steps(width: int, k: int) -> int:
+    """The form of a NIB or PLANES row of `width` bytes and K weights, as the bytes of one of its
+    64-byte steps of nibbles (128 weights) where it is stored by groups (`step_at`), or 64 for
+    a NIB row in the elements' own order. Each form has its own width: per 128 weights 64 bytes
+    (NIB), 72 (Q4_K's NIB with compact scales: 68 per step, 4 bytes of mins at the row's end),
+    80 (Q5_0 and Q5_1: one plane), 88 (Q5_K: a plane and compact scales, 84, then the mins) and
+    104 (Q6_K: two planes' bits as 2-bit fields and compact scales)."""
+    f = width * 128 // k
+    if f == 72 or f == 88:
+        return f - 4
+    return f
 
 
 @njit(cache=True, inline="always")
-def compact_scale(qr: np.ndarray, at: int, i: int, sub: int, k: int) -> np.float32:
-    """Element i's scale byte in a compact K-wide row `qr` (`compact_at`'s sub and at) as a number: signed
-    for Q6_K (sub 16), a 6-bit code for Q4_K and Q5_K; times the superblock's d it is the scale."""
-    b = np.int64(qr[compact_byte(i, k, at, sub)])
-    return np.float32(b - 256 if sub == 16 and b > 127 else b)
+def planes_of(sb: int) -> int:
+    """The bit planes above the nibble of a row of form `sb` (`row_steps`)."""
+    if sb == 104:
+        return 2
+    return 1 if sb == 80 or sb == 84 else 0
 
 
 @njit(cache=True, inline="always")
-def compact_at(width: int, k: int) -> tuple[int, int, int]:
-    """A NIB or PLANES row of `width` bytes and K weights: its bit planes above the nibble, and,
-    if its scales are compact, their sub-block (16 for Q6_K, the one with two planes; else 32) and
-    the byte they start at, after the nibbles and planes (the mins' bytes, where there are mins,
-    follow K/32 bytes on). The scale bytes add half a plane's K/8 bytes or less, so the planes'
-    count comes out of the width alone."""
-    half = k // 2
-    n_planes = (width - half) * 8 // k
-    return n_planes, (16 if n_planes == 2 else 32), half + n_planes * (k // 8)
-
-
-#: the bytes of one 64-byte step of nibbles in a PLANES row, by its planes (`step_at`): the
-#: nibbles and the step's bits above them (one plane: two 8-byte masks; Q6_K: 32 bytes of 2-bit
-#: fields and 4 scale bytes per half-row)
-STEP_BYTES = (64, 80, 104)
+def scale_bytes(sb: int) -> int:
+    """Compact scale bytes per half-row and step in a row of form `sb` (`row_steps`): 4 for Q6_K
+    (a scale per 16), 2 for Q4_K and Q5_K (per 32), else none (the scales are float32, in `s`)."""
+    if sb == 104:
+        return 4
+    return 2 if sb == 68 or sb == 84 else 0
 
 
 @njit(cache=True, inline="always")
@@ -357,39 +351,40 @@ def step_group(step: int, half: int) -> tuple[int, int]:
 
 
 @njit(cache=True, inline="always")
-def step_at(step: int, n_planes: int) -> int:
-    """Where step `step`'s group starts in a PLANES row with n_planes planes, when `step` is its
-    first.
+def step_at(step: int, sb: int) -> int:
+    """Where step `step`'s group starts in a row of form `sb` (`row_steps`) stored by groups,
+    when `step` is its first.
 
     The row is its groups of steps (`step_group`) one after the other, and a group of G steps is
     the 64G bytes of their nibbles (`nibble_byte`), then their bits above the nibble (`high_bit`),
-    then, for Q6_K, 4G scale bytes of the low half-row's 64G weights and 4G of the high one's
-    (`compact_byte`); Q5_K's compact scales and mins follow the last group. The integer kernels
-    read a row from its first byte to its last, a stream the hardware prefetcher follows. With
-    the nibbles and the planes (and scales) each in a region of their own, read group by group
-    as three interleaved streams, reading the 253 MB Q6_K head of a Qwen3 file one row after the
-    other ran at 10-12 GB/s on one thread, where a plain stream reads 31 (docs/engine.md)."""
-    return step * STEP_BYTES[n_planes]
+    then the compact scale bytes of the low half-row's 64G weights and of the high one's
+    (`compact_byte`); the mins of Q4_K and Q5_K follow the last group. The integer kernels read a
+    row from its first byte to its last, a stream the hardware prefetcher follows. With the
+    nibbles, the planes and the scales each in a region of their own, read group by group as
+    interleaved streams, reading the 253 MB Q6_K head of a Qwen3 file one row after the other ran
+    at 10-12 GB/s on one thread, where a plain stream reads 31 (docs/engine.md)."""
+    return step * sb
 
 
 @njit(cache=True, inline="always")
-def nibble_byte(i: int, half: int, n_planes: int) -> int:
-    """The byte of a NIB or PLANES row whose nibbles hold element i of the low half-row (its low
-    nibble) and element half + i (its high one). PLANES rows store each group's nibbles
-    (`step_at`) in the order of the activation's int8 form (`int8_position`), so that the integer
-    kernels multiply the bytes as they load them; NIB rows keep the elements' own order."""
-    if n_planes == 0:
+def nibble_byte(i: int, half: int, sb: int) -> int:
+    """The byte of a row of form `sb` (`row_steps`) whose nibbles hold element i of the low
+    half-row (its low nibble) and element half + i (its high one). Rows stored by groups keep
+    each group's nibbles (`step_at`) in the order of the activation's int8 form (`int8_position`),
+    so that the integer kernels multiply the bytes as they load them; NIB rows (64) the
+    elements' own order."""
+    if sb == 64:
         return i
     p = int8_position(i, 2 * half)
     st = p >> 6
     first, _g = step_group(st, half)
-    return step_at(first, n_planes) + 64 * (st - first) + (p & 63)
+    return step_at(first, sb) + 64 * (st - first) + (p & 63)
 
 
 @njit(cache=True, inline="always")
-def high_bit(i: int, half: int, n_planes: int, p: int) -> tuple[int, int]:
-    """Where, in a PLANES row, bit 4+p of element i lives: (byte, bit in it). In each group of
-    steps (`step_at`), after its nibbles, per step:
+def high_bit(i: int, half: int, sb: int, p: int) -> tuple[int, int]:
+    """Where, in a PLANES row of form `sb` (`row_steps`), bit 4+p of element i lives: (byte, bit
+    in it). In each group of steps (`step_at`), after its nibbles, per step:
 
     - One plane (Q5_0, Q5_1, Q5_K): 8 bytes per half-row, a 64-bit mask whose bit b belongs to the
       element in the step's nibble byte b, which the integer kernels turn into bytes with one
@@ -399,23 +394,46 @@ def high_bit(i: int, half: int, n_planes: int, p: int) -> tuple[int, int]:
       nibble byte b + 32 at bits 2-3 and 6-7. Loaded twice over into 64 bytes, one bit-matrix
       multiply (GF2P8AFFINEQB) per half-row moves each byte's field to bits 4-5 (engine.int8
       `_weight_bytes`)."""
+    n_planes = planes_of(sb)
     hf = 1 if i >= half else 0
     pos = int8_position(i - hf * half, 2 * half)
     st, b = pos >> 6, pos & 63
     first, g = step_group(st, half)
-    at = step_at(first, n_planes) + 64 * g + 16 * n_planes * (st - first)
+    at = step_at(first, sb) + 64 * g + 16 * n_planes * (st - first)
     if n_planes == 2:
         return at + (b & 31), 4 * hf + 2 * (b >> 5) + p
     return at + 8 * hf + (b >> 3), b & 7
 
 
 @njit(cache=True, inline="always")
-def stored_value(qr: np.ndarray, i: int, half: int, n_planes: int) -> int:
-    """Element i's stored (unsigned) value in a NIB (n_planes 0) or PLANES row `qr`."""
-    v = np.int64(qr[nibble_byte(i, half, n_planes)] & 15) if i < half else \
-        np.int64(qr[nibble_byte(i - half, half, n_planes)] >> 4)
-    for p in range(n_planes):
-        at, bit = high_bit(i, half, n_planes, p)
+def compact_byte(i: int, k: int, sb: int) -> int:
+    """Where element i's scale byte is in a compact K-wide row of form `sb` (`row_steps`): in its
+    group of steps (`step_at`), after the nibbles and planes, the low half-row's then the high
+    one's, a byte per 16 (Q6_K) or 32 weights."""
+    half = k >> 1
+    hf = 1 if i >= half else 0
+    j = i - hf * half
+    first, g = step_group(j >> 6, half)
+    per = scale_bytes(sb)
+    return step_at(first, sb) + (64 + 16 * planes_of(sb) + per * hf) * g + (j - 64 * first) * per // 64
+
+
+@njit(cache=True, inline="always")
+def compact_scale(qr: np.ndarray, i: int, k: int) -> np.float32:
+    """Element i's scale byte in a compact K-wide row `qr` (`compact_byte`) as a number: signed for
+    Q6_K, a 6-bit code for Q4_K and Q5_K; times the superblock's d it is the scale."""
+    sb = row_steps(qr.shape[0], k)
+    b = np.int64(qr[compact_byte(i, k, sb)])
+    return np.float32(b - 256 if sb == 104 and b > 127 else b)
+
+
+@njit(cache=True, inline="always")
+def stored_value(qr: np.ndarray, i: int, half: int, sb: int) -> int:
+    """Element i's stored (unsigned) value in a NIB or PLANES row `qr` of form `sb` (`row_steps`)."""
+    v = np.int64(qr[nibble_byte(i, half, sb)] & 15) if i < half else \
+        np.int64(qr[nibble_byte(i - half, half, sb)] >> 4)
+    for p in range(planes_of(sb)):
+        at, bit = high_bit(i, half, sb, p)
         v |= ((np.int64(qr[at]) >> bit) & 1) << (4 + p)
     return v
 

@@ -175,40 +175,42 @@ def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, 
         assert np.array_equal(some, many[:n])
 
 
-_PLANE_ROWS = [(Q.Q6_K, 768), (Q.Q6_K, 1024), (Q.Q5_0, 896), (Q.Q5_1, 640), (Q.Q5_K, 768)]
+# (type, K, its integer kernels' layout): the rows stored by groups, PLANES and Q4_K's compact NIB
+_GROUPED_ROWS = [(Q.Q6_K, 768, I8.NIB6), (Q.Q6_K, 1024, I8.NIB6), (Q.Q5_0, 896, I8.NIB5), (Q.Q5_1, 640, I8.NIB5),
+                 (Q.Q5_K, 768, I8.NIB5K), (Q.Q4_K, 768, I8.NIBK), (Q.Q4_K, 1024, I8.NIBK)]
 
 
-@pytest.mark.parametrize(("qtype", "k"), _PLANE_ROWS, ids=[f"{T(t).name}-k{k}" for t, k in _PLANE_ROWS])
-def test_planes_rows_are_their_groups_one_after_the_other(qtype: int, k: int) -> None:
-    """A PLANES row holds every nibble, high bit and scale (and min) byte once, and each group of
-    steps of the activation's int8 form (4 steps, then one of 2 where 128 elements are left, then
-    a single step) has all of its bytes, both half-rows', in one stretch of the row, the groups in
-    order (Q5_K's compact scales and mins after the last): the kernels read a row from its first
-    byte to its last."""
+@pytest.mark.parametrize(("qtype", "k", "layout"), _GROUPED_ROWS, ids=[f"{T(t).name}-k{k}" for t, k, _ in _GROUPED_ROWS])
+def test_rows_stored_by_groups_are_their_groups_one_after_the_other(qtype: int, k: int, layout: int) -> None:
+    """A PLANES row, or a Q4_K row with compact scales, holds every nibble, high bit and scale (and
+    min) byte once, and each group of steps of the activation's int8 form (4 steps, then one of 2
+    where 128 elements are left, then a single step) has all of its bytes, both half-rows', in one
+    stretch of the row, the groups in order, then the mins: the kernels read a row from its first
+    byte to its last. The row's width tells its form, and the integer kernels' layout reads the
+    same form."""
     half = k // 2
-    w = Q.pack(random_tensor(qtype, 1, k, seed=4), qtype, k, planes=True)
-    assert w.kind == Q.KIND_PLANES
-    n_planes, sub, at = Q.compact_at(w.q.shape[1], k)
-    assert n_planes == Q.PLANES_OF[qtype]
+    w = Q.pack(random_tensor(qtype, 1, k, seed=4), qtype, k, planes=qtype in Q.PLANES_OF, compact=True)
+    sb = Q.row_steps(w.q.shape[1], k)
+    assert sb == I8._STEP_BYTES[layout] and Q.planes_of(sb) == Q.PLANES_OF.get(qtype, 0)
     owner = np.full(w.q.shape[1] * 8, -1)  # per bit of the row: the first step of its element's group
-    after = k  # the scales and mins that follow the groups
+    after = k  # the mins, after the groups
     for i in range(k):
         group = Q.step_group((i % half) >> 6, half)[0]
-        bits = [8 * Q.nibble_byte(i % half, half, n_planes) + 4 * (i >= half) + b for b in range(4)]
-        bits += [8 * byte + bit for byte, bit in (Q.high_bit(i, half, n_planes, p) for p in range(n_planes))]
+        bits = [8 * Q.nibble_byte(i % half, half, sb) + 4 * (i >= half) + b for b in range(4)]
+        bits += [8 * byte + bit for byte, bit in (Q.high_bit(i, half, sb, p) for p in range(Q.planes_of(sb)))]
         assert (owner[bits] == -1).all(), i
         owner[bits] = group
-        if w.compact and i % sub == 0:
-            scale = [8 * Q.compact_byte(i, k, at, sub) + b for b in range(8)]
-            if qtype == Q.Q5_K:  # and its min
-                scale += [8 * (at + k // 32 + i // 32) + b for b in range(8)]
+        if w.compact and i % (64 // Q.scale_bytes(sb)) == 0:
+            scale = [8 * Q.compact_byte(i, k, sb) + b for b in range(8)]
             assert (owner[scale] == -1).all(), i
-            owner[scale] = group if qtype == Q.Q6_K else after
+            owner[scale] = group
+            if w.m.shape[0] and i % 32 == 0:  # its min, at the row's end
+                owner[[8 * (w.q.shape[1] - k // 32 + i // 32) + b for b in range(8)]] = after
     assert (owner >= 0).all()
     firsts = owner[::8]
     assert (np.diff(firsts) >= 0).all()  # the groups in order, each in one stretch
     for first in np.unique(firsts[firsts < after]):
-        assert np.flatnonzero(firsts == first)[0] == Q.step_at(first, n_planes)
+        assert np.flatnonzero(firsts == first)[0] == Q.step_at(first, sb)
 
 
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
