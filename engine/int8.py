@@ -32,7 +32,7 @@ Layouts (`engine.quants` packed families): `BYTE32` one byte per weight and a sc
 per byte in half-rows (Q4_0, Q4_1, Q4_K), `NIB5` and `NIB6` the same nibbles plus one bit plane
 (Q5_0, Q5_1) or two with a scale per 16 (Q6_K), `NIBK` and `NIB5K` Q4_K and Q5_K as `NIB` and
 `NIB5`. The K-quants' layouts (`NIBK`, `NIB5K`, `NIB6`) keep compact scales (engine.quants
-`compact_at`): per group the kernel loads the scale bytes, widens them and multiplies them by the
+`compact_byte`): per group the kernel loads the scale bytes, widens them and multiplies them by the
 superblock's float32 `d` in one plain multiply, the same float32 products the float32 scales hold;
 they run only the grouped loops (K is whole superblocks) and only their type's offset (Q6_K 32,
 the others none). The PLANES layouts (`NIB5`, `NIB6`, `NIB5K`) are stored group by group
@@ -55,9 +55,8 @@ in integers, as llama.cpp does: the stored weights are unsigned (+off: Q8_0 128,
 Q4_0 8), and a second `vpdpbusd` of a vector of `off` with the same activation bytes is subtracted
 from each step's lanes (an extra pass over the block sums after each row cost ~20% of a batched
 step; reading precomputed lane sums instead cost more, loads being the bound). The min terms
-(no offset) go through the activation's block sums: for Q4_1 and Q5_1 in a pass after the rows
-(engine.matmul), for the compact Q4_K and Q5_K in the kernel (`_MINS`), per group: the group's
-min bytes times `-dmin`, once per row, then one multiply-add per token with its block sums. Without VNNI (`AVAILABLE` false) the engine keeps its float32 kernels and the intrinsic
+(Q4_1, Q5_1, Q4_K, Q5_K: no offset) go through the activation's block sums, as in the float
+kernels. Without VNNI (`AVAILABLE` false) the engine keeps its float32 kernels and the intrinsic
 is never called; a portable Numba loop stands in for it so that code referring to it still
 compiles.
 
@@ -85,7 +84,7 @@ BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
 _NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
 _PLANES = {NIB5: 1, NIB6: 2, NIB5K: 1}  # bit planes above the nibble (engine.quants PLANES family)
 _SUB16 = (BYTE16, NIB6)  # layouts with a weight scale per 16 (Q6_K)
-#: the K-quants' layouts, whose scales are compact (engine.quants `compact_at`), and whether their
+#: the K-quants' layouts, whose scales are compact (engine.quants `compact_byte`), and whether their
 #: weights are stored with an offset: Q6_K (NIB6) always, Q4_K (NIBK) and Q5_K (NIB5K) never
 _COMPACT = {NIBK: False, NIB5K: False, NIB6: True}
 #: layouts whose weights always carry the same offset (whether they do, as `_COMPACT`): the K-quants'
@@ -98,11 +97,6 @@ _SUPERBLOCKS = (*_COMPACT, BYTE16)
 #: `nibble_byte`) and go to `vpdpbusd` as loaded, without the transposes the others take
 _STEP_BYTES = {NIBK: 68, NIB5: 80, NIB5K: 84, NIB6: 104}
 _STORED_GROUPED = tuple(_STEP_BYTES)
-#: layouts whose kernels add the min term themselves (compact mins, K/32 bytes after the row's groups):
-#: each group's -dmin x min byte per block times the activation's block sums, while the row streams
-#: by (a pass over the rows' mins after theirs cost more than the integer kernel, 233 against 105
-#: cycles a row of 2048 for one token, its byte-to-float conversions not vectorized)
-_MINS = (NIBK, NIB5K)
 #: layouts whose K is always a multiple of 128, whose activation is never in its own order: those
 #: and the planes (whole 128-weight steps, engine.quants `pack`)
 _GROUPED_ONLY = (*_SUPERBLOCKS, NIB5)
@@ -182,14 +176,12 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     if name in mod.globals:
         return mod.globals[name]
     i8p, f32p = _I8.as_pointer(), _F32.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [i8p, _I64, i8p, _I64, i8p, _I64, _I64, i8p, _I64, i8p, _I64, i8p, _I64,
-                                           _I64, _I64, _I64, f32p])
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, _I64, i8p, _I64, _I64, i8p, _I64, i8p, _I64, _I64, _I64, _I64, f32p])
     fn = ir.Function(mod, fnty, name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    (q_base, q_stride, s_base, s_stride, m_base, m_stride, r, x_base, x_stride, d_base, d_stride, xs_base, xs_stride,
-     t0, k, off_val, out) = fn.args
+    q_base, q_stride, s_base, s_stride, r, x_base, x_stride, d_base, d_stride, t0, k, off_val, out = fn.args
     dpbusd = cgutils.get_or_insert_function(
         mod, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), "llvm.x86.avx512.vpdpbusd.512")
     reduce = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, _V16F32]),
@@ -206,11 +198,6 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     s_rows = [builder.bitcast(p, f32p) for p in rows_of(s_base, s_stride, r, n_rows)]
     x_rows = rows_of(x_base, x_stride, t0, n_tok)
     d_rows = [builder.bitcast(p, f32p) for p in rows_of(d_base, d_stride, t0, n_tok)]
-    with_mins = layout in _MINS
-    if with_mins:  # -dmin per 256 of each row, the activation's block sums of each token
-        m_rows = [builder.bitcast(p, f32p) for p in rows_of(m_base, m_stride, r, n_rows)]
-        xs_rows = [builder.bitcast(p, f32p) for p in rows_of(xs_base, xs_stride, t0, n_tok)]
-        min_start = builder.mul(builder.udiv(k, ir.Constant(_I64, 128)), ir.Constant(_I64, _STEP_BYTES[layout]))
     half = builder.udiv(k, ir.Constant(_I64, 2))
     nibbles, n_planes, sub16 = layout in _NIBBLES, _PLANES.get(layout, 0), layout in _SUB16
     n_steps = builder.udiv(k, ir.Constant(_I64, 128 if nibbles else 64))
@@ -236,30 +223,19 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
         of `size` = 256 weights in a MIXED order starts at a multiple of 128: where it starts
         half-way through a superblock (the second half of K = 768, say), its second half of scales
         takes the next d."""
-        return spread(compact_bytes(q_rows[j], sc_at, s_rows[j], x_off, n, size, _COMPACT[layout]), n)
-
-    def compact_bytes(row, at, per256, x_off, n, size, signed):
-        """n bytes of a row from byte `at` on (signed or not) as floats, times the float32 per
-        256 weights `per256` (a row of d or of -dmin) that each belongs to: for a group of `size`
-        = 256 weights in a MIXED order that starts half-way through a superblock (the second
-        half of K = 768, say), its second half takes the next one's."""
         vb = ir.VectorType(_I8, n)
-        b = builder.load(builder.bitcast(builder.gep(row, [at]), vb.as_pointer()), align=1)
-        vi = (builder.sext if signed else builder.zext)(b, ir.VectorType(_I32, n))
-        d = builder.load(builder.gep(per256, [builder.udiv(x_off, ir.Constant(_I64, QK_K))]))
+        b = builder.load(builder.bitcast(builder.gep(q_rows[j], [sc_at]), vb.as_pointer()),
+                         align=1)
+        vi = (builder.sext if _COMPACT[layout] else builder.zext)(b, ir.VectorType(_I32, n))
+        d = builder.load(builder.gep(s_rows[j], [builder.udiv(x_off, ir.Constant(_I64, QK_K))]))
         dv = builder.insert_element(ir.Constant(ir.VectorType(_F32, n), None), d, ir.Constant(_I32, 0))
         which = [0] * n
         if size == QK_K and order == INT8_MIXED:
             last = builder.udiv(builder.add(x_off, ir.Constant(_I64, QK_K - 1)), ir.Constant(_I64, QK_K))
-            dv = builder.insert_element(dv, builder.load(builder.gep(per256, [last])), ir.Constant(_I32, 1))
+            dv = builder.insert_element(dv, builder.load(builder.gep(s_rows[j], [last])), ir.Constant(_I32, 1))
             which = [0] * (n // 2) + [1] * (n // 2)
         dv = builder.shuffle_vector(dv, ir.Constant(dv.type, None), ir.Constant(ir.VectorType(_I32, n), which))
-        return builder.fmul(builder.sitofp(vi, ir.VectorType(_F32, n)), dv)
-
-    def padded(v, n):
-        """A vector of n floats as 16 lanes, the rest zero."""
-        return builder.shuffle_vector(v, ir.Constant(v.type, [0.0] * n), ir.Constant(
-            ir.VectorType(_I32, 16), list(range(n)) + [n] * (16 - n)))
+        return spread(builder.fmul(builder.sitofp(vi, ir.VectorType(_F32, n)), dv), n)
 
     def load64(ptr, idx):
         return _load64(builder, ptr, idx)
@@ -404,11 +380,9 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                 steps = [builder.add(byte, ir.Constant(_I64, 64 * s)) for s in range(n_g)]
             packed = []
             for j in range(n_rows):
-                if grouped_row:  # every line of the group (and of its mins), PREFETCH_ROWS rows on
+                if grouped_row:  # every line of the group, PREFETCH_ROWS rows on
                     for line in range(-(-_STEP_BYTES[layout] * n_g // 64)):
                         fetch_ahead(j, builder.add(base, ir.Constant(_I64, 64 * line)))
-                    if with_mins:
-                        fetch_ahead(j, builder.add(min_start, builder.udiv(byte, ir.Constant(_I64, 32))))
                 for s in range(n_g * (not grouped_row)):
                     fetch_ahead(j, steps[s])
                     if split and not nibbles:  # the other half's bytes are a stream of their own
@@ -437,12 +411,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                         sl = compact_lanes(j, sc_at, x_off, 16 // per_scale, 64 * n_g)
                     else:
                         sl = lanes(s_rows[j], s_at, 16 // per_scale)
-                    mins = None
-                    if with_mins:  # the group's 2 n_g block mins: -dmin x each min byte (engine.matmul `_block_min`)
-                        blk = builder.udiv(x_off, ir.Constant(_I64, 32))
-                        mins = padded(compact_bytes(q_rows[j], builder.add(min_start, blk), m_rows[j], x_off, 2 * n_g,
-                                                    64 * n_g, False), 2 * n_g)
-                    weights.append((wv, sl, mins))
+                    weights.append((wv, sl))
                 d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
                 for t in range(n_tok):
                     xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
@@ -453,12 +422,8 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                             o = builder.call(dpbusd, [o, offv, xv])
                         start = builder.sub(zero_i, o)
                     dl = lanes(d_rows[t], d_at, 64 * n_g // 32)  # the group's activation scales
-                    if with_mins:  # and its block sums
-                        vs = ir.VectorType(_F32, 2 * n_g)
-                        sums = padded(builder.load(builder.bitcast(builder.gep(xs_rows[t], [d_at]), vs.as_pointer()),
-                                                   align=4), 2 * n_g)
                     for j in range(n_rows):
-                        wv, sl, mins = weights[j]
+                        wv, sl = weights[j]
                         dot = start
                         for s in range(n_g):
                             dot = builder.call(dpbusd, [dot, wv[s], xs_[s]])
@@ -466,8 +431,6 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                         sc = builder.fmul(sl, dl, flags=fast)
                         new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast),
                                               flags=fast)
-                        if with_mins:
-                            new[u] = builder.fadd(new[u], builder.fmul(mins, sums, flags=fast), flags=fast)
             return new
 
         return group
@@ -526,16 +489,15 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
 
 
 def _codegen(n_rows: int, n_tok: int, layout: int):
-    """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, m (rows, K/256) -dmin
-    (read by the `_MINS` layouts only), r (the first of n_rows rows), xq (T, K) int8, xd (T, K/32),
-    xs (T, K/32) the activation's block sums (`_MINS` only), off (the weights' stored offset, an integer), t0 (the
+    """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, r (the first of n_rows
+    rows), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
     first of n_tok tokens), order (`engine.quants.int8_order` of K): a call of that order's
     `_kernel`. Per 64-byte step (or group), each token's activation bytes are loaded (and their product with the offset taken) once for
     all the rows, and each row's bytes once for all the tokens. The loops are emitted twice, with
     and without the offset's product; `off` picks one."""
 
     def codegen(context, builder, sig, args):
-        q_val, s_val, m_val, r, xq_val, xd_val, xs_val, off_val, t0, order = args
+        q_val, s_val, r, xq_val, xd_val, off_val, t0, order = args
         mod = builder.module
 
         def raw(ty, val):
@@ -545,12 +507,11 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         def i64(v):
             return builder.sext(v, _I64) if v.type.width < 64 else v
 
-        (q, qs, _), (s, ss, _), (m, ms, _), (x, xs, xq), (d, ds, _), (bs, bss, _) = (
-            raw(sig.args[i], args[i]) for i in (0, 1, 2, 4, 5, 6))
+        (q, qs, _), (s, ss, _), (x, xs, xq), (d, ds, _) = (raw(sig.args[i], args[i]) for i in (0, 1, 3, 4))
         k = cgutils.unpack_tuple(builder, xq.shape)[1]
         n = n_rows * n_tok
         out = builder.bitcast(cgutils.alloca_once(builder, ir.ArrayType(_F32, n)), _F32.as_pointer())
-        call_args = [q, qs, s, ss, m, ms, i64(r), x, xs, d, ds, bs, bss, i64(t0), k, off_val, out]
+        call_args = [q, qs, s, ss, i64(r), x, xs, d, ds, i64(t0), k, off_val, out]
         uniform = builder.icmp_signed("==", order, ir.Constant(_I64, INT8_UNIFORM))
         with builder.if_else(uniform) as (by_fours, other):
             with by_fours:
@@ -584,7 +545,7 @@ def _portable(n_rows: int, n_tok: int, layout: int):
     compact = layout in _COMPACT
 
     @njit(cache=True)
-    def dot(q, s, m, r, xq, xd, xs, off, t0, order):
+    def dot(q, s, r, xq, xd, off, t0, order):
         k = xq.shape[1]
         half = k // 2
         sb = row_steps(q.shape[1], k)
@@ -603,9 +564,6 @@ def _portable(n_rows: int, n_tok: int, layout: int):
                     else:
                         sc = sr[i // 16 if layout in _SUB16 else i // 32]
                     acc += sc * xd[t0 + t, i // 32] * np.float32((w - off) * np.int64(xq[t0 + t, int8_position(i, k)]))
-                if layout in _MINS:  # -dmin x each block's min byte, after the row's groups
-                    for b in range(k // 32):
-                        acc += m[r + j, b // 8] * np.float32(qr[k // 128 * sb + b]) * xs[t0 + t, b]
                 out[j * n_tok + t] = acc
         return out
 
@@ -616,45 +574,77 @@ def _make(n_rows: int, n_tok: int, layout: int):
     if not AVAILABLE:
         portable = _portable(n_rows, n_tok, layout)
         if n_rows * n_tok == 1:
-            return njit(cache=True)(lambda q, s, m, r, xq, xd, xs, off, t0, g:
-                                    portable(q, s, m, r, xq, xd, xs, off, t0, g)[0])
+            return njit(cache=True)(lambda q, s, r, xq, xd, off, t0, g: portable(q, s, r, xq, xd, off, t0, g)[0])
         return portable
 
     @intrinsic
-    def rowdot(typingctx, q, s, m, r, xq, xd, xs, off, t0, order):
+    def rowdot(typingctx, q, s, r, xq, xd, off, t0, order):
         n = n_rows * n_tok
         ret = types.float32 if n == 1 else types.UniTuple(types.float32, n)
-        return ret(q, s, m, r, xq, xd, xs, types.int64, t0, types.int64), _codegen(n_rows, n_tok, layout)
+        return ret(q, s, r, xq, xd, types.int64, t0, types.int64), _codegen(n_rows, n_tok, layout)
 
     return rowdot
 
 
 def _by_layout(n_rows: int, n_tok: int):
-    """dot(layout, q, s, m, r, xq, xd, xs, off, t0): rows r..r+n_rows-1 of (q, s, m) in `layout`
-    against tokens t0..t0+n_tok-1 of (xq, xd, xs); the n_rows * n_tok sums row by row (one float
-    for 1x1), with the min term where the layout is one of `_MINS`.
+    """dot(layout, q, s, r, xq, xd, off, t0): rows r..r+n_rows-1 of (q, s) in `layout` against
+    tokens t0..t0+n_tok-1 of (xq, xd); the n_rows * n_tok sums row by row (one float for 1x1).
     Numba fixes an intrinsic's code when it compiles the caller, so the layout picks one of seven."""
     b32, b16, nib, nib5, nib6, nibk, nib5k = (_make(n_rows, n_tok, lay)
                                               for lay in (BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K))
 
     @njit(cache=True, inline="always")
-    def dot(layout, q, s, m, r, xq, xd, xs, off, t0):
+    def dot(layout, q, s, r, xq, xd, off, t0):
         g = int8_order(xq.shape[1])
         if layout == NIBK:
-            return nibk(q, s, m, r, xq, xd, xs, off, t0, g)
+            return nibk(q, s, r, xq, xd, off, t0, g)
         if layout == NIB5K:
-            return nib5k(q, s, m, r, xq, xd, xs, off, t0, g)
+            return nib5k(q, s, r, xq, xd, off, t0, g)
         if layout == NIB:
-            return nib(q, s, m, r, xq, xd, xs, off, t0, g)
+            return nib(q, s, r, xq, xd, off, t0, g)
         if layout == NIB5:
-            return nib5(q, s, m, r, xq, xd, xs, off, t0, g)
+            return nib5(q, s, r, xq, xd, off, t0, g)
         if layout == NIB6:
-            return nib6(q, s, m, r, xq, xd, xs, off, t0, g)
+            return nib6(q, s, r, xq, xd, off, t0, g)
         if layout == BYTE16:
-            return b16(q, s, m, r, xq, xd, xs, off, t0, g)
-        return b32(q, s, m, r, xq, xd, xs, off, t0, g)
+            return b16(q, s, r, xq, xd, off, t0, g)
+        return b32(q, s, r, xq, xd, off, t0, g)
 
     return dot
 
 
 dot2x8, dot2x4, dot1x1 = (_by_layout(r, t) for r, t in ((2, 8), (2, 4), (1, 1)))
+
+
+@intrinsic
+def compact_mins(typingctx, out, qr, mr):
+    """out[b] = mr[b // 8] * qr[len(qr) - len(out) + b]: a compact row's min per block of 32 (its
+    -dmin per 256 times the block's min byte, which the row ends with; engine.matmul `_block_min`,
+    the same single multiply), 8 blocks per vector. In a Numba loop the byte-to-float conversions
+    stayed scalar: ~150 cycles for a row of 2048, more than the integer kernel's pass over the row
+    for one token (105), where this takes a few. len(out) is a multiple of 8; all three contiguous."""
+    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (out, qr, mr)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        o, q, m = (context.make_array(t)(context, builder, v) for t, v in zip(sig.args, args))
+        nb = cgutils.unpack_tuple(builder, o.shape)[0]
+        start = builder.sub(cgutils.unpack_tuple(builder, q.shape)[0], nb)
+        qb = builder.gep(builder.bitcast(q.data, _I8.as_pointer()), [start])
+        v8i8, v8f = ir.VectorType(_I8, 8), ir.VectorType(_F32, 8)
+
+        def body(c, _accs):
+            at = builder.mul(c, ir.Constant(_I64, 8))
+            b = builder.load(builder.bitcast(builder.gep(qb, [at]), v8i8.as_pointer()), align=1)
+            f = builder.uitofp(builder.zext(b, ir.VectorType(_I32, 8)), v8f)
+            d = builder.load(builder.gep(builder.bitcast(m.data, _F32.as_pointer()), [c]))
+            dv = builder.shuffle_vector(builder.insert_element(ir.Constant(v8f, None), d, ir.Constant(_I32, 0)),
+                                        ir.Constant(v8f, None), ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+            out_at = builder.gep(builder.bitcast(o.data, _F32.as_pointer()), [at])
+            builder.store(builder.fmul(dv, f), builder.bitcast(out_at, v8f.as_pointer()), align=4)
+            return []
+
+        vector_loop(builder, builder.udiv(nb, ir.Constant(_I64, 8)), 0, v8f, body, "mins")
+        return context.get_dummy_value()
+
+    return types.void(out, qr, mr), codegen

@@ -153,7 +153,7 @@ def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarra
 
 
 @njit(fastmath=FAST, cache=True)
-def _rows_i8(out, layout, q, s, m, xq, xd, xs, off, r0, r1):
+def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
     """out[t, r] for rows r0..r1-1 and every token: rows in pairs, tokens in groups of 8 and 4
     (the per-token arithmetic is the same in each, engine.int8); `off` the weights' stored offset.
     The last one to seven tokens of four or more go through one more group that ends at the last
@@ -168,7 +168,7 @@ def _rows_i8(out, layout, q, s, m, xq, xd, xs, off, r0, r1):
     if n_tok < 4 or q.shape[0] < 2:  # a token or three (decode): one row at a time, as fast as memory brings it
         for r in range(r0, r1):
             for t in range(n_tok):
-                out[t, r] = I8.dot1x1(layout, q, s, m, r, xq, xd, xs, oi, t)
+                out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
         return
     r = r0
     while r < r1:
@@ -179,7 +179,7 @@ def _rows_i8(out, layout, q, s, m, xq, xd, xs, off, r0, r1):
         t = 0
         # the common case first, a pair of rows and whole groups of 8, with plain stores
         while t + 8 <= n_tok and both:
-            o = I8.dot2x8(layout, q, s, m, a, xq, xd, xs, oi, t)
+            o = I8.dot2x8(layout, q, s, a, xq, xd, oi, t)
             for u in range(8):
                 out[t + u, a] = o[u]
                 out[t + u, a + 1] = o[8 + u]
@@ -188,7 +188,7 @@ def _rows_i8(out, layout, q, s, m, xq, xd, xs, off, r0, r1):
             left = n_tok - t
             if left >= 8 or (left > 4 and n_tok >= 8):
                 t0 = min(t, n_tok - 8)
-                o = I8.dot2x8(layout, q, s, m, a, xq, xd, xs, oi, t0)
+                o = I8.dot2x8(layout, q, s, a, xq, xd, oi, t0)
                 for u in range(t - t0, 8):
                     for j in range(first, 2):
                         if a + j < r1:
@@ -196,7 +196,7 @@ def _rows_i8(out, layout, q, s, m, xq, xd, xs, off, r0, r1):
                 t = t0 + 8
             else:
                 t0 = min(t, n_tok - 4)
-                o4 = I8.dot2x4(layout, q, s, m, a, xq, xd, xs, oi, t0)
+                o4 = I8.dot2x4(layout, q, s, a, xq, xd, oi, t0)
                 for u in range(t - t0, 4):
                     for j in range(first, 2):
                         if a + j < r1:
@@ -221,8 +221,8 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
         layout = I8.NIB5
     else:
         layout = I8.BYTE16 if sub16 else I8.BYTE32
-    _rows_i8(out, layout, q, s, m, xq, xd, xs, off, r0, r1)
-    if m.shape[0] == 0 or layout == I8.NIBK or layout == I8.NIB5K:  # (those kernels add the min term)
+    _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
+    if m.shape[0] == 0:
         return
     # each row's min per block of 32 (`_block_min`) once for all the tokens: made again for every
     # token, the min term took 24% of a Qwen3-30B-A3B-shaped prefill's gate/up experts (185 ms
@@ -230,9 +230,11 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     nb = xs.shape[1]
     mins = np.empty((r1 - r0, nb), np.float32)
     for r in range(r0, r1):
-        qr, mr, row = q[r], m[r], mins[r - r0]
-        for b in range(nb):
-            row[b] = _block_min(qr, mr, b, nb, compact)
+        if compact:  # (the same products as `_block_min`, 8 at a time)
+            I8.compact_mins(mins[r - r0], q[r], m[r])
+        else:
+            for b in range(nb):
+                mins[r - r0, b] = m[r, b]
     # token by token along the rows: a token's outputs are contiguous, while one row's are a row of
     # `out` apart (8 KB for 2048 rows, the same cache set: row by row it ran 6x slower for 64 tokens)
     for t in range(xq.shape[0]):

@@ -16,9 +16,9 @@ masked move per 64 weights, so on CPUs that run them the planes save a third of 
 (docs/engine.md). Sub-block scales are pre-multiplied (d*sc, -dmin*m), so every
 quant type is `w = s*(q - off) + m` per block. For the integer kernels the K-quants keep their
 scales compact instead (`pack(..., compact=True)`, always with `planes`): a float32 d (and -dmin)
-per 256 in `s` (and `m`) and the sub-block scale (and min) as one byte each at the end of the
-row, which the kernels multiply out as they go to the same float32 products (Q4_K: 0.59 bytes
-per weight against 0.75; `compact_at`). llama.cpp quantizes the activation to the weight's
+per 256 in `s` (and `m`) and the sub-block scale (and min) as one byte each (the scales in the
+row's groups of steps, `step_at`; the mins at the row's end), which the kernels multiply out as they go to the same float32 products (Q4_K: 0.59 bytes
+per weight against 0.75; `compact_byte`). llama.cpp quantizes the activation to the weight's
 `vec_dot_type` (Q8_0, Q8_1, Q8_K, F16, BF16) before the dot product; `quantize_activation`
 reproduces those values exactly and hands the kernels the dequantized activation `xh` plus a
 per-32 block sum `xs` for the min term, so our float32 dot products land within rounding of it.
@@ -86,7 +86,7 @@ class Packed(NamedTuple):
 
     @property
     def compact(self) -> bool:
-        """Whether the K-quant scales are kept compact (`compact_at`)."""
+        """Whether the K-quant scales are kept compact (`compact_byte`)."""
         return self.kind != KIND_F32 and compact_scales(self.s.shape[1], self.k)
 
     def rows_slice(self, start: int, stop: int) -> Packed:

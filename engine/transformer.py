@@ -115,7 +115,7 @@ def load_weights(gguf: GGUFFile, cfg: Config, planes: bool = False) -> Weights:
     and 6-bit matrices as nibbles and bit planes where the integer kernels run (engine.quants
     PLANES: a third fewer bytes per decoded token; 10-15% more arithmetic when many tokens share
     each row, as in prefill and batched decode). Where they run, the K-quants' scales are kept
-    compact as well (engine.quants `compact_at`)."""
+    compact as well (engine.quants `compact_byte`)."""
     layers = []
     for i in range(cfg.n_layer):
         fields: dict[str, object] = {}

@@ -233,13 +233,13 @@ from test_quants import random_tensor
 one, pair = I8._make(1, 1, I8.NIB6), I8._make(2, 4, I8.NIB6)
 
 @njit
-def products(q, s, m, xq, xd, xs, g):
+def products(q, s, xq, xd, g):
     out = np.empty((2, q.shape[0], 4), np.float32)
     for r in range(0, q.shape[0], 2):
         for t in range(4):
-            out[0, r, t] = one(q, s, m, r, xq, xd, xs, 32, t, g)
-            out[0, r + 1, t] = one(q, s, m, r + 1, xq, xd, xs, 32, t, g)
-        v = pair(q, s, m, r, xq, xd, xs, 32, 0, g)
+            out[0, r, t] = one(q, s, r, xq, xd, 32, t, g)
+            out[0, r + 1, t] = one(q, s, r + 1, xq, xd, 32, t, g)
+        v = pair(q, s, r, xq, xd, 32, 0, g)
         for j in range(8):
             out[1, r + j // 4, j % 4] = v[j]
     return out
@@ -251,7 +251,7 @@ for k in (768, 1024):
     xh, xs = np.empty_like(x), np.empty((4, k // 32), np.float32)
     xq, xd = np.empty((4, k), np.int8), np.empty((4, k // 32), np.float32)
     Q.quantize_activation8(w.act, x, xh, xs, xq, xd)
-    res.append(products(w.q, w.s, w.m, xq, xd, xs, Q.int8_order(k)))
+    res.append(products(w.q, w.s, xq, xd, Q.int8_order(k)))
 np.save(sys.argv[1], np.stack(res))
 print(I8._GFNI)
 """
@@ -289,10 +289,31 @@ def test_compact_scales_give_the_same_integer_products(k: int) -> None:
         outs = []
         for layout, w in ((I8.NIB, plain), (I8.NIBK, compact)):
             out = np.zeros((n, rows), np.float32)
-            # (zero mins: the compact kernel adds the min term, of -0.0 here, and the plain one leaves it)
-            _rows_i8(out, layout, w.q, w.s, np.zeros_like(w.m), xq[:n], xd[:n], xs[:n], 0.0, 0, rows)
+            _rows_i8(out, layout, w.q, w.s, xq[:n], xd[:n], 0.0, 0, rows)
             outs.append(out)
         assert np.array_equal(outs[0], outs[1]) and np.abs(outs[0]).max() > 0
+
+
+def test_compact_mins_are_the_block_mins() -> None:
+    """`int8.compact_mins`, 8 blocks at a time, gives each block's min exactly as `matmul._block_min`
+    does (-dmin per 256 times the min byte at the row's end), for Q4_K and Q5_K rows."""
+    from numba import njit
+
+    from engine.matmul import _block_min
+
+    @njit
+    def both(q, m, nb):
+        vec, one = np.empty((q.shape[0], nb), np.float32), np.empty((q.shape[0], nb), np.float32)
+        for r in range(q.shape[0]):
+            I8.compact_mins(vec[r], q[r], m[r])
+            for b in range(nb):
+                one[r, b] = _block_min(q[r], m[r], b, nb, True)
+        return vec, one
+
+    for qtype, k in ((Q.Q4_K, 768), (Q.Q5_K, 1024)):
+        w = Q.pack(random_tensor(qtype, 5, k, seed=6), qtype, k, planes=qtype == Q.Q5_K, compact=True)
+        vec, one = both(w.q, w.m, k // 32)
+        assert np.array_equal(vec, one) and np.abs(one).max() > 0
 
 
 def test_rows_slice_is_one_expert_of_a_stack() -> None:
