@@ -12,8 +12,8 @@ rows. Where the activation's int8 form is stored in groups (`engine.quants.int8_
 multiple of 128, each half of K in groups of 4 steps, then one of 2 and a single step where the
 half does not divide), that work is done once per group of 4 (or 2) steps: the weight
 rows' bytes, loaded in their own order, are transposed in registers to the activation's grouped
-order (8 or 2 two-source permutes per group and row, shared by the tokens; the PLANES rows are
-stored in that order and skip them), so that each int32
+order (8 or 2 two-source permutes per group and row, shared by the tokens; the rows stored by
+groups, below, are in that order already and skip them), so that each int32
 lane sums 16 (8) products of one scale block over the group, and the lanes are turned to float
 and scaled once per group. Per `vpdpbusd` that leaves about one float operation in place of
 three, which had bound these kernels (docs/benchmarks.md, "Seventh pass"; `tests/engine/
@@ -35,7 +35,7 @@ per byte in half-rows (Q4_0, Q4_1, Q4_K), `NIB5` and `NIB6` the same nibbles plu
 `compact_byte`): per group the kernel loads the scale bytes, widens them and multiplies them by the
 superblock's float32 `d` in one plain multiply, the same float32 products the float32 scales hold;
 they run only the grouped loops (K is whole superblocks) and only their type's offset (Q6_K 32,
-the others none). The PLANES layouts (`NIB5`, `NIB6`, `NIB5K`) are stored group by group
+the others none). The PLANES layouts (`NIB5`, `NIB6`, `NIB5K`) and `NIBK` are stored group by group
 (engine.quants `step_at`): a group's nibbles, in the activation's grouped order, then its bits
 above the nibble (and for Q6_K its scale bytes), so that a row is read from its first byte to its
 last, a stream the hardware prefetcher follows (with the nibbles and the planes in two regions of
