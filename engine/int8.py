@@ -77,8 +77,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from engine.llvm_ir import vector_loop
-from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, compact_scale, int8_order, int8_position,
-                           row_steps, scale_bytes, stored_value)
+from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, ROW_NIBK, ROW_PLANE, ROW_PLANEK, ROW_Q6K,
+                           compact_scale, int8_order, int8_position, row_steps, scale_bytes, stored_value)
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
 _NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
@@ -95,7 +95,7 @@ _SUPERBLOCKS = (*_COMPACT, BYTE16)
 #: layouts stored by groups of steps (engine.quants `step_at`), by the bytes of a step there (their
 #: `row_steps`): their nibbles are in the activation's grouped int8 order (engine.quants
 #: `nibble_byte`) and go to `vpdpbusd` as loaded, without the transposes the others take
-_STEP_BYTES = {NIBK: 68, NIB5: 80, NIB5K: 84, NIB6: 104}
+_STEP_BYTES = {NIBK: ROW_NIBK, NIB5: ROW_PLANE, NIB5K: ROW_PLANEK, NIB6: ROW_Q6K}
 _STORED_GROUPED = tuple(_STEP_BYTES)
 #: layouts whose K is always a multiple of 128, whose activation is never in its own order: those
 #: and the planes (whole 128-weight steps, engine.quants `pack`)

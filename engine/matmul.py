@@ -228,19 +228,16 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     # token, the min term took 24% of a Qwen3-30B-A3B-shaped prefill's gate/up experts (185 ms
     # against 141 without it)
     nb = xs.shape[1]
-    mins = np.empty((r1 - r0, nb), np.float32)
-    for r in range(r0, r1):
-        if compact:  # (the same products as `_block_min`, 8 at a time)
+    mins = np.empty((r1 - r0 if compact else 0, nb), np.float32)  # (float32 mins are their own table)
+    if compact:
+        for r in range(r0, r1):  # (the same products as `_block_min`, 8 at a time)
             I8.compact_mins(mins[r - r0], q[r], m[r])
-        else:
-            for b in range(nb):
-                mins[r - r0, b] = m[r, b]
     # token by token along the rows: a token's outputs are contiguous, while one row's are a row of
     # `out` apart (8 KB for 2048 rows, the same cache set: row by row it ran 6x slower for 64 tokens)
     for t in range(xq.shape[0]):
         xt, ot = xs[t], out[t]
         for r in range(r0, r1):
-            mr = mins[r - r0]
+            mr = mins[r - r0] if compact else m[r]
             acc = np.float32(0.0)
             for b in range(nb):
                 acc += mr[b] * xt[b]

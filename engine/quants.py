@@ -306,6 +306,12 @@ def compact_scales(n_scales: int, k: int) -> bool:
     return n_scales * QK_K == k
 
 
+#: the forms of a NIB or PLANES row (`row_steps`), named by the bytes of one 64-byte step of
+#: nibbles where it is stored by groups (`step_at`): NIB in the elements' own order, Q4_K's NIB
+#: with compact scales, one plane (Q5_0, Q5_1), one plane and compact scales (Q5_K), Q6_K
+ROW_NIB, ROW_NIBK, ROW_PLANE, ROW_PLANEK, ROW_Q6K = 64, 68, 80, 84, 104
+
+
 @njit(cache=True, inline="always")
 def row_steps(width: int, k: int) -> int:
     """The form of a NIB or PLANES row of `width` bytes and K weights, as the bytes of one of its
@@ -315,7 +321,7 @@ def row_steps(width: int, k: int) -> int:
     80 (Q5_0 and Q5_1: one plane), 88 (Q5_K: a plane and compact scales, 84, then the mins) and
     104 (Q6_K: two planes' bits as 2-bit fields and compact scales)."""
     f = width * 128 // k
-    if f == 72 or f == 88:
+    if f == ROW_NIBK + 4 or f == ROW_PLANEK + 4:
         return f - 4
     return f
 
@@ -323,18 +329,18 @@ def row_steps(width: int, k: int) -> int:
 @njit(cache=True, inline="always")
 def planes_of(sb: int) -> int:
     """The bit planes above the nibble of a row of form `sb` (`row_steps`)."""
-    if sb == 104:
+    if sb == ROW_Q6K:
         return 2
-    return 1 if sb == 80 or sb == 84 else 0
+    return 1 if sb == ROW_PLANE or sb == ROW_PLANEK else 0
 
 
 @njit(cache=True, inline="always")
 def scale_bytes(sb: int) -> int:
     """Compact scale bytes per half-row and step in a row of form `sb` (`row_steps`): 4 for Q6_K
     (a scale per 16), 2 for Q4_K and Q5_K (per 32), else none (the scales are float32, in `s`)."""
-    if sb == 104:
+    if sb == ROW_Q6K:
         return 4
-    return 2 if sb == 68 or sb == 84 else 0
+    return 2 if sb == ROW_NIBK or sb == ROW_PLANEK else 0
 
 
 @njit(cache=True, inline="always")
@@ -373,7 +379,7 @@ def nibble_byte(i: int, half: int, sb: int) -> int:
     each group's nibbles (`step_at`) in the order of the activation's int8 form (`int8_position`),
     so that the integer kernels multiply the bytes as they load them; NIB rows (64) the
     elements' own order."""
-    if sb == 64:
+    if sb == ROW_NIB:
         return i
     p = int8_position(i, 2 * half)
     st = p >> 6
@@ -424,7 +430,7 @@ def compact_scale(qr: np.ndarray, i: int, k: int) -> np.float32:
     Q6_K, a 6-bit code for Q4_K and Q5_K; times the superblock's d it is the scale."""
     sb = row_steps(qr.shape[0], k)
     b = np.int64(qr[compact_byte(i, k, sb)])
-    return np.float32(b - 256 if sb == 104 and b > 127 else b)
+    return np.float32(b - 256 if sb == ROW_Q6K and b > 127 else b)
 
 
 @njit(cache=True, inline="always")
