@@ -56,9 +56,18 @@ Q4_0 8), and a second `vpdpbusd` of a vector of `off` with the same activation b
 from each step's lanes (an extra pass over the block sums after each row cost ~20% of a batched
 step; reading precomputed lane sums instead cost more, loads being the bound). The min terms
 (Q4_1, Q5_1, Q4_K, Q5_K: no offset) go through the activation's block sums, as in the float
-kernels. Without VNNI (`AVAILABLE` false) the engine keeps its float32 kernels and the intrinsic
-is never called; a portable Numba loop stands in for it so that code referring to it still
-compiles.
+kernels.
+
+On a CPU with AVX2 but without AVX-512 VNNI (Zen 1-3, Intel before Ice Lake, most laptops), the
+same IR runs: LLVM splits each 64-byte vector into two 32-byte ones, and `_dpbusd` makes each
+`vpdpbusd` a `vpmaddubsw` (unsigned x signed byte pairs summed to int16) and a `vpmaddwd` by ones
+(int16 pairs to int32): the same int32 lanes, so the same sums to the bit. vpmaddubsw saturates a
+pair's sum at 2^15, which weights of up to 128 never reach against activations within +-127; Q8_0's
+bytes (+128, up to 255) would, so where the offset is 128 the row loop multiplies |w - 128| by the
+activation with w - 128's sign (`_sign_trick`, as llama.cpp's AVX2 kernels do) and skips the
+offset's product. Q6_K's 2-bit fields take the shifts (GF2P8AFFINEQB on 64 bytes needs AVX-512).
+Without either (`AVAILABLE` false) the engine keeps its float32 kernels and the intrinsic is never
+called; a portable Numba loop stands in for it so that code referring to it still compiles.
 
 Numba's on-disk cache does not know that a cached kernel in another module inlined these
 intrinsics: after changing this file, delete the engine's `__pycache__/*.nb[ic]` (an installed
@@ -81,6 +90,9 @@ from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, ROW_NIB
                            compact_scale, int8_order, int8_position, row_steps, scale_bytes, stored_value)
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
+#: how a row loop treats the weights' stored offset: none; each step's lanes start from -off x the
+#: activation bytes; or (Q8_0's +128 on AVX2) the bytes made signed and multiplied by `_sign_trick`
+PLAIN, OFFSET, SIGN_TRICK = 0, 1, 2
 _NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
 _PLANES = {NIB5: 1, NIB6: 2, NIB5K: 1}  # bit planes above the nibble (engine.quants PLANES family)
 _SUB16 = (BYTE16, NIB6)  # layouts with a weight scale per 16 (Q6_K)
@@ -110,11 +122,15 @@ def _host_has(*names: str) -> bool:
     return all(f.get(name, False) for name in names)
 
 
-#: True when this CPU runs the integer dot products (AVX-512 VNNI)
-AVAILABLE = _host_has("avx512f", "avx512bw", "avx512vnni")
+#: whether `vpdpbusd` multiplies 64 bytes at a time here (AVX-512 VNNI); ASSISTANT_VNNI=0 takes the
+#: AVX2 form on such a CPU too (tests of that path)
+VNNI = _host_has("avx512f", "avx512bw", "avx512vnni") and os.environ.get("ASSISTANT_VNNI", "1") != "0"
+#: True when this CPU runs the integer dot products: with AVX-512 VNNI, or with AVX2, whose
+#: `vpmaddubsw` + `vpmaddwd` give the same int32 lanes 32 bytes at a time (`_dpbusd`)
+AVAILABLE = VNNI or _host_has("avx2", "fma")
 #: whether Q6_K's 2-bit fields are moved into place by GF2P8AFFINEQB (else by shifts);
 #: ASSISTANT_GFNI=0 takes the shifts (tests of that path)
-_GFNI = _host_has("gfni") and os.environ.get("ASSISTANT_GFNI", "1") != "0"
+_GFNI = VNNI and _host_has("gfni") and os.environ.get("ASSISTANT_GFNI", "1") != "0"
 
 _I8, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _V64I8, _V16I32, _V16F32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16), ir.VectorType(_F32, 16)
@@ -162,6 +178,53 @@ def _weight_bytes(builder, row, high_at, n_planes: int, qv, hf: int):
     return v
 
 
+def _halves(builder, v, n: int = 32) -> list:
+    """A vector cut into pieces of n elements."""
+    m = v.type.count
+    return [builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(ir.VectorType(_I32, n), list(range(a, a + n))))
+            for a in range(0, m, n)]
+
+
+def _joined(builder, parts: list):
+    """Vectors of one type end to end (two or four)."""
+    while len(parts) > 1:
+        n = parts[0].type.count
+        mask = ir.Constant(ir.VectorType(_I32, 2 * n), list(range(2 * n)))
+        parts = [builder.shuffle_vector(parts[i], parts[i + 1], mask) for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def _dpbusd(builder, acc, a, b):
+    """acc + the sums of a's unsigned bytes times b's signed ones, four neighbours to an int32 lane
+    (acc 16 or 8 lanes, a and b 64 or 32 bytes): `vpdpbusd`, or with AVX2 per 32 bytes `vpmaddubsw`
+    (pairs to int16) and `vpmaddwd` by ones (pairs of those to int32), the same lanes. vpmaddubsw
+    saturates a pair's sum at 2^15: exact while the weight bytes are at most 128 and the activation
+    bytes within +-127 (Q8_0's 255 go through `_sign_trick`)."""
+    mod, n = builder.module, acc.type.count
+    if VNNI:
+        fn = cgutils.get_or_insert_function(mod, ir.FunctionType(acc.type, [acc.type, a.type, b.type]),
+                                            f"llvm.x86.avx512.vpdpbusd.{32 * n}")
+        return builder.call(fn, [acc, a, b])
+    v32, v16i16, v8i32 = ir.VectorType(_I8, 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(_I32, 8)
+    maddubs = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32, v32]), "llvm.x86.avx2.pmadd.ub.sw")
+    maddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
+    ones = ir.Constant(v16i16, [1] * 16)
+    pairs = zip(_halves(builder, a), _halves(builder, b)) if n == 16 else [(a, b)]
+    lanes = [builder.call(maddwd, [builder.call(maddubs, [x, y]), ones]) for x, y in pairs]
+    return builder.add(acc, _joined(builder, lanes))
+
+
+def _sign_trick(builder, w, x):
+    """(|w - 128|, x with the sign of w - 128) for weight bytes w stored +128 (Q8_0 on AVX2): their
+    `_dpbusd` is sum((w - 128) x) with no pair's sum past vpmaddubsw's int16 (128 x 127 x 2)."""
+    v32 = ir.VectorType(_I8, 32)
+    sign = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v32, [v32, v32]), "llvm.x86.avx2.psign.b")
+    ws = builder.xor(w, ir.Constant(w.type, [0x80] * w.type.count))
+    zero = ir.Constant(w.type, None)
+    absolute = builder.select(builder.icmp_signed("<", ws, zero), builder.sub(zero, ws), ws)
+    return absolute, _joined(builder, [builder.call(sign, [xh, wh]) for xh, wh in zip(_halves(builder, x), _halves(builder, ws))])
+
+
 def _load64(builder, ptr, idx):
     return builder.load(builder.bitcast(builder.gep(ptr, [idx]), _V64I8.as_pointer()), align=1)
 
@@ -182,8 +245,6 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     fn.attributes.add("noinline")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     q_base, q_stride, s_base, s_stride, r, x_base, x_stride, d_base, d_stride, t0, k, off_val, out = fn.args
-    dpbusd = cgutils.get_or_insert_function(
-        mod, ir.FunctionType(_V16I32, [_V16I32, _V64I8, _V64I8]), "llvm.x86.avx512.vpdpbusd.512")
     reduce = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, _V16F32]),
                                             "llvm.vector.reduce.fadd.v16f32")
     prefetch = cgutils.get_or_insert_function(
@@ -259,8 +320,6 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     def nib_tail(sums, signed):
         """A half-row of 64k + 32 bytes (K = 576, say) ends with one 32-byte step, 8 lanes wide."""
         v32i8, v8i32, v8f32 = ir.VectorType(_I8, 32), ir.VectorType(_I32, 8), ir.VectorType(_F32, 8)
-        dpbusd8 = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(v8i32, [v8i32, v32i8, v32i8]), "llvm.x86.avx512.vpdpbusd.256")
         reduce8 = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, v8f32]),
                                                  "llvm.vector.reduce.fadd.v8f32")
         offv32 = builder.shuffle_vector(offv, ir.Constant(_V64I8, None),
@@ -279,9 +338,9 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                     acc = ir.Constant(v8f32, None)
                     for nib, (off, bk) in zip(nibs, parts):
                         xv = builder.load(builder.bitcast(builder.gep(x_rows[t], [off]), v32i8.as_pointer()), align=1)
-                        dot = builder.call(dpbusd8, [ir.Constant(v8i32, None), nib, xv])
-                        if signed:
-                            dot = builder.sub(dot, builder.call(dpbusd8, [ir.Constant(v8i32, None), offv32, xv]))
+                        dot = _dpbusd(builder, ir.Constant(v8i32, None), nib, xv)
+                        if signed == OFFSET:
+                            dot = builder.sub(dot, _dpbusd(builder, ir.Constant(v8i32, None), offv32, xv))
                         sc = builder.fmul(builder.load(builder.gep(s_rows[j], [bk])),
                                           builder.load(builder.gep(d_rows[t], [bk])), flags=fast)
                         scv = builder.insert_element(ir.Constant(v8f32, None), sc, ir.Constant(_I32, 0))
@@ -292,6 +351,13 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                                                                   fastmath=("reassoc",)))
             inside = builder.block
         return merge(sums, before, tails, inside)
+
+    def dp(acc, w, x, signed):
+        """acc + a step's integer products of weight bytes w and activation bytes x (`_dpbusd`),
+        through `_sign_trick` where the weights are Q8_0's bytes on AVX2 (`signed` SIGN_TRICK)."""
+        if signed == SIGN_TRICK:
+            w, x = _sign_trick(builder, w, x)
+        return _dpbusd(builder, acc, w, x)
 
     def fetch_ahead(j, at):
         """Row j's byte `at`, PREFETCH_ROWS rows on, on its way to the cache (see the module's notes)."""
@@ -329,11 +395,11 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             for t in range(n_tok):
                 xv = load64(x_rows[t], x_off)
                 # each row's lanes start from -off x the activation bytes (once for all rows)
-                start = builder.sub(zero_i, builder.call(dpbusd, [zero_i, offv, xv])) if signed else zero_i
+                start = builder.sub(zero_i, _dpbusd(builder, zero_i, offv, xv)) if signed == OFFSET else zero_i
                 dl = lanes(d_rows[t], d_blk, 2)
                 for j in range(n_rows):
                     wv, sl = weights[j]
-                    dot = builder.call(dpbusd, [start, wv, xv])
+                    dot = dp(start, wv, xv, signed)
                     sc = builder.fmul(sl, dl, flags=fast)
                     u = j * n_tok + t
                     new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast), flags=fast)
@@ -416,17 +482,17 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                 for t in range(n_tok):
                     xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
                     start = zero_i
-                    if signed:  # -off x the activation bytes, once for all the rows
+                    if signed == OFFSET:  # -off x the activation bytes, once for all the rows
                         o = zero_i
                         for xv in xs_:
-                            o = builder.call(dpbusd, [o, offv, xv])
+                            o = _dpbusd(builder, o, offv, xv)
                         start = builder.sub(zero_i, o)
                     dl = lanes(d_rows[t], d_at, 64 * n_g // 32)  # the group's activation scales
                     for j in range(n_rows):
                         wv, sl = weights[j]
                         dot = start
                         for s in range(n_g):
-                            dot = builder.call(dpbusd, [dot, wv[s], xs_[s]])
+                            dot = dp(dot, wv[s], xs_[s], signed)
                         u = j * n_tok + t
                         sc = builder.fmul(sl, dl, flags=fast)
                         new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast),
@@ -473,15 +539,25 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             accs = when(has1, lambda a: single(last, a, signed), accs)
         return reduced(accs)
 
+    def either(pred, if_true, if_false):
+        """The sums of if_true() where pred holds, else of if_false()."""
+        with builder.if_else(pred) as (yes, no):
+            with yes:
+                true_sums, true_end = if_true(), builder.block
+            with no:
+                false_sums, false_end = if_false(), builder.block
+        return merge(true_sums, true_end, false_sums, false_end)
+
+    def offset_is(value):
+        return builder.icmp_signed("==", off_val, ir.Constant(_I64, value))
+
     if layout in _OFFSET_KNOWN:  # its weights' offset is known
-        sums = row(_OFFSET_KNOWN[layout])
+        sums = row(OFFSET if _OFFSET_KNOWN[layout] else PLAIN)
+    elif layout == BYTE32 and not VNNI:  # Q8_0's bytes (+128) would pass vpmaddubsw's int16
+        sums = either(offset_is(0), lambda: row(PLAIN),
+                      lambda: either(offset_is(128), lambda: row(SIGN_TRICK), lambda: row(OFFSET)))
     else:
-        with builder.if_else(builder.icmp_signed("!=", off_val, ir.Constant(_I64, 0))) as (offset, plain):
-            with offset:
-                signed_sums, signed_end = row(True), builder.block
-            with plain:
-                plain_sums, plain_end = row(False), builder.block
-        sums = merge(signed_sums, signed_end, plain_sums, plain_end)
+        sums = either(offset_is(0), lambda: row(PLAIN), lambda: row(OFFSET))
     for j, v in enumerate(sums):
         builder.store(v, builder.gep(out, [ir.Constant(_I64, j)]))
     builder.ret_void()

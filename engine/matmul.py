@@ -152,6 +152,12 @@ def matvec(out: np.ndarray, kind: int, off: float, w32: np.ndarray, q: np.ndarra
 # --- integer dot products (engine.int8): several tokens per weight row ------------------------------
 
 
+@njit(cache=True, inline="always")
+def _one_at_a_time(n_tok: int, q: np.ndarray) -> bool:
+    """Whether `_rows_i8` takes its rows one at a time (a token or three: decode), not in pairs."""
+    return n_tok < 4 or q.shape[0] < 2
+
+
 @njit(fastmath=FAST, cache=True)
 def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
     """out[t, r] for rows r0..r1-1 and every token: rows in pairs, tokens in groups of 8 and 4
@@ -165,7 +171,7 @@ def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
     without, 45 s before the grouped kernels)."""
     n_tok = xq.shape[0]
     oi = np.int64(off)
-    if n_tok < 4 or q.shape[0] < 2:  # a token or three (decode): one row at a time, as fast as memory brings it
+    if _one_at_a_time(n_tok, q):  # a token or three (decode): one row at a time, as fast as memory brings it
         for r in range(r0, r1):
             for t in range(n_tok):
                 out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
@@ -221,13 +227,25 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
         layout = I8.NIB5
     else:
         layout = I8.BYTE16 if sub16 else I8.BYTE32
+    nb = xs.shape[1]
+    if m.shape[0] and _one_at_a_time(xq.shape[0], q):
+        # decode: each row's min term right after its dot products, while the rows after it stream
+        # in; in a pass after all of them the memory stood idle (the same sums in the same order)
+        mins = np.empty(nb if compact else 0, np.float32)
+        for r in range(r0, r1):
+            _rows_i8(out, layout, q, s, xq, xd, off, r, r + 1)
+            if compact:
+                I8.compact_mins(mins, q[r], m[r])
+            mr = mins if compact else m[r]
+            for t in range(xq.shape[0]):
+                out[t, r] += _min_dot(mr, xs[t])
+        return
     _rows_i8(out, layout, q, s, xq, xd, off, r0, r1)
     if m.shape[0] == 0:
         return
     # each row's min per block of 32 (`_block_min`) once for all the tokens: made again for every
     # token, the min term took 24% of a Qwen3-30B-A3B-shaped prefill's gate/up experts (185 ms
     # against 141 without it)
-    nb = xs.shape[1]
     mins = np.empty((r1 - r0 if compact else 0, nb), np.float32)  # (float32 mins are their own table)
     if compact:
         for r in range(r0, r1):  # (the same products as `_block_min`, 8 at a time)
@@ -237,11 +255,18 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     for t in range(xq.shape[0]):
         xt, ot = xs[t], out[t]
         for r in range(r0, r1):
-            mr = mins[r - r0] if compact else m[r]
-            acc = np.float32(0.0)
-            for b in range(nb):
-                acc += mr[b] * xt[b]
-            ot[r] += acc
+            ot[r] += _min_dot(mins[r - r0] if compact else m[r], xt)
+
+
+@njit(fastmath=FAST, cache=True)
+def _min_dot(mr: np.ndarray, xt: np.ndarray) -> np.float32:
+    """sum_b mr[b] * xt[b]: a row's min term from its mins per block and a token's block sums. One
+    compiled function for the pass after the rows and for decode's row-by-row sums, so that a
+    token's result is the same alone as beside others (the reduction's order is LLVM's choice)."""
+    acc = np.float32(0.0)
+    for b in range(mr.shape[0]):
+        acc += mr[b] * xt[b]
+    return acc
 
 
 @njit(parallel=True, fastmath=FAST, cache=True)

@@ -43,7 +43,7 @@ def main() -> int:
     from engine import matmul as M
 
     if not int8.AVAILABLE:
-        print("this CPU has no AVX-512 VNNI: the engine runs its float kernels, nothing to time")
+        print("this CPU has neither AVX2 nor AVX-512 VNNI: the engine runs its float kernels, nothing to time")
         return 1
     numba.set_num_threads(a.threads)
     rng = np.random.default_rng(0)

@@ -145,7 +145,7 @@ def test_int8_groups_give_each_lane_the_elements_of_one_block() -> None:
                     assert held == list(range(start + 4 * n_g * j, start + 4 * n_g * (j + 1)))
 
 
-@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has neither AVX2 nor AVX-512 VNNI: the engine keeps its float kernels")
 @pytest.mark.parametrize(("qtype", "k", "planes", "compact"), _INT8_CASES,
                          ids=[f"{_layout_id(t, p, c)}-k{k}" for t, k, p, c in _INT8_CASES])
 def test_integer_dot_products_match_the_dequantized_product(qtype: int, k: int, planes: bool, compact: bool) -> None:
@@ -213,7 +213,7 @@ def test_rows_stored_by_groups_are_their_groups_one_after_the_other(qtype: int, 
         assert np.flatnonzero(firsts == first)[0] == Q.step_at(first, sb)
 
 
-@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has neither AVX2 nor AVX-512 VNNI: the engine keeps its float kernels")
 def test_q6k_fields_without_gfni_give_the_same_products(tmp_path: Path) -> None:
     """Where the CPU lacks GFNI, the integer kernels move Q6_K's 2-bit fields into place with
     shifts instead of GF2P8AFFINEQB: the same weight bytes, so the same sums. Each way is compiled
@@ -261,14 +261,14 @@ print(I8._GFNI)
         run = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"gfni{flag}.npy")], env=env,
                              capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
-        assert run.stdout.strip() == str(flag == "1" and I8._host_has("gfni"))
+        assert run.stdout.strip() == str(flag == "1" and I8.VNNI and I8._host_has("gfni"))
         outs[flag] = np.load(tmp_path / f"gfni{flag}.npy")
     assert np.array_equal(outs["0"], outs["1"])
     assert np.array_equal(outs["0"][:, 0], outs["0"][:, 1])  # one row and token at a time as in pairs
     assert np.abs(outs["0"]).min() > 0
 
 
-@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has neither AVX2 nor AVX-512 VNNI: the engine keeps its float kernels")
 @pytest.mark.parametrize("k", [512, 768])
 def test_compact_scales_give_the_same_integer_products(k: int) -> None:
     """A Q4_K matrix's integer dot products (before the min term) are the same floats whether its
@@ -405,7 +405,7 @@ def test_f16_and_bf16_activations_round_to_nearest_even() -> None:
     assert np.array_equal(xh[0], want)
 
 
-@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has no AVX-512 VNNI: the engine keeps its float kernels")
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has neither AVX2 nor AVX-512 VNNI: the engine keeps its float kernels")
 @pytest.mark.parametrize("planes", [False, True], ids=["bytes", "planes"])
 @pytest.mark.parametrize("grouped", [False, True], ids=["one-token", "grouped"])
 def test_integer_expert_kernels_match_the_float_ones(planes: bool, grouped: bool) -> None:
