@@ -59,6 +59,7 @@ def _auto_for_runnable(gguf: GGUFFile, arch: str) -> BackendChoice:
     this kind of machine (docs/benchmarks.md, 2 threads, a CPU with AVX-512 VNNI): the native engine
     for dense models where its integer kernels run (bundled models: decode 1.12-1.18x llama.cpp,
     prefill 1.17-1.40x, language-server p95 ~330 against ~400 ms), llama.cpp for the rest."""
+    from engine.int8 import VNNI
     from engine.matmul import INT8
     from engine.native import cuda_present
 
@@ -67,7 +68,10 @@ def _auto_for_runnable(gguf: GGUFFile, arch: str) -> BackendChoice:
     elif cuda_present():
         why = "its GPU path has not been measured on a GPU yet"
     elif not INT8:
-        why = "on a CPU without AVX-512 VNNI its float kernels are level with llama.cpp, not faster"
+        why = "on a CPU without AVX2 its float kernels are level with llama.cpp, not faster"
+    elif not VNNI:
+        why = ("on a CPU with AVX2 but without AVX-512 VNNI its integer kernels take about twice the "
+               "instructions and were measured slower than llama.cpp (docs/benchmarks.md)")
     else:
         why = None
     if why is not None:

@@ -29,10 +29,11 @@ GOLDEN = {
 
 def _auto_backend() -> str:
     """What `--backend auto` picks for the bundled (dense) models on this machine."""
+    from engine.int8 import VNNI
     from engine.matmul import INT8
     from engine.native import cuda_present
 
-    return "native" if INT8 and not cuda_present() else "llama"
+    return "native" if INT8 and VNNI and not cuda_present() else "llama"
 
 
 def run(cli_env: dict[str, str], *args: str, stdin: str | None = None, env: dict | None = None, timeout: int = 300):
@@ -89,11 +90,12 @@ def test_models_info_says_which_backend_and_why(cli_env, qwen_path, smollm2_path
     qwen = json.loads(run(cli_env, "models", "info", "--json").stdout)
     assert qwen["architecture"] == "qwen2" and qwen["fim"] == "qwen" and qwen["vocab_size"] == 151936
     assert qwen["quant_types"]["Q5_0"] > 0 and qwen["context_length"] == 32768
+    from engine.int8 import VNNI
     from engine.matmul import INT8
     from engine.native import cuda_present
 
     # auto: the native engine where it was measured faster (dense, AVX-512 VNNI, no GPU), else llama.cpp
-    assert qwen["backend"] == ("native" if INT8 and not cuda_present() else "llama")
+    assert qwen["backend"] == ("native" if INT8 and VNNI and not cuda_present() else "llama")
     assert "auto" in qwen["backend_reason"]
     small = json.loads(run(cli_env, "models", "info", "smollm2-135m", "--json").stdout)
     assert small["architecture"] == "llama" and small["fim"] is None and small["quant_types"]["Q4_1"] == 210
