@@ -93,6 +93,11 @@ BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
 #: how a row loop treats the weights' stored offset: none; each step's lanes start from -off x the
 #: activation bytes; or (Q8_0's +128 on AVX2) the bytes made signed and multiplied by `_sign_trick`
 PLAIN, OFFSET, SIGN_TRICK = 0, 1, 2
+#: per layout, how many 64-byte steps' vpmaddubsw sums (AVX2) add up in int16 without passing 2^15:
+#: 32767 // (w_max x 128 x 2) for its largest stored weight (4 bits 15, 5 bits 31, Q6_K 63; BYTE32
+#: holds 5-bit bytes, or Q8_0's through `_sign_trick`, |w| up to 128: one step). The offset's
+#: product (off <= 32: Q6_K's 32 x -128 x 8 = -2^15 at the extreme) sums 4 steps too.
+_INT16_STEPS = {NIB: 8, NIBK: 8, NIB5: 4, NIB5K: 4, NIB6: 2, BYTE16: 2, BYTE32: 4}
 _NIBBLES = (NIB, NIB5, NIB6, NIBK, NIB5K)  # layouts whose bytes hold two 4-bit weights, one per half-row
 _PLANES = {NIB5: 1, NIB6: 2, NIB5K: 1}  # bit planes above the nibble (engine.quants PLANES family)
 _SUB16 = (BYTE16, NIB6)  # layouts with a weight scale per 16 (Q6_K)
@@ -198,8 +203,8 @@ def _dpbusd(builder, acc, a, b):
     """acc + the sums of a's unsigned bytes times b's signed ones, four neighbours to an int32 lane
     (acc 16 or 8 lanes, a and b 64 or 32 bytes): `vpdpbusd`, or with AVX2 per 32 bytes `vpmaddubsw`
     (pairs to int16) and `vpmaddwd` by ones (pairs of those to int32), the same lanes. vpmaddubsw
-    saturates a pair's sum at 2^15: exact while the weight bytes are at most 128 and the activation
-    bytes within +-127 (Q8_0's 255 go through `_sign_trick`)."""
+    saturates a pair's sum at 2^15: exact for weight bytes up to 63 against activation bytes from
+    -128 (Q8_K's) to 127, and up to 128 against Q8_0's +-127 (Q8_0's 255 go through `_sign_trick`)."""
     mod, n = builder.module, acc.type.count
     if VNNI:
         fn = cgutils.get_or_insert_function(mod, ir.FunctionType(acc.type, [acc.type, a.type, b.type]),
@@ -212,6 +217,33 @@ def _dpbusd(builder, acc, a, b):
     pairs = zip(_halves(builder, a), _halves(builder, b)) if n == 16 else [(a, b)]
     lanes = [builder.call(maddwd, [builder.call(maddubs, [x, y]), ones]) for x, y in pairs]
     return builder.add(acc, _joined(builder, lanes))
+
+
+def _dpbusd_steps(builder, acc, pairs: list, in_int16: int):
+    """acc + `_dpbusd` of each (weight bytes, activation bytes) pair of a group's steps. With AVX2
+    the vpmaddubsw sums of up to `in_int16` steps are added as int16 before one vpmaddwd: exact
+    while in_int16 x w_max x 128 x 2 stays within int16 for weights of at most w_max against
+    activation bytes of -128..127 (`_INT16_STEPS`), so the same lanes as step by step."""
+    if VNNI or in_int16 < 2:
+        for w, x in pairs:
+            acc = _dpbusd(builder, acc, w, x)
+        return acc
+    mod = builder.module
+    v32, v16i16, v8i32 = ir.VectorType(_I8, 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(_I32, 8)
+    maddubs = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32, v32]), "llvm.x86.avx2.pmadd.ub.sw")
+    maddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
+    ones = ir.Constant(v16i16, [1] * 16)
+    for c in range(0, len(pairs), in_int16):
+        chunk = [(_halves(builder, w), _halves(builder, x)) for w, x in pairs[c:c + in_int16]]
+        lanes = []
+        for h in range(2):
+            pair_sums = None
+            for wh, xh in chunk:
+                p = builder.call(maddubs, [wh[h], xh[h]])
+                pair_sums = p if pair_sums is None else builder.add(pair_sums, p)
+            lanes.append(builder.call(maddwd, [pair_sums, ones]))
+        acc = builder.add(acc, _joined(builder, lanes))
+    return acc
 
 
 def _sign_trick(builder, w, x):
@@ -482,17 +514,19 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                 for t in range(n_tok):
                     xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
                     start = zero_i
-                    if signed == OFFSET:  # -off x the activation bytes, once for all the rows
-                        o = zero_i
-                        for xv in xs_:
-                            o = _dpbusd(builder, o, offv, xv)
+                    if signed == OFFSET:  # -off x the activation bytes, once for all the rows (off <= 32 here)
+                        o = _dpbusd_steps(builder, zero_i, [(offv, xv) for xv in xs_], 4)
                         start = builder.sub(zero_i, o)
                     dl = lanes(d_rows[t], d_at, 64 * n_g // 32)  # the group's activation scales
+                    in_int16 = 1 if signed == SIGN_TRICK else _INT16_STEPS[layout]
                     for j in range(n_rows):
                         wv, sl = weights[j]
-                        dot = start
-                        for s in range(n_g):
-                            dot = dp(dot, wv[s], xs_[s], signed)
+                        if signed == SIGN_TRICK:
+                            dot = start
+                            for s in range(n_g):
+                                dot = dp(dot, wv[s], xs_[s], signed)
+                        else:
+                            dot = _dpbusd_steps(builder, start, list(zip(wv, xs_)), in_int16)
                         u = j * n_tok + t
                         sc = builder.fmul(sl, dl, flags=fast)
                         new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast),
