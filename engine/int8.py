@@ -58,12 +58,14 @@ step; reading precomputed lane sums instead cost more, loads being the bound). T
 (Q4_1, Q5_1, Q4_K, Q5_K: no offset) go through the activation's block sums, as in the float
 kernels.
 
-On a CPU with AVX2 but without AVX-512 VNNI (Zen 1-3, Intel before Ice Lake, most laptops), the
-same IR runs: LLVM splits each 64-byte vector into two 32-byte ones, and `_dpbusd` makes each
-`vpdpbusd` a `vpmaddubsw` (unsigned x signed byte pairs summed to int16) and a `vpmaddwd` by ones
-(int16 pairs to int32): the same int32 lanes, so the same sums to the bit. vpmaddubsw saturates a
-pair's sum at 2^15, which weights of up to 128 never reach against activations within +-127; Q8_0's
-bytes (+128, up to 255) would, so where the offset is 128 the row loop multiplies |w - 128| by the
+On a CPU with AVX2 but without AVX-512 VNNI (AMD Zen 1-3, Intel before Ice Lake, and Intel's
+Alder Lake and later, whose 256-bit AVX-VNNI is not used yet), the same IR runs: LLVM splits each
+64-byte vector into two 32-byte ones, and `_dpbusd` makes each `vpdpbusd` a `vpmaddubsw` (unsigned
+x signed byte pairs summed to int16) and a `vpmaddwd` by ones (int16 pairs to int32): the same
+int32 lanes, so the same sums to the bit. vpmaddubsw saturates a pair's sum at 2^15, which weights
+of up to 63 never reach against activation bytes of -128..127; within a group the int16 sums of
+several steps are added before one vpmaddwd where the weights' range keeps them exact
+(`_INT16_STEPS`). Q8_0's bytes (+128, up to 255) would pass it, so where the offset is 128 the row loop multiplies |w - 128| by the
 activation with w - 128's sign (`_sign_trick`, as llama.cpp's AVX2 kernels do) and skips the
 offset's product. Q6_K's 2-bit fields take the shifts (GF2P8AFFINEQB on 64 bytes needs AVX-512).
 Without either (`AVAILABLE` false) the engine keeps its float32 kernels and the intrinsic is never
@@ -184,10 +186,11 @@ def _weight_bytes(builder, row, high_at, n_planes: int, qv, hf: int):
 
 
 def _halves(builder, v, n: int = 32) -> list:
-    """A vector cut into pieces of n elements."""
-    m = v.type.count
-    return [builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(ir.VectorType(_I32, n), list(range(a, a + n))))
-            for a in range(0, m, n)]
+    """A vector cut into pieces of n elements (itself where it has n)."""
+    if v.type.count == n:
+        return [v]
+    mask = lambda a: ir.Constant(ir.VectorType(_I32, n), list(range(a, a + n)))  # noqa: E731
+    return [builder.shuffle_vector(v, ir.Constant(v.type, None), mask(a)) for a in range(0, v.type.count, n)]
 
 
 def _joined(builder, parts: list):
@@ -205,18 +208,11 @@ def _dpbusd(builder, acc, a, b):
     (pairs to int16) and `vpmaddwd` by ones (pairs of those to int32), the same lanes. vpmaddubsw
     saturates a pair's sum at 2^15: exact for weight bytes up to 63 against activation bytes from
     -128 (Q8_K's) to 127, and up to 128 against Q8_0's +-127 (Q8_0's 255 go through `_sign_trick`)."""
-    mod, n = builder.module, acc.type.count
     if VNNI:
-        fn = cgutils.get_or_insert_function(mod, ir.FunctionType(acc.type, [acc.type, a.type, b.type]),
-                                            f"llvm.x86.avx512.vpdpbusd.{32 * n}")
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(acc.type, [acc.type, a.type, b.type]),
+                                            f"llvm.x86.avx512.vpdpbusd.{32 * acc.type.count}")
         return builder.call(fn, [acc, a, b])
-    v32, v16i16, v8i32 = ir.VectorType(_I8, 32), ir.VectorType(ir.IntType(16), 16), ir.VectorType(_I32, 8)
-    maddubs = cgutils.get_or_insert_function(mod, ir.FunctionType(v16i16, [v32, v32]), "llvm.x86.avx2.pmadd.ub.sw")
-    maddwd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v16i16, v16i16]), "llvm.x86.avx2.pmadd.wd")
-    ones = ir.Constant(v16i16, [1] * 16)
-    pairs = zip(_halves(builder, a), _halves(builder, b)) if n == 16 else [(a, b)]
-    lanes = [builder.call(maddwd, [builder.call(maddubs, [x, y]), ones]) for x, y in pairs]
-    return builder.add(acc, _joined(builder, lanes))
+    return _dpbusd_steps(builder, acc, [(a, b)], 1)
 
 
 def _dpbusd_steps(builder, acc, pairs: list, in_int16: int):
@@ -224,7 +220,7 @@ def _dpbusd_steps(builder, acc, pairs: list, in_int16: int):
     the vpmaddubsw sums of up to `in_int16` steps are added as int16 before one vpmaddwd: exact
     while in_int16 x w_max x 128 x 2 stays within int16 for weights of at most w_max against
     activation bytes of -128..127 (`_INT16_STEPS`), so the same lanes as step by step."""
-    if VNNI or in_int16 < 2:
+    if VNNI:
         for w, x in pairs:
             acc = _dpbusd(builder, acc, w, x)
         return acc
@@ -236,7 +232,7 @@ def _dpbusd_steps(builder, acc, pairs: list, in_int16: int):
     for c in range(0, len(pairs), in_int16):
         chunk = [(_halves(builder, w), _halves(builder, x)) for w, x in pairs[c:c + in_int16]]
         lanes = []
-        for h in range(2):
+        for h in range(len(chunk[0][0])):  # per 32 bytes
             pair_sums = None
             for wh, xh in chunk:
                 p = builder.call(maddubs, [wh[h], xh[h]])
@@ -254,7 +250,8 @@ def _sign_trick(builder, w, x):
     ws = builder.xor(w, ir.Constant(w.type, [0x80] * w.type.count))
     zero = ir.Constant(w.type, None)
     absolute = builder.select(builder.icmp_signed("<", ws, zero), builder.sub(zero, ws), ws)
-    return absolute, _joined(builder, [builder.call(sign, [xh, wh]) for xh, wh in zip(_halves(builder, x), _halves(builder, ws))])
+    signed_x = [builder.call(sign, [xh, wh]) for xh, wh in zip(_halves(builder, x), _halves(builder, ws))]
+    return absolute, _joined(builder, signed_x)
 
 
 def _load64(builder, ptr, idx):
@@ -514,7 +511,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                 for t in range(n_tok):
                     xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
                     start = zero_i
-                    if signed == OFFSET:  # -off x the activation bytes, once for all the rows (off <= 32 here)
+                    if signed == OFFSET:  # -off x the activation bytes, once for all the rows (on AVX2 off <= 32)
                         o = _dpbusd_steps(builder, zero_i, [(offv, xv) for xv in xs_], 4)
                         start = builder.sub(zero_i, o)
                     dl = lanes(d_rows[t], d_at, 64 * n_g // 32)  # the group's activation scales

@@ -70,8 +70,8 @@ def _auto_for_runnable(gguf: GGUFFile, arch: str) -> BackendChoice:
     elif not INT8:
         why = "on a CPU without AVX2 its float kernels are level with llama.cpp, not faster"
     elif not VNNI:
-        why = ("on a CPU with AVX2 but without AVX-512 VNNI its integer kernels take about twice the "
-               "instructions and were measured slower than llama.cpp (docs/benchmarks.md)")
+        why = ("on a CPU with AVX2 but without AVX-512 VNNI its integer kernels take several instructions "
+               "where VNNI takes one, and were measured slower than llama.cpp (docs/benchmarks.md)")
     else:
         why = None
     if why is not None:
