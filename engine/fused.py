@@ -1,14 +1,18 @@
-"""One decoded token through a layer's attention block, as one jitted call.
+"""One decoded token through a layer's attention block, and through a dense SwiGLU FFN, each as one
+jitted call.
 
-Used for one token where the integer kernels do not run it (a CPU without AVX-512 VNNI; see
-`transformer.forward`). Decode is one token at a time, so the work per kernel is small and what the forward pass costs
-in Python between kernels (a dispatch, an argument check, a numpy temporary per step: about
-fifteen per layer) is a large share of a token's time on small models. `attention_one_token`
-runs the block's whole sequence (RMSNorm, activation quantization, q/k/v with their biases and
-norms, RoPE, the KV-cache write, attention, output projection, residual) inside Numba, calling
-the same kernels the batched path uses, so both paths compute the same values. The weights come
-in as `Packed` named tuples; the parallel kernels it calls (`matvec`, `attention`) keep their own
-parallel regions.
+Decode is one token at a time, so the work per kernel is small and what the forward pass costs in
+Python between kernels (a dispatch, an argument check, a numpy temporary per step: about fifteen
+per layer) is a large share of a token's time on small models: SmolLM2-135M on a 2-core Zen 3
+spent ~8 of its 29 ms per token there (cProfile of `transformer.forward`, the integer kernels'
+own time subtracted). `attention_one_token` runs the block's whole sequence (RMSNorm, activation
+quantization, q/k/v with their biases and norms, RoPE, the KV-cache write, attention, output
+projection, residual) inside Numba, and `ffn_one_token` a dense FFN's (RMSNorm, gate and up,
+SwiGLU, down, residual), calling the same kernels the batched path uses with the same arguments
+(a token's rows as (1, n) arrays), so both paths compute the same values to the bit. Each
+matrix goes through the integer kernels (engine.int8) or the float ones as `transformer.linear`
+would send it (the `ints` flags); the weights come in as `Packed` named tuples, and the parallel
+kernels they call keep their own parallel regions.
 """
 
 from __future__ import annotations
@@ -17,23 +21,43 @@ import numpy as np
 from numba import njit
 
 from engine import kernels as K
-from engine.matmul import SERIAL_WEIGHTS, matvec, matvec_serial
-from engine.quants import Packed, _quantize_row
+from engine.matmul import SERIAL_WEIGHTS, matmul_i8, matmul_i8_serial, matvec, matvec_serial
+from engine.quants import Packed, _quantize_row, _quantize_row8
 
 QK_NONE, QK_HEAD, QK_FULL = 0, 1, 2  # models.arch's qk_norm "none", "head", "full"
 
 
 @njit(cache=True)
-def _linear(out: np.ndarray, w: Packed, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunk: int,
-            quantized_as: int) -> None:
-    """out = W . x for one token: x quantized to the weight's activation family first, unless
-    xh/xs already hold it in that family (`quantized_as`, -1 for nothing yet)."""
-    if w.act != quantized_as:
-        _quantize_row(w.act, x, xh, xs)
+def _linear(out: np.ndarray, w: Packed, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: np.ndarray,
+            xd: np.ndarray, chunk: int, ints: bool, held: int) -> int:
+    """out (n,) = W . x for one token, through the integer kernels where `ints` (as `transformer.
+    linear` computes a batch of one: x's int8 form, then `matmul_int8`'s kernel for one row), else
+    the float ones. x is quantized to the weight's activation family first unless the buffers
+    already hold that (`held`: what they hold, `_held`; -1 nothing); returns what they hold now.
+    Every buffer is a (1, n) row, as the batched path passes it."""
+    if ints:
+        if held != _held(w.act, True):
+            _quantize_row8(w.act, x[0], xh[0], xs[0], xq[0], xd[0])
+            held = _held(w.act, True)
+        if w.rows * w.k < SERIAL_WEIGHTS:
+            matmul_i8_serial(out, w.kind, w.off, w.q, w.s, w.m, xq, xd, xs)
+        else:
+            matmul_i8(out, w.kind, w.off, w.q, w.s, w.m, xq, xd, xs, chunk)
+        return held
+    if held != _held(w.act, False) and held != _held(w.act, True):
+        _quantize_row(w.act, x[0], xh[0], xs[0])
+        held = _held(w.act, False)
     if w.rows * w.k < SERIAL_WEIGHTS:
-        matvec_serial(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs)
+        matvec_serial(out[0], w.kind, w.off, w.w32, w.q, w.s, w.m, xh[0], xs[0])
     else:
-        matvec(out, w.kind, w.off, w.w32, w.q, w.s, w.m, xh, xs, chunk)
+        matvec(out[0], w.kind, w.off, w.w32, w.q, w.s, w.m, xh[0], xs[0], chunk)
+    return held
+
+
+@njit(cache=True, inline="always")
+def _held(act: int, ints: bool) -> int:
+    """What the quantization buffers hold: act's values (xh, xs), and with `ints` its int8 form too."""
+    return 2 * act + ints
 
 
 @njit(cache=True)
@@ -44,24 +68,26 @@ def attention_one_token(x: np.ndarray, attn_norm: np.ndarray, eps: float,
                         cos: np.ndarray, sin: np.ndarray, neox: bool,
                         k_cache: np.ndarray, v_cache: np.ndarray, pos: int, window: int, scale: float,
                         xn: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, att: np.ndarray,
-                        proj: np.ndarray, xh: np.ndarray, xs: np.ndarray, chunks: np.ndarray) -> None:
-    """x (n_embd,) += attention block of one token at position `pos` (absent biases and norms are
-    empty arrays); the scratch rows xn, q, k, v, att, proj and xh/xs (at least the widest input)
-    are overwritten. `chunks` holds the parallel work-item size of wq, wk, wv, wo."""
+                        proj: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: np.ndarray, xd: np.ndarray,
+                        chunks: np.ndarray, ints: np.ndarray) -> None:
+    """x (1, n_embd) += attention block of one token at position `pos` (absent biases and norms
+    are empty arrays); the scratch rows xn, q, k, v, att, proj (each (1, n)) and the quantization
+    buffers xh, xs, xq, xd (1-D, for the widest input) are overwritten. `chunks` and `ints` hold
+    wq's, wk's, wv's and wo's parallel work-item size and whether it takes the integer kernels."""
     n_kv, d = k_cache.shape[1], k_cache.shape[2]
-    n_head = q.shape[0] // d
+    n_head = q.shape[1] // d
     K.rmsnorm(xn, x, attn_norm, eps)
-    n_embd = x.shape[0]
+    n_embd = x.shape[1]
     # q, k and v read the same input: quantized again only where the activation family changes
-    _linear(q, wq, xn, xh[:n_embd], xs[:n_embd // 32], chunks[0], -1)
-    _linear(k, wk, xn, xh[:n_embd], xs[:n_embd // 32], chunks[1], wq.act)
-    _linear(v, wv, xn, xh[:n_embd], xs[:n_embd // 32], chunks[2], wk.act)
+    held = _linear(q, wq, xn, *_rows(xh, xs, xq, xd, n_embd), chunks[0], ints[0], -1)
+    held = _linear(k, wk, xn, *_rows(xh, xs, xq, xd, n_embd), chunks[1], ints[1], held)
+    _linear(v, wv, xn, *_rows(xh, xs, xq, xd, n_embd), chunks[2], ints[2], held)
     if bq.shape[0]:
-        q += bq
+        q[0] += bq
     if bk.shape[0]:
-        k += bk
+        k[0] += bk
     if bv.shape[0]:
-        v += bv
+        v[0] += bv
     if qk_mode != QK_NONE:
         K.rmsnorm(q, q, q_norm, eps)
         K.rmsnorm(k, k, k_norm, eps)
@@ -73,8 +99,31 @@ def attention_one_token(x: np.ndarray, attn_norm: np.ndarray, eps: float,
     K.store_kv(k_cache[slot], k3[0])
     K.store_kv(v_cache[slot], v.reshape(n_kv, d))
     K.attention(att.reshape(1, n_head, d), q3, k_cache, v_cache, pos, window, scale)
-    q_dim = att.shape[0]
-    _linear(proj, wo, att, xh[:q_dim], xs[:q_dim // 32], chunks[3], -1)
+    _linear(proj, wo, att, *_rows(xh, xs, xq, xd, att.shape[1]), chunks[3], ints[3], -1)
     if bo.shape[0]:
-        proj += bo
+        proj[0] += bo
     x += proj
+
+
+@njit(cache=True)
+def ffn_one_token(x: np.ndarray, ffn_norm: np.ndarray, eps: float, wg: Packed, wu: Packed, wd: Packed,
+                  xn: np.ndarray, gate: np.ndarray, up: np.ndarray, mid: np.ndarray, out: np.ndarray,
+                  xh: np.ndarray, xs: np.ndarray, xq: np.ndarray, xd: np.ndarray, chunks: np.ndarray,
+                  ints: np.ndarray) -> None:
+    """x (1, n_embd) += a dense SwiGLU FFN of one token: down(silu(gate(x)) * up(x)) of x's
+    RMSNorm; xn, gate, up, mid, out (each (1, n)) and the quantization buffers are scratch, as in
+    `attention_one_token`; `chunks` and `ints` per matrix at 4, 5, 6 (gate, up, down)."""
+    K.rmsnorm(xn, x, ffn_norm, eps)
+    n_embd = x.shape[1]
+    held = _linear(gate, wg, xn, *_rows(xh, xs, xq, xd, n_embd), chunks[4], ints[4], -1)
+    _linear(up, wu, xn, *_rows(xh, xs, xq, xd, n_embd), chunks[5], ints[5], held)
+    K.swiglu(mid, gate, up)
+    _linear(out, wd, mid, *_rows(xh, xs, xq, xd, mid.shape[1]), chunks[6], ints[6], -1)
+    x += out
+
+
+@njit(cache=True, inline="always")
+def _rows(xh: np.ndarray, xs: np.ndarray, xq: np.ndarray, xd: np.ndarray, k: int) -> tuple:
+    """The quantization buffers for one input of width k, each as a (1, n) row."""
+    return (xh[:k].reshape(1, k), xs[:k // 32].reshape(1, k // 32), xq[:k].reshape(1, k),
+            xd[:k // 32].reshape(1, k // 32))

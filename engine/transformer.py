@@ -219,6 +219,7 @@ class RunState:
         self.n_ctx, self.n_batch, self.n_slots = n_ctx, n_batch, n_slots
         self.batched = False  # in forward_batch: every token through the batched kernels, even alone
         self.experts_alone = False  # in forward: one MoE token's experts through the one-token path
+        self.fused = False  # in forward: one token, each layer's blocks in one jitted call (engine.fused)
         self.cuda = None  # engine.cuda_kernels.CudaOps when attention and routing run on the GPU
         if device == "cuda":
             from engine.cuda_kernels import CudaOps
@@ -238,9 +239,13 @@ class RunState:
         self._ffn: dict[int, tuple[np.ndarray, np.ndarray, Activations]] = {}
         self._one: dict[tuple, tuple[np.ndarray, ...]] = {}
         self._grouped: tuple[Activations, np.ndarray, np.ndarray] | None = None
-        widest = max(cfg.n_embd, q_dim)
-        self.one_xh, self.one_xs = np.zeros(widest, f32), np.zeros(widest // 32, f32)  # one token's quantized input
-        self.chunks: dict[int, np.ndarray] = {}  # per layer: parallel work-item sizes of wq, wk, wv, wo
+        widest = max(cfg.n_embd, q_dim, cfg.n_ff)
+        # one token's quantized input (engine.fused): the values, sums per 32, int8 form and its scales
+        self.one_xh, self.one_xs = np.zeros(widest, f32), np.zeros(widest // 32, f32)
+        self.one_xq, self.one_xd = np.zeros(widest, np.int8), np.zeros(widest // 32, f32)
+        # per layer: the parallel work-item sizes of wq, wk, wv, wo and a dense FFN's gate, up, down
+        self.chunks: dict[int, np.ndarray] = {}
+        self.int8_flags: dict[tuple[int, bool], np.ndarray] = {}  # (layer, batched): the same matrices' `ints`
         self.cos = np.zeros((n_batch, cfg.n_rot // 2), f32)
         self.sin = np.zeros((n_batch, cfg.n_rot // 2), f32)
         if cfg.is_moe:
@@ -351,7 +356,7 @@ class RunState:
                 for x in v:
                     touch(x)
 
-        kept = ("k_slots", "v_slots", "k_cache", "v_cache", "k_bits", "v_bits", "chunks", "routed")
+        kept = ("k_slots", "v_slots", "k_cache", "v_cache", "k_bits", "v_bits", "chunks", "int8_flags", "routed")
         touch({k: v for k, v in vars(self).items() if k not in kept})
 
     @property
@@ -368,19 +373,36 @@ _EMPTY = np.zeros(0, np.float32)  # an absent bias or norm, for the jitted one-t
 _QK_MODE = {"none": F.QK_NONE, "head": F.QK_HEAD, "full": F.QK_FULL}
 
 
+_FUSED_MATRICES = ("wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down")  # engine.fused's order
+
+
+def _fused_args(lw: LayerWeights, st: RunState, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's per-matrix work-item sizes and whether each takes the integer kernels (as
+    `linear` would send it), for engine.fused; made once per layer (absent matrices: unused)."""
+    chunks = st.chunks.get(layer)
+    mats = [getattr(lw, name) for name in _FUSED_MATRICES]
+    if chunks is None:
+        chunks = st.chunks[layer] = np.array([M.work_chunk(w.rows if w is not None else 1) for w in mats])
+    ints = st.int8_flags.get((layer, st.batched))
+    if ints is None:
+        ints = st.int8_flags[(layer, st.batched)] = np.array(
+            [w is not None and (st.batched or w.kind == quants.KIND_PLANES or w.compact) and M.int8_weight(w)
+             for w in mats])
+    return chunks, ints
+
+
 def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos: int, slot: int) -> None:
     """The attention block for one token on the CPU, in one jitted call (engine.fused)."""
-    chunks = st.chunks.get(layer)
-    if chunks is None:
-        chunks = st.chunks[layer] = np.array([M.work_chunk(w.rows) for w in (lw.wq, lw.wk, lw.wv, lw.wo)])
+    chunks, ints = _fused_args(lw, st, layer)
     e = _EMPTY
     F.attention_one_token(
-        st.x[0], lw.attn_norm, cfg.rms_eps, lw.wq, lw.wk, lw.wv, lw.wo,
+        st.x[:1], lw.attn_norm, cfg.rms_eps, lw.wq, lw.wk, lw.wv, lw.wo,
         e if lw.bq is None else lw.bq, e if lw.bk is None else lw.bk, e if lw.bv is None else lw.bv,
         e if lw.bo is None else lw.bo, e if lw.q_norm is None else lw.q_norm, e if lw.k_norm is None else lw.k_norm,
         _QK_MODE[cfg.qk_norm], st.cos[:1], st.sin[:1], cfg.rope_neox,
         st.k_bits[layer][slot], st.v_bits[layer][slot], pos, cfg.window(layer), 1.0 / math.sqrt(cfg.head_dim),
-        st.attn_in.x[0], st.q[0], st.k[0], st.v[0], st.attn_out.x[0], st.proj[0], st.one_xh, st.one_xs, chunks,
+        st.attn_in.x[:1], st.q[:1], st.k[:1], st.v[:1], st.attn_out.x[:1], st.proj[:1],
+        st.one_xh, st.one_xs, st.one_xq, st.one_xd, chunks, ints,
     )
 
 
@@ -388,7 +410,7 @@ def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos
                     batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """x[:n] += the attention block of n tokens: positions pos0.. of sequence `slot`, or, with
     `batch` (slots, positions), token i at positions[i] of sequence slots[i] (see forward_batch)."""
-    if n == 1 and st.cuda is None and not st.batched:
+    if st.fused:
         _attention_one_token(cfg, lw, st, layer, pos0, slot)
         return
     d, n_head, n_kv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
@@ -595,6 +617,13 @@ def _experts_grouped_int8(cfg: Config, lw: LayerWeights, st: RunState, n: int, o
 
 
 def ffn_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int) -> None:
+    if st.fused and st.batched and not cfg.is_moe:  # one token through the integer kernels, in one call
+        chunks, ints = _fused_args(lw, st, layer)
+        gate, up, mid = st.ffn_buffers(lw.ffn_gate.rows)
+        F.ffn_one_token(st.x[:1], lw.ffn_norm, cfg.rms_eps, lw.ffn_gate, lw.ffn_up, lw.ffn_down, st.ffn_in.x[:1],
+                        gate[:1], up[:1], mid.x[:1], st.proj[:1], st.one_xh, st.one_xs, st.one_xq, st.one_xd,
+                        chunks, ints)
+        return
     x = st.x[:n]
     # pre-norm
     K.rmsnorm(st.ffn_in.view(n), x, lw.ffn_norm, cfg.rms_eps)
@@ -650,8 +679,9 @@ def forward(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, pos0: int
     # kernels (Qwen3-30B-A3B-shaped 95.0-96.7 against 91.8-93.1 tok/s all float).
     batched = uniform or (n == 1 and M.INT8 and ONE_TOKEN_INT8 and st.cuda is None)
     # only the rows whose logits are wanted go through the head
+    alone = n == 1 and not uniform
     return _layers_and_head(cfg, w, st, n, batched, slice(0, n) if all_logits else slice(n - 1, n),
-                            pos0=pos0, slot=slot, experts_alone=n == 1 and not uniform)
+                            pos0=pos0, slot=slot, experts_alone=alone, fused=alone and st.cuda is None)
 
 
 def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slots: np.ndarray,
@@ -673,12 +703,14 @@ def forward_batch(cfg: Config, w: Weights, st: RunState, tokens: np.ndarray, slo
 
 def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: bool, rows: slice | np.ndarray, *,
                      pos0: int = 0, slot: int = 0, batch: tuple[np.ndarray, np.ndarray] | None = None,
-                     experts_alone: bool = False) -> np.ndarray:
+                     experts_alone: bool = False, fused: bool = False) -> np.ndarray:
     """Every layer over the n embedded tokens, then the head over `rows` of them; `batched` holds
     for the whole pass (the batched kernels even for one token), `experts_alone` sends one token's
-    MoE experts through their one-token path all the same."""
+    MoE experts through their one-token path all the same, `fused` runs one token's attention (and
+    with `batched` a dense FFN) in one jitted call each (engine.fused: the same values)."""
     st.batched = batched
     st.experts_alone = experts_alone
+    st.fused = fused
     try:
         for layer, lw in enumerate(w.layers):
             attention_block(cfg, lw, st, layer, pos0, n, slot, batch)
@@ -687,3 +719,4 @@ def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: boo
     finally:
         st.batched = False
         st.experts_alone = False
+        st.fused = False

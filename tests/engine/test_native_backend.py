@@ -220,6 +220,45 @@ def test_logprobs_of_each_token(native_smollm2) -> None:
     assert all(e.logprob is None and e.top_logprobs == () for e in plain)
 
 
+@pytest.mark.parametrize("key, ftype, shape", [
+    ("qwen2", "Q5_0", {"window": 6}),  # biases; a window the prompt is longer than
+    ("qwen3", "Q4_K_M", {}),  # per-head q/k norms; K-quant layouts with compact scales
+    ("olmoe", "Q8_0", {}),  # a MoE (only its attention is one call); q/k norms over the projection
+    ("llama", "F16", {}),  # float weights beside the integer ones
+])
+@pytest.mark.parametrize("ints", [True, False], ids=["integer", "float"])
+def test_one_token_blocks_in_one_call_compute_what_the_layer_by_layer_path_does(
+        key: str, ftype: str, shape: dict, ints: bool, synthetic) -> None:
+    """A decoded token's attention block and (on the integer path) dense FFN, each run as one jitted
+    call (engine.fused), give the logits of the same token run kernel by kernel, to the bit, with
+    the same KV cache after it: a token's numbers do not depend on which path ran it."""
+    from engine import transformer as T
+    from engine.matmul import INT8
+    from models import arch as A
+    from models.gguf import read_gguf
+
+    if ints and not INT8:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512 VNNI: no integer kernels")
+    gguf = read_gguf(synthetic(key, ftype, **shape))
+    cfg = A.config_from_gguf(gguf)
+    weights = T.load_weights(gguf, cfg, planes=INT8)
+    tokens = np.array([5, 17, 3, 250, 9, 77, 120, 31, 8, 64, 2, 200, 41, 13], np.int64)
+    results = []
+    for fused in (True, False):
+        st = T.RunState(cfg, 32, 8, "cpu", 1)
+        T.forward(cfg, weights, st, tokens[:8], 0, False)
+        logits = []
+        for pos in range(8, len(tokens)):
+            T.embed(cfg, weights, st, tokens[pos:pos + 1], np.arange(pos, pos + 1))
+            logits.append(T._layers_and_head(cfg, weights, st, 1, ints, slice(0, 1), pos0=pos,
+                                             experts_alone=True, fused=fused)[0])
+        results.append((np.stack(logits), [c.copy() for c in st.k_cache], [c.copy() for c in st.v_cache]))
+    (got, k_got, v_got), (want, k_want, v_want) = results
+    assert np.abs(want).max() > 0
+    assert np.array_equal(got, want)
+    assert all(np.array_equal(a, b) for a, b in zip(k_got + v_got, k_want + v_want))
+
+
 @pytest.mark.parametrize("one_token_int8", [True, False], ids=["integer-one-token", "fused-float-one-token"])
 def test_warm_up_changes_nothing_a_later_evaluation_computes(one_token_int8: bool, synthetic, monkeypatch) -> None:
     """`warm_up` (run as the engine opens) leaves no trace in what a prompt and the tokens after
