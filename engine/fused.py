@@ -3,9 +3,8 @@ jitted call.
 
 Decode is one token at a time, so the work per kernel is small and what the forward pass costs in
 Python between kernels (a dispatch, an argument check, a numpy temporary per step: about fifteen
-per layer) is a large share of a token's time on small models: SmolLM2-135M on a 2-core Zen 3
-spent ~8 of its 29 ms per token there (cProfile of `transformer.forward`, the integer kernels'
-own time subtracted). `attention_one_token` runs the block's whole sequence (RMSNorm, activation
+per layer) is a large share of a token's time on small models (SmolLM2-135M on a 2-core Zen 3:
+17.6 ms per token layer by layer, 14.6 with these calls; docs/engine.md). `attention_one_token` runs the block's whole sequence (RMSNorm, activation
 quantization, q/k/v with their biases and norms, RoPE, the KV-cache write, attention, output
 projection, residual) inside Numba, and `ffn_one_token` a dense FFN's (RMSNorm, gate and up,
 SwiGLU, down, residual), calling the same kernels the batched path uses with the same arguments

@@ -68,6 +68,17 @@ several steps are added before one vpmaddwd where the weights' range keeps them 
 (`_INT16_STEPS`). Q8_0's bytes (+128, up to 255) would pass it, so where the offset is 128 the row loop multiplies |w - 128| by the
 activation with w - 128's sign (`_sign_trick`, as llama.cpp's AVX2 kernels do) and skips the
 offset's product. Q6_K's 2-bit fields take the shifts (GF2P8AFFINEQB on 64 bytes needs AVX-512).
+AVX2 has 16 registers of 32 bytes, and 16 float lanes per row and token are two of them: the 2 x 8
+kernel's 16 accumulators alone took all 32. Where the activation is stored in groups, two
+neighbouring int32 lanes always share a scale (a block of 32 or, in a group of two or one steps,
+more lanes), except for Q6_K's scales per 16, so there (`narrow`) the 16 lanes are added in pairs by
+one `vphaddd` and turned to float, scaled and accumulated as 8: one register per row and token,
+one conversion and multiply where there were two (Qwen2.5's prefill of 512 went from 0.75-0.85 to
+0.96-1.00 of llama.cpp's speed, docs/benchmarks.md). The sums differ from the 16-lane ones in
+float rounding only (each pair's integers added before the scale, as llama.cpp adds a block's),
+and are the same for a token alone and in a group. In the activation's own order (K not a multiple
+of 128) it measured slower (SmolLM2's 576-wide matrices: vphaddd for every step, not every group),
+and those kernels keep 16 lanes.
 Without either (`AVAILABLE` false) the engine keeps its float32 kernels and the intrinsic is never
 called; a portable Numba loop stands in for it so that code referring to it still compiles.
 
@@ -140,7 +151,10 @@ AVAILABLE = VNNI or _host_has("avx2", "fma")
 _GFNI = VNNI and _host_has("gfni") and os.environ.get("ASSISTANT_GFNI", "1") != "0"
 
 _I8, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
-_V64I8, _V16I32, _V16F32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16), ir.VectorType(_F32, 16)
+_V64I8, _V16I32 = ir.VectorType(_I8, 64), ir.VectorType(_I32, 16)
+#: the 16 int32 lanes whose pairs (p, p + 1) vphaddd adds into its 8 lanes, in its order (per
+#: 128-bit half: two pairs of the first source, two of the second)
+_PAIRED = (0, 2, 8, 10, 4, 6, 12, 14)
 
 
 #: how far ahead (in rows) a row's bytes are fetched while the rows before it multiply (16 measured
@@ -274,8 +288,14 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     fn.attributes.add("noinline")
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     q_base, q_stride, s_base, s_stride, r, x_base, x_stride, d_base, d_stride, t0, k, off_val, out = fn.args
-    reduce = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, _V16F32]),
-                                            "llvm.vector.reduce.fadd.v16f32")
+    # AVX2, activation in groups (not Q6_K's scales per 16): each pair of int32 lanes shares one
+    # scale, so a group's 16 lanes are added in pairs (vphaddd) and scaled as 8 floats: half the
+    # accumulators, conversions and multiplies per row and token (see the module's notes)
+    narrow = not VNNI and layout not in _SUB16 and order != INT8_NATURAL
+    n_acc = 8 if narrow else 16
+    v_acc = ir.VectorType(_F32, n_acc)
+    reduce = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, v_acc]),
+                                            f"llvm.vector.reduce.fadd.v{n_acc}f32")
     prefetch = cgutils.get_or_insert_function(
         mod, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0i8")
 
@@ -295,9 +315,11 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     s_half = builder.udiv(k, ir.Constant(_I64, 32)) if sub16 else d_half  # its weight-scale index
 
     def spread(v, n):
-        """A vector of n floats spread over 16 lanes (each over 16/n neighbouring lanes)."""
+        """A vector of n floats spread over the 16 int32 lanes (each over 16/n neighbouring lanes), as
+        the accumulators hold them (narrow: the first of each pair, in `_PAIRED` order)."""
         mask = [j * n // 16 for j in range(16)]
-        return builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(ir.VectorType(_I32, 16), mask))
+        mask = [mask[p] for p in _PAIRED] if narrow else mask
+        return builder.shuffle_vector(v, ir.Constant(v.type, None), ir.Constant(ir.VectorType(_I32, n_acc), mask))
 
     def lanes(ptr, idx, n):
         """The n floats at ptr[idx] spread over 16 lanes (each over 16/n neighbouring lanes)."""
@@ -334,6 +356,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     offv = builder.shuffle_vector(builder.insert_element(ir.Constant(_V64I8, None), off8, ir.Constant(_I32, 0)),
                                   ir.Constant(_V64I8, None), ir.Constant(ir.VectorType(_I32, 64), [0] * 64))
     zero_i = ir.Constant(_V16I32, None)
+    zero_acc = ir.Constant(ir.VectorType(_I32, n_acc), None)  # no offset: the lanes start from zero
     fast = ("fast",)
 
     def merge(a_vals, a_block, b_vals, b_block):
@@ -381,12 +404,35 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             inside = builder.block
         return merge(sums, before, tails, inside)
 
-    def dp(acc, w, x, signed):
-        """acc + a step's integer products of weight bytes w and activation bytes x (`_dpbusd`),
-        through `_sign_trick` where the weights are Q8_0's bytes on AVX2 (`signed` SIGN_TRICK)."""
+    def paired(v):
+        """16 int32 lanes as the accumulators hold them: narrow, each pair's sum (vphaddd of the
+        halves, lanes in `_PAIRED` order); else as they are."""
+        if not narrow:
+            return v
+        v8i32 = ir.VectorType(_I32, 8)
+        hadd = cgutils.get_or_insert_function(mod, ir.FunctionType(v8i32, [v8i32, v8i32]), "llvm.x86.avx2.phadd.d")
+        return builder.call(hadd, _halves(builder, v, 8))
+
+    def offset_start(xs_):
+        """-off x the activation bytes of a step or group (`_dpbusd_steps`, on AVX2 off <= 32), in
+        the accumulators' lanes: each row's lanes start from it (computed once for all the rows)."""
+        return paired(builder.sub(zero_i, _dpbusd_steps(builder, zero_i, [(offv, xv) for xv in xs_], 4)))
+
+    def dot_lanes(start, pairs, signed, in_int16):
+        """start + the integer products of a step's or group's (weight bytes, activation bytes)
+        pairs (`_dpbusd_steps`), through `_sign_trick` where the weights are Q8_0's bytes on AVX2
+        (`signed` SIGN_TRICK), as int32 in the accumulators' lanes."""
         if signed == SIGN_TRICK:
-            w, x = _sign_trick(builder, w, x)
-        return _dpbusd(builder, acc, w, x)
+            pairs, in_int16 = [_sign_trick(builder, w, x) for w, x in pairs], 1
+        if not narrow:
+            return _dpbusd_steps(builder, start, pairs, in_int16)
+        dot = paired(_dpbusd_steps(builder, zero_i, pairs, in_int16))
+        return dot if start is zero_acc else builder.add(dot, start)
+
+    def accumulate(acc, dot, sl, dl):
+        """acc + the int32 lanes `dot` as floats times their scales (weight's sl x activation's dl)."""
+        sc = builder.fmul(sl, dl, flags=fast)
+        return builder.fadd(acc, builder.fmul(builder.sitofp(dot, v_acc), sc, flags=fast), flags=fast)
 
     def fetch_ahead(j, at):
         """Row j's byte `at`, PREFETCH_ROWS rows on, on its way to the cache (see the module's notes)."""
@@ -423,15 +469,12 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                 weights.append((wv, lanes(s_rows[j], s_blk, n_s)))
             for t in range(n_tok):
                 xv = load64(x_rows[t], x_off)
-                # each row's lanes start from -off x the activation bytes (once for all rows)
-                start = builder.sub(zero_i, _dpbusd(builder, zero_i, offv, xv)) if signed == OFFSET else zero_i
+                start = offset_start([xv]) if signed == OFFSET else zero_acc
                 dl = lanes(d_rows[t], d_blk, 2)
                 for j in range(n_rows):
                     wv, sl = weights[j]
-                    dot = dp(start, wv, xv, signed)
-                    sc = builder.fmul(sl, dl, flags=fast)
                     u = j * n_tok + t
-                    new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast), flags=fast)
+                    new[u] = accumulate(new[u], dot_lanes(start, [(wv, xv)], signed, 1), sl, dl)
         return new
 
     def transpose(vs):
@@ -510,31 +553,20 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                 d_at = builder.udiv(x_off, ir.Constant(_I64, 32))
                 for t in range(n_tok):
                     xs_ = [load64(x_rows[t], builder.add(x_off, ir.Constant(_I64, 64 * s))) for s in range(n_g)]
-                    start = zero_i
-                    if signed == OFFSET:  # -off x the activation bytes, once for all the rows (on AVX2 off <= 32)
-                        o = _dpbusd_steps(builder, zero_i, [(offv, xv) for xv in xs_], 4)
-                        start = builder.sub(zero_i, o)
+                    start = offset_start(xs_) if signed == OFFSET else zero_acc
                     dl = lanes(d_rows[t], d_at, 64 * n_g // 32)  # the group's activation scales
-                    in_int16 = 1 if signed == SIGN_TRICK else _INT16_STEPS[layout]
                     for j in range(n_rows):
                         wv, sl = weights[j]
-                        if signed == SIGN_TRICK:
-                            dot = start
-                            for s in range(n_g):
-                                dot = dp(dot, wv[s], xs_[s], signed)
-                        else:
-                            dot = _dpbusd_steps(builder, start, list(zip(wv, xs_)), in_int16)
                         u = j * n_tok + t
-                        sc = builder.fmul(sl, dl, flags=fast)
-                        new[u] = builder.fadd(new[u], builder.fmul(builder.sitofp(dot, _V16F32), sc, flags=fast),
-                                              flags=fast)
+                        dot = dot_lanes(start, list(zip(wv, xs_)), signed, _INT16_STEPS[layout])
+                        new[u] = accumulate(new[u], dot, sl, dl)
             return new
 
         return group
 
     def loop(count, body, signed):
         """for i < count: accs = body(i, accs, signed), from zero; the per-(row, token) vectors."""
-        return vector_loop(builder, count, n_rows * n_tok, _V16F32, lambda i, accs: body(i, accs, signed), "i8dot")
+        return vector_loop(builder, count, n_rows * n_tok, v_acc, lambda i, accs: body(i, accs, signed), "i8dot")
 
     def when(pred, body, accs):
         """accs = body(accs) if pred."""
