@@ -391,11 +391,15 @@ def _fused_args(lw: LayerWeights, st: RunState, layer: int) -> tuple[np.ndarray,
     return chunks, ints
 
 
-def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos: int, slot: int) -> None:
-    """The attention block for one token on the CPU, in one jitted call (engine.fused)."""
+def _layer_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos: int, slot: int) -> bool:
+    """One token through the layer's attention block on the CPU and, where the integer kernels run
+    it, its dense FFN, in one jitted call (engine.fused); whether the FFN was run too."""
     chunks, ints = _fused_args(lw, st, layer)
     e = _EMPTY
-    F.attention_one_token(
+    dense = st.batched and not cfg.is_moe
+    ffn = (lw.ffn_gate, lw.ffn_up, lw.ffn_down) if dense else (lw.wq, lw.wq, lw.wq)  # (else not read)
+    gate, up, mid = st.ffn_buffers(lw.ffn_gate.rows) if dense else (st.q, st.q, st.attn_out)
+    F.layer_one_token(
         st.x[:1], lw.attn_norm, cfg.rms_eps, lw.wq, lw.wk, lw.wv, lw.wo,
         e if lw.bq is None else lw.bq, e if lw.bk is None else lw.bk, e if lw.bv is None else lw.bv,
         e if lw.bo is None else lw.bo, e if lw.q_norm is None else lw.q_norm, e if lw.k_norm is None else lw.k_norm,
@@ -403,16 +407,15 @@ def _attention_one_token(cfg: Config, lw: LayerWeights, st: RunState, layer: int
         st.k_bits[layer][slot], st.v_bits[layer][slot], pos, cfg.window(layer), 1.0 / math.sqrt(cfg.head_dim),
         st.attn_in.x[:1], st.q[:1], st.k[:1], st.v[:1], st.attn_out.x[:1], st.proj[:1],
         st.one_xh, st.one_xs, st.one_xq, st.one_xd, chunks, ints,
+        dense, lw.ffn_norm, *ffn, st.ffn_in.x[:1], gate[:1], up[:1], mid.x[:1],
     )
+    return dense
 
 
 def attention_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, pos0: int, n: int, slot: int = 0,
                     batch: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """x[:n] += the attention block of n tokens: positions pos0.. of sequence `slot`, or, with
     `batch` (slots, positions), token i at positions[i] of sequence slots[i] (see forward_batch)."""
-    if st.fused:
-        _attention_one_token(cfg, lw, st, layer, pos0, slot)
-        return
     d, n_head, n_kv = cfg.head_dim, cfg.n_head, cfg.n_head_kv
     x = st.x[:n]
     # pre-norm
@@ -617,13 +620,6 @@ def _experts_grouped_int8(cfg: Config, lw: LayerWeights, st: RunState, n: int, o
 
 
 def ffn_block(cfg: Config, lw: LayerWeights, st: RunState, layer: int, n: int) -> None:
-    if st.fused and st.batched and not cfg.is_moe:  # one token through the integer kernels, in one call
-        chunks, ints = _fused_args(lw, st, layer)
-        gate, up, mid = st.ffn_buffers(lw.ffn_gate.rows)
-        F.ffn_one_token(st.x[:1], lw.ffn_norm, cfg.rms_eps, lw.ffn_gate, lw.ffn_up, lw.ffn_down, st.ffn_in.x[:1],
-                        gate[:1], up[:1], mid.x[:1], st.proj[:1], st.one_xh, st.one_xs, st.one_xq, st.one_xd,
-                        chunks, ints)
-        return
     x = st.x[:n]
     # pre-norm
     K.rmsnorm(st.ffn_in.view(n), x, lw.ffn_norm, cfg.rms_eps)
@@ -713,7 +709,10 @@ def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: boo
     st.fused = fused
     try:
         for layer, lw in enumerate(w.layers):
-            attention_block(cfg, lw, st, layer, pos0, n, slot, batch)
+            if st.fused and _layer_one_token(cfg, lw, st, layer, pos0, slot):
+                continue
+            if not st.fused:
+                attention_block(cfg, lw, st, layer, pos0, n, slot, batch)
             ffn_block(cfg, lw, st, layer, n)
         return head_logits(cfg, w, st, st.x[rows])
     finally:
