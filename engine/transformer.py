@@ -219,7 +219,7 @@ class RunState:
         self.n_ctx, self.n_batch, self.n_slots = n_ctx, n_batch, n_slots
         self.batched = False  # in forward_batch: every token through the batched kernels, even alone
         self.experts_alone = False  # in forward: one MoE token's experts through the one-token path
-        self.fused = False  # in forward: one token, each layer's blocks in one jitted call (engine.fused)
+        self.fused = False  # in forward: one token, each layer in one jitted call (engine.fused)
         self.cuda = None  # engine.cuda_kernels.CudaOps when attention and routing run on the GPU
         if device == "cuda":
             from engine.cuda_kernels import CudaOps
@@ -379,12 +379,10 @@ _FUSED_MATRICES = ("wq", "wk", "wv", "wo", "ffn_gate", "ffn_up", "ffn_down")  # 
 def _fused_args(lw: LayerWeights, st: RunState, layer: int) -> tuple[np.ndarray, np.ndarray]:
     """A layer's per-matrix work-item sizes and whether each takes the integer kernels (as
     `linear` would send it), for engine.fused; made once per layer (absent matrices: unused)."""
-    chunks = st.chunks.get(layer)
-    mats = [getattr(lw, name) for name in _FUSED_MATRICES]
-    if chunks is None:
+    chunks, ints = st.chunks.get(layer), st.int8_flags.get((layer, st.batched))
+    if chunks is None or ints is None:
+        mats = [getattr(lw, name) for name in _FUSED_MATRICES]
         chunks = st.chunks[layer] = np.array([M.work_chunk(w.rows if w is not None else 1) for w in mats])
-    ints = st.int8_flags.get((layer, st.batched))
-    if ints is None:
         ints = st.int8_flags[(layer, st.batched)] = np.array(
             [w is not None and (st.batched or w.kind == quants.KIND_PLANES or w.compact) and M.int8_weight(w)
              for w in mats])
@@ -702,17 +700,17 @@ def _layers_and_head(cfg: Config, w: Weights, st: RunState, n: int, batched: boo
                      experts_alone: bool = False, fused: bool = False) -> np.ndarray:
     """Every layer over the n embedded tokens, then the head over `rows` of them; `batched` holds
     for the whole pass (the batched kernels even for one token), `experts_alone` sends one token's
-    MoE experts through their one-token path all the same, `fused` runs one token's attention (and
-    with `batched` a dense FFN) in one jitted call each (engine.fused: the same values)."""
+    MoE experts through their one-token path all the same, `fused` runs one token's attention block
+    (and with `batched` a dense FFN) in one jitted call per layer (engine.fused: the same values)."""
     st.batched = batched
     st.experts_alone = experts_alone
     st.fused = fused
     try:
         for layer, lw in enumerate(w.layers):
-            if st.fused and _layer_one_token(cfg, lw, st, layer, pos0, slot):
-                continue
             if not st.fused:
                 attention_block(cfg, lw, st, layer, pos0, n, slot, batch)
+            elif _layer_one_token(cfg, lw, st, layer, pos0, slot):  # its dense FFN too
+                continue
             ffn_block(cfg, lw, st, layer, n)
         return head_logits(cfg, w, st, st.x[rows])
     finally:
