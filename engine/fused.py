@@ -4,7 +4,7 @@ integer kernels run it, its dense FFN.
 Decode is one token at a time, so the work per kernel is small and what the forward pass costs in
 Python between kernels (a dispatch, an argument check, a numpy temporary per step: about fifteen
 per layer) is a large share of a token's time on small models (SmolLM2-135M on a 2-core Zen 3:
-17.6 ms per token layer by layer, 14.6 in one call per block; docs/engine.md).
+17.6 ms per token layer by layer, 14.6 in one call per layer; docs/engine.md).
 `layer_one_token` runs the attention block's whole sequence (RMSNorm, activation quantization, q/k/v
 with their biases and norms, RoPE, the KV-cache write, attention, output projection, residual)
 inside Numba, then a dense FFN's (RMSNorm, gate and up, SwiGLU, down, residual),

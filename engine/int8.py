@@ -82,13 +82,19 @@ and those kernels keep 16 lanes.
 Without either (`AVAILABLE` false) the engine keeps its float32 kernels and the intrinsic is never
 called; a portable Numba loop stands in for it so that code referring to it still compiles.
 
-Numba's on-disk cache does not know that a cached kernel in another module inlined these
-intrinsics: after changing this file, delete the engine's `__pycache__/*.nb[ic]` (an installed
-release changes every file at once, so users never meet a stale kernel).
+The kernels are compiled once, in a library per layout apart from the Numba functions that call
+them by name (`load_kernels`), and their machine code is kept beside Numba's cache in a file per
+layout whose name is a key of the sources they are made from, the CPU and the compilers' versions:
+a changed kernel body is compiled again on its own. Numba's on-disk cache does not know that a
+cached function in another module calls them: after changing what a call passes (`_KERNEL_TYPE`,
+`_codegen`), delete the engine's `__pycache__/*.nb[ic]` (an installed release changes every file at
+once, so users never meet a stale caller).
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 
 import numpy as np
@@ -272,20 +278,34 @@ def _load64(builder, ptr, idx):
     return builder.load(builder.bitcast(builder.gep(ptr, [idx]), _V64I8.as_pointer()), align=1)
 
 
+#: a kernel's type: void(q, q_stride, s, s_stride, r, xq, xq_stride, xd, xd_stride, t0, K, off, out),
+#: the arrays as byte pointers and row strides, the sums written to out (float*)
+_KERNEL_TYPE = ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I64, _I8.as_pointer(), _I64, _I64, _I8.as_pointer(),
+                                               _I64, _I8.as_pointer(), _I64, _I64, _I64, _I64, _F32.as_pointer()])
+#: (rows, tokens) of the kernels: pairs of rows by 8 and by 4 tokens (batches), one by one (decode)
+_SHAPES = ((2, 8), (2, 4), (1, 1))
+
+
+def _orders(layout: int) -> tuple:
+    """The activation orders a layout's kernels are made for (`_GROUPED_ONLY`: never its own)."""
+    return (INT8_UNIFORM, INT8_MIXED) if layout in _GROUPED_ONLY else (INT8_UNIFORM, INT8_MIXED, INT8_NATURAL)
+
+
+_LAYOUTS = (BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K)
+#: every kernel: (rows, tokens, layout, activation order)
+_VARIANTS = tuple((r, t, layout, order) for r, t in _SHAPES for layout in _LAYOUTS for order in _orders(layout))
+
+
+def _kernel_name(n_rows: int, n_tok: int, layout: int, order: int) -> str:
+    return f"assistant_i8dot_{n_rows}x{n_tok}_l{layout}_o{order}"
+
+
 def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
-    """The LLVM function, in module `mod`, that computes the n_rows x n_tok sums of one rowdot with
-    the activation stored in `order` (engine.quants `int8_order`, `int8_position`): void(q,
-    q_stride, s, s_stride, r, xq, xq_stride, xd, xd_stride, t0, K, off, out), the arrays as byte pointers and row strides, the sums written to out (float*). One
-    function per variant, not one body with a branch on K: the branches' other loops cost the
-    stepwise loop ~7% (Qwen2.5-0.5B's 896-wide matrices for 8 tokens)."""
-    name = f"assistant_i8dot_{n_rows}x{n_tok}_l{layout}_o{order}"
-    if name in mod.globals:
-        return mod.globals[name]
-    i8p, f32p = _I8.as_pointer(), _F32.as_pointer()
-    fnty = ir.FunctionType(ir.VoidType(), [i8p, _I64, i8p, _I64, _I64, i8p, _I64, i8p, _I64, _I64, _I64, _I64, f32p])
-    fn = ir.Function(mod, fnty, name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
+    """Define in module `mod` the LLVM function (`_KERNEL_TYPE`) that computes the n_rows x n_tok
+    sums of one rowdot with the activation stored in `order` (engine.quants `int8_order`,
+    `int8_position`). One function per variant, not one body with a branch on K: the branches'
+    other loops cost the stepwise loop ~7% (Qwen2.5-0.5B's 896-wide matrices for 8 tokens)."""
+    fn = ir.Function(mod, _KERNEL_TYPE, _kernel_name(n_rows, n_tok, layout, order))
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     q_base, q_stride, s_base, s_stride, r, x_base, x_stride, d_base, d_stride, t0, k, off_val, out = fn.args
     # AVX2, activation in groups (not Q6_K's scales per 16): each pair of int32 lanes shares one
@@ -305,9 +325,9 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
 
     q_rows = rows_of(q_base, q_stride, r, n_rows)
     ahead = builder.mul(q_stride, ir.Constant(_I64, PREFETCH_ROWS))
-    s_rows = [builder.bitcast(p, f32p) for p in rows_of(s_base, s_stride, r, n_rows)]
+    s_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(s_base, s_stride, r, n_rows)]
     x_rows = rows_of(x_base, x_stride, t0, n_tok)
-    d_rows = [builder.bitcast(p, f32p) for p in rows_of(d_base, d_stride, t0, n_tok)]
+    d_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(d_base, d_stride, t0, n_tok)]
     half = builder.udiv(k, ir.Constant(_I64, 2))
     nibbles, n_planes, sub16 = layout in _NIBBLES, _PLANES.get(layout, 0), layout in _SUB16
     n_steps = builder.udiv(k, ir.Constant(_I64, 128 if nibbles else 64))
@@ -631,13 +651,20 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
     """IR for `rowdot`: q (rows, K or K/2) uint8, s (rows, K/sub) scales, r (the first of n_rows
     rows), xq (T, K) int8, xd (T, K/32), off (the weights' stored offset, an integer), t0 (the
     first of n_tok tokens), order (`engine.quants.int8_order` of K): a call of that order's
-    `_kernel`. Per 64-byte step (or group), each token's activation bytes are loaded (and their product with the offset taken) once for
-    all the rows, and each row's bytes once for all the tokens. The loops are emitted twice, with
-    and without the offset's product; `off` picks one."""
+    `_kernel`, compiled once in the kernels' own library (`load_kernels`) and called by its symbol.
+    Per 64-byte step (or group), each token's activation bytes are loaded (and their product with the
+    offset taken) once for all the rows, and each row's bytes once for all the tokens. The loops are
+    emitted twice, with and without the offset's product; `off` picks one."""
 
     def codegen(context, builder, sig, args):
         q_val, s_val, r, xq_val, xd_val, off_val, t0, order = args
+        load_kernels((layout,))  # the symbols the calls name, before this caller's code is linked
+        # and all of them before a caller is loaded from Numba's cache (parent functions inherit it)
+        context.active_code_library._reload_init.add(load_kernels)
         mod = builder.module
+
+        def kernel(order_: int):
+            return cgutils.get_or_insert_function(mod, _KERNEL_TYPE, _kernel_name(n_rows, n_tok, layout, order_))
 
         def raw(ty, val):
             arr = context.make_array(ty)(context, builder, val)
@@ -654,17 +681,17 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         uniform = builder.icmp_signed("==", order, ir.Constant(_I64, INT8_UNIFORM))
         with builder.if_else(uniform) as (by_fours, other):
             with by_fours:
-                builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_UNIFORM), call_args)
+                builder.call(kernel(INT8_UNIFORM), call_args)
             with other:
                 if layout in _GROUPED_ONLY:  # K a multiple of 128: never in the elements' own order
-                    builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_MIXED), call_args)
+                    builder.call(kernel(INT8_MIXED), call_args)
                 else:
                     mixed = builder.icmp_signed("==", order, ir.Constant(_I64, INT8_MIXED))
                     with builder.if_else(mixed) as (by_mixed, natural):
                         with by_mixed:
-                            builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_MIXED), call_args)
+                            builder.call(kernel(INT8_MIXED), call_args)
                         with natural:
-                            builder.call(_kernel(mod, n_rows, n_tok, layout, INT8_NATURAL), call_args)
+                            builder.call(kernel(INT8_NATURAL), call_args)
         return _result(context, builder, sig, out, n)
 
     return codegen
@@ -709,6 +736,121 @@ def _portable(n_rows: int, n_tok: int, layout: int):
     return dot
 
 
+#: per layout, the library of its kernels once compiled or loaded (kept: Numba drops a library's
+#: code with it)
+_libraries: dict = {}
+_SOURCES = ("int8.py", "llvm_ir.py", "quants.py")  # what the kernels' IR is made from
+_key: list = []  # `_cache_key`, once made
+
+
+def _cache_key(codegen) -> str:
+    """What the kernels' machine code depends on: their sources, the paths they take here (VNNI,
+    GFNI), the CPU Numba compiles for, and the compilers' versions."""
+    if _key:
+        return _key[0]
+    import hashlib
+
+    import llvmlite
+    import numba
+
+    h = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in _SOURCES:
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(f.read())
+    cpu = getattr(codegen, "_get_host_cpu_name", llvm_binding.get_host_cpu_name)()
+    h.update(repr((VNNI, _GFNI, cpu, getattr(codegen, "_tm_features", ""), numba.__version__,
+                   llvmlite.__version__)).encode())
+    _key.append(h.hexdigest()[:20])
+    return _key[0]
+
+
+def _cache_path(key: str, layout: int):
+    """The file of a layout's kernels' object code, in the directory Numba caches this module's
+    functions in (NUMBA_CACHE_DIR, the package's __pycache__ or the user's cache); None where none
+    is writable."""
+    from numba.core.caching import CompileResultCacheImpl
+
+    try:
+        locator = CompileResultCacheImpl(load_kernels).locator
+        locator.ensure_cache_path()
+        return os.path.join(locator.get_cache_path(), f"int8-kernels-l{layout}-{key}.nbk")
+    except (RuntimeError, OSError):
+        return None
+
+
+def _kernel_library(codegen, path, layout: int, compile_missing: bool):
+    """The library of a layout's kernels (every shape and order): loaded from `path` where the file
+    holds it, else compiled and written there (None instead where not `compile_missing`)."""
+    import pickle
+
+    if path and os.path.exists(path):
+        with contextlib.suppress(Exception), open(path, "rb") as f:  # damaged or foreign: compile, replace
+            return codegen.unserialize_library(pickle.load(f))
+    if not compile_missing:
+        return None
+    library = codegen.create_library(f"assistant_int8_l{layout}")
+    library.enable_object_caching()
+    mod = library.create_ir_module(f"assistant_int8_l{layout}")
+    for variant in _VARIANTS:
+        if variant[2] == layout:
+            _kernel(mod, *variant)
+    library.add_ir_module(mod)
+    library.finalize()
+    if path:
+        _write_atomically(path, pickle.dumps(library.serialize_using_object_code()))
+        for old in glob.glob(os.path.join(os.path.dirname(path), f"int8-kernels-l{layout}-*.nbk")):
+            if old != path:  # an earlier version's or CPU's: never read again here
+                with contextlib.suppress(OSError):
+                    os.unlink(old)
+    return library
+
+
+def load_kernels(layouts: tuple = _LAYOUTS, compile_missing: bool = True) -> None:
+    """Compile the integer kernels of `layouts` (every shape and order: `_kernel`) once into a
+    library per layout, or load their machine code from the last time, and make their symbols
+    known to the code that calls them. Each Numba function that reaches the intrinsics is compiled
+    with what it calls, and when the kernels were in their IR every such function (`matmul_i8`,
+    `matmul_i8_serial`, the experts', `layer_one_token`) optimised and compiled all of them again,
+    ~30 s each here: a first run of SmolLM2 on this engine took 194 s, 111 s with this. Called
+    before any code that calls a kernel is linked or loaded: by the intrinsic when it is compiled
+    (its layout), as a reload hook of the functions that inline it when Numba loads them from its
+    cache (all), and at import for the layouts whose machine code is on disk (`compile_missing`
+    false: no compiling), for a function cached by a process that had loaded the one inlining the
+    intrinsic from the cache (the hook is not inherited from there)."""
+    if not AVAILABLE or all(layout in _libraries for layout in layouts):
+        return
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+
+    with global_compiler_lock:
+        codegen = cpu_target.target_context.codegen()
+        for layout in layouts:
+            if layout in _libraries:
+                continue
+            library = _kernel_library(codegen, _cache_path(_cache_key(codegen), layout), layout, compile_missing)
+            if library is None:
+                continue
+            for variant in _VARIANTS:
+                if variant[2] == layout:
+                    name = _kernel_name(*variant)
+                    llvm_binding.add_symbol(name, library.get_pointer_to_function(name))
+            _libraries[layout] = library
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write the file whole or not at all (another process may read it meanwhile); a cache that
+    cannot be written is only a slower next start."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def _make(n_rows: int, n_tok: int, layout: int):
     if not AVAILABLE:
         portable = _portable(n_rows, n_tok, layout)
@@ -730,7 +872,7 @@ def _by_layout(n_rows: int, n_tok: int):
     tokens t0..t0+n_tok-1 of (xq, xd); the n_rows * n_tok sums row by row (one float for 1x1).
     Numba fixes an intrinsic's code when it compiles the caller, so the layout picks one of seven."""
     b32, b16, nib, nib5, nib6, nibk, nib5k = (_make(n_rows, n_tok, lay)
-                                              for lay in (BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K))
+                                              for lay in _LAYOUTS)
 
     @njit(cache=True, inline="always")
     def dot(layout, q, s, r, xq, xd, off, t0):
@@ -752,7 +894,7 @@ def _by_layout(n_rows: int, n_tok: int):
     return dot
 
 
-dot2x8, dot2x4, dot1x1 = (_by_layout(r, t) for r, t in ((2, 8), (2, 4), (1, 1)))
+dot2x8, dot2x4, dot1x1 = (_by_layout(r, t) for r, t in _SHAPES)
 
 
 @intrinsic
@@ -787,3 +929,6 @@ def compact_mins(typingctx, out, qr, mr):
         return context.get_dummy_value()
 
     return types.void(out, qr, mr), codegen
+
+
+load_kernels(compile_missing=False)

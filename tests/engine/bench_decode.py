@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--ab-fused", action="store_true", help="one call per block against kernel by kernel")
+    ap.add_argument("--ab-fused", action="store_true", help="one call per layer against kernel by kernel")
     a = ap.parse_args()
 
     import numba
@@ -82,7 +82,7 @@ def _ab_fused(a: argparse.Namespace, cfg, weights, st, tokens: np.ndarray, pos: 
                 pos += 1
             if r >= 0:
                 times[fused].append((time.perf_counter() - t0) / a.tokens * 1e3)
-    for fused, label in ((False, "kernel by kernel"), (True, "one call per block")):
+    for fused, label in ((False, "kernel by kernel"), (True, "one call per layer")):
         print(f"{label}: median {np.median(times[fused]):.2f} ms per token, best {min(times[fused]):.2f} "
               f"({a.rounds} x {a.tokens} tokens after {a.prompt})")
     return 0

@@ -269,6 +269,66 @@ print(I8._GFNI)
 
 
 @pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has neither AVX2 nor AVX-512 VNNI: the engine keeps its float kernels")
+def test_a_new_process_loads_the_kernels_and_their_callers_without_compiling(tmp_path: Path) -> None:
+    """The integer kernels are compiled once per layout and kept beside Numba's cache: a new
+    process finds all seven when the module loads, before any caller is compiled, and a caller
+    Numba loads from its own cache calls them and gives this process's products."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    w = Q.pack(random_tensor(Q.Q4_0, 6, 256, seed=3), Q.Q4_0, 256)
+    x = np.random.default_rng(4).standard_normal((3, 256)).astype(np.float32)
+    xh, xs = np.empty_like(x), np.empty((3, 8), np.float32)
+    xq, xd = np.empty((3, 256), np.int8), np.empty((3, 8), np.float32)
+    Q.quantize_activation8(w.act, x, xh, xs, xq, xd)
+    here = np.empty((3, 6), np.float32)
+    matmul_int8(here, w, xq, xd, xs)  # compiled (or loaded) here, in this process's Numba cache
+    I8.load_kernels()
+    (tmp_path / "in.pickle").write_bytes(pickle.dumps((w, xq, xd, xs)))
+    script = f"""
+import pickle, sys
+import numpy as np
+from engine import int8 as I8
+print(sorted(I8._libraries) == sorted(I8._LAYOUTS))
+from engine.matmul import matmul_i8, matmul_i8_serial, matmul_int8
+with open({str(tmp_path / "in.pickle")!r}, "rb") as f:
+    w, xq, xd, xs = pickle.load(f)
+out = np.empty((3, 6), np.float32)
+matmul_int8(out, w, xq, xd, xs)
+print(sum(f.stats.cache_hits.total() for f in (matmul_i8, matmul_i8_serial)),
+      sum(f.stats.cache_misses.total() for f in (matmul_i8, matmul_i8_serial)))
+np.save(sys.argv[1], out)
+"""
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out.npy")], env=dict(os.environ),
+                         cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found, hits, misses = run.stdout.split()
+    assert (found, hits, misses) == ("True", "1", "0")
+    assert np.array_equal(np.load(tmp_path / "out.npy"), here)
+
+
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has neither AVX2 nor AVX-512 VNNI: the engine keeps its float kernels")
+def test_a_damaged_kernel_file_is_compiled_again_and_replaced(tmp_path: Path) -> None:
+    """A kernel file that does not load (cut short, another program's) costs a compile, not a
+    failure, and is written anew; the next load reads it."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+
+    codegen = cpu_target.target_context.codegen()
+    path = tmp_path / "int8-kernels-l1-damaged.nbk"
+    path.write_bytes(b"\x80\x04not a pickle")
+    name = I8._kernel_name(1, 1, I8.BYTE16, I8.INT8_UNIFORM)
+    with global_compiler_lock:
+        compiled = I8._kernel_library(codegen, str(path), I8.BYTE16, compile_missing=True)
+        assert compiled.get_pointer_to_function(name)
+        assert path.stat().st_size > 1000
+        loaded = I8._kernel_library(codegen, str(path), I8.BYTE16, compile_missing=False)
+        assert loaded is not None and loaded.get_pointer_to_function(name)
+
+
+@pytest.mark.skipif(not I8.AVAILABLE, reason="this CPU has neither AVX2 nor AVX-512 VNNI: the engine keeps its float kernels")
 @pytest.mark.parametrize("k", [512, 768])
 def test_compact_scales_give_the_same_integer_products(k: int) -> None:
     """A Q4_K matrix's integer dot products (before the min term) are the same floats whether its
