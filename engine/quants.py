@@ -206,97 +206,107 @@ def dequantize(data: np.ndarray, qtype: int, shape: tuple[int, ...] | None = Non
 # --- repacking into the kernel layouts -------------------------------------------------------
 
 
-@njit(parallel=True, cache=True)
-def _pack_quant(qtype: int, raw: np.ndarray, k: int, tab: np.ndarray,
-                q: np.ndarray, s: np.ndarray, m: np.ndarray, compact: bool) -> None:
-    """Decode each row's blocks to integer quants + scales, then write the family layout."""
-    rows = raw.shape[0]
-    block = 256 if qtype == Q4_K or qtype == Q5_K or qtype == Q6_K else 32
-    size = raw.shape[1] * block // k
-    half = k // 2
-    for r in prange(rows):
-        qi = np.empty(k, np.uint8)  # unsigned integer quant of each element, natural order
-        scb = np.empty(k // 16, np.uint8)  # compact: each sub-block's scale byte, then its min's
-        n_sub = k // 16 if qtype == Q6_K else k // 32
-        row = raw[r]
-        for bi in range(k // block):
-            b = row[bi * size:(bi + 1) * size]
-            base = bi * block
-            if qtype == Q8_0:
-                s[r, bi] = tab[_u16(b, 0)]
-                for j in range(32):
-                    qi[base + j] = (np.int64(b[2 + j]) + 128) & 0xFF
-            elif qtype == Q4_0 or qtype == Q4_1:
-                s[r, bi] = tab[_u16(b, 0)]
-                o = 2
-                if qtype == Q4_1:
-                    m[r, bi] = tab[_u16(b, 2)]
-                    o = 4
-                for j in range(16):
-                    qi[base + j] = b[o + j] & 0xF
-                    qi[base + j + 16] = b[o + j] >> 4
-            elif qtype == Q5_0 or qtype == Q5_1:
-                s[r, bi] = tab[_u16(b, 0)]
-                o = 2
-                if qtype == Q5_1:
-                    m[r, bi] = tab[_u16(b, 2)]
-                    o = 4
-                h = _u16(b, o) | (_u16(b, o + 2) << 16)
-                for j in range(16):
-                    qi[base + j] = (b[o + 4 + j] & 0xF) | (((h >> j) & 1) << 4)
-                    qi[base + j + 16] = (b[o + 4 + j] >> 4) | (((h >> (j + 16)) & 1) << 4)
-            elif qtype == Q4_K or qtype == Q5_K:
-                d = tab[_u16(b, 0)]
-                dmin = tab[_u16(b, 2)]
-                qs = b[16:144] if qtype == Q4_K else b[48:176]
-                if compact:
-                    s[r, bi], m[r, bi] = d, -dmin
-                for j in range(8):
-                    s_, m_ = _scale_min_k4(b[4:16], j)
+def _pack_rows_of(qtype: int):
+    """The jitted repacking of `qtype`'s rows: one function per type, compiled only for the types
+    a file holds (the type a constant, its branch alone is compiled: one function for all eight
+    was the largest part of a first run's compiling after the integer kernels, 17 s of SmolLM2's)."""
+
+    @njit(parallel=True, cache=True)
+    def pack_rows(raw: np.ndarray, k: int, tab: np.ndarray, q: np.ndarray, s: np.ndarray, m: np.ndarray,
+                  compact: bool) -> None:
+        """Decode each row's blocks to integer quants + scales, then write the family layout."""
+        rows = raw.shape[0]
+        block = 256 if qtype == Q4_K or qtype == Q5_K or qtype == Q6_K else 32
+        size = raw.shape[1] * block // k
+        half = k // 2
+        for r in prange(rows):
+            qi = np.empty(k, np.uint8)  # unsigned integer quant of each element, natural order
+            scb = np.empty(k // 16, np.uint8)  # compact: each sub-block's scale byte, then its min's
+            n_sub = k // 16 if qtype == Q6_K else k // 32
+            row = raw[r]
+            for bi in range(k // block):
+                b = row[bi * size:(bi + 1) * size]
+                base = bi * block
+                if qtype == Q8_0:
+                    s[r, bi] = tab[_u16(b, 0)]
+                    for j in range(32):
+                        qi[base + j] = (np.int64(b[2 + j]) + 128) & 0xFF
+                elif qtype == Q4_0 or qtype == Q4_1:
+                    s[r, bi] = tab[_u16(b, 0)]
+                    o = 2
+                    if qtype == Q4_1:
+                        m[r, bi] = tab[_u16(b, 2)]
+                        o = 4
+                    for j in range(16):
+                        qi[base + j] = b[o + j] & 0xF
+                        qi[base + j + 16] = b[o + j] >> 4
+                elif qtype == Q5_0 or qtype == Q5_1:
+                    s[r, bi] = tab[_u16(b, 0)]
+                    o = 2
+                    if qtype == Q5_1:
+                        m[r, bi] = tab[_u16(b, 2)]
+                        o = 4
+                    h = _u16(b, o) | (_u16(b, o + 2) << 16)
+                    for j in range(16):
+                        qi[base + j] = (b[o + 4 + j] & 0xF) | (((h >> j) & 1) << 4)
+                        qi[base + j + 16] = (b[o + 4 + j] >> 4) | (((h >> (j + 16)) & 1) << 4)
+                elif qtype == Q4_K or qtype == Q5_K:
+                    d = tab[_u16(b, 0)]
+                    dmin = tab[_u16(b, 2)]
+                    qs = b[16:144] if qtype == Q4_K else b[48:176]
                     if compact:
-                        scb[bi * 8 + j], scb[n_sub + bi * 8 + j] = s_, m_
-                    else:
-                        s[r, bi * 8 + j] = d * np.float32(s_)
-                        m[r, bi * 8 + j] = -(dmin * np.float32(m_))
-                    p, shift = j // 2, 4 * (j % 2)
-                    for l in range(32):
-                        v = (qs[32 * p + l] >> shift) & 0xF
-                        if qtype == Q5_K:
-                            v |= ((b[16 + l] >> j) & 1) << 4
-                        qi[base + 32 * j + l] = v
-            else:  # Q6_K
-                d = tab[_u16(b, 208)]
-                if compact:
-                    s[r, bi] = d
-                for j in range(16):
-                    scv = np.int64(b[192 + j])
+                        s[r, bi], m[r, bi] = d, -dmin
+                    for j in range(8):
+                        s_, m_ = _scale_min_k4(b[4:16], j)
+                        if compact:
+                            scb[bi * 8 + j], scb[n_sub + bi * 8 + j] = s_, m_
+                        else:
+                            s[r, bi * 8 + j] = d * np.float32(s_)
+                            m[r, bi * 8 + j] = -(dmin * np.float32(m_))
+                        p, shift = j // 2, 4 * (j % 2)
+                        for l in range(32):
+                            v = (qs[32 * p + l] >> shift) & 0xF
+                            if qtype == Q5_K:
+                                v |= ((b[16 + l] >> j) & 1) << 4
+                            qi[base + 32 * j + l] = v
+                else:  # Q6_K
+                    d = tab[_u16(b, 208)]
                     if compact:
-                        scb[bi * 16 + j] = b[192 + j]  # a signed byte
-                    else:
-                        s[r, bi * 16 + j] = d * np.float32(scv - 256 if scv > 127 else scv)
-                for h in range(2):
-                    for l in range(128):
-                        lo = (b[64 * h + (l % 64)] >> (4 * (l // 64))) & 0xF
-                        hi = (b[128 + 32 * h + (l % 32)] >> (2 * (l // 32))) & 3
-                        qi[base + 128 * h + l] = lo | (hi << 4)
-        if q.shape[1] == k:  # BYTE
-            q[r, :] = qi
-            continue
-        sb = row_steps(q.shape[1], k)
-        n_planes = planes_of(sb)
-        q[r, :] = 0
-        for i in range(half):
-            q[r, nibble_byte(i, half, sb)] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
-        for i in range(k * (n_planes > 0)):  # PLANES
-            for p in range(n_planes):
-                at_, bit = high_bit(i, half, sb, p)
-                q[r, at_] |= ((np.int64(qi[i]) >> (4 + p)) & 1) << bit
-        if compact:  # the scales in their groups, the mins (K/32 bytes) at the row's end
-            sub = k // n_sub
-            for j in range(n_sub):
-                q[r, compact_byte(j * sub, k, sb)] = scb[j]
-            if m.shape[0]:
-                q[r, q.shape[1] - n_sub:] = scb[n_sub:2 * n_sub]
+                        s[r, bi] = d
+                    for j in range(16):
+                        scv = np.int64(b[192 + j])
+                        if compact:
+                            scb[bi * 16 + j] = b[192 + j]  # a signed byte
+                        else:
+                            s[r, bi * 16 + j] = d * np.float32(scv - 256 if scv > 127 else scv)
+                    for h in range(2):
+                        for l in range(128):
+                            lo = (b[64 * h + (l % 64)] >> (4 * (l // 64))) & 0xF
+                            hi = (b[128 + 32 * h + (l % 32)] >> (2 * (l // 32))) & 3
+                            qi[base + 128 * h + l] = lo | (hi << 4)
+            if q.shape[1] == k:  # BYTE
+                q[r, :] = qi
+                continue
+            sb = row_steps(q.shape[1], k)
+            n_planes = planes_of(sb)
+            q[r, :] = 0
+            for i in range(half):
+                q[r, nibble_byte(i, half, sb)] = (qi[i] & 0xF) | ((qi[i + half] & 0xF) << 4)
+            for i in range(k * (n_planes > 0)):  # PLANES
+                for p in range(n_planes):
+                    at_, bit = high_bit(i, half, sb, p)
+                    q[r, at_] |= ((np.int64(qi[i]) >> (4 + p)) & 1) << bit
+            if compact:  # the scales in their groups, the mins (K/32 bytes) at the row's end
+                sub = k // n_sub
+                for j in range(n_sub):
+                    q[r, compact_byte(j * sub, k, sb)] = scb[j]
+                if m.shape[0]:
+                    q[r, q.shape[1] - n_sub:] = scb[n_sub:2 * n_sub]
+
+    return pack_rows
+
+
+_PACK_ROWS = {qtype: _pack_rows_of(qtype) for qtype, kind in _KIND_OF.items() if kind != KIND_F32}
 
 
 @njit(cache=True, inline="always")
@@ -539,7 +549,7 @@ def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False, compact: boo
         if kind == KIND_F32:
             w32[r0:r1] = dequantize(raw[r0:r1], qtype).reshape(r1 - r0, k)
         else:
-            _pack_quant(qtype, raw[r0:r1], k, F16_TABLE, q[r0:r1], s[r0:r1], m[r0:r1] if m.shape[0] else m, compact)
+            _PACK_ROWS[qtype](raw[r0:r1], k, F16_TABLE, q[r0:r1], s[r0:r1], m[r0:r1] if m.shape[0] else m, compact)
         if done is not None:
             done(r0, r1)
     return Packed(qtype, kind, ACT_OF[qtype], _OFFSET.get(qtype, 0.0), rows, k, w32, q, s, m)
