@@ -176,7 +176,7 @@ def _open(settings: Settings, path: Path, gguf: GGUFFile, *, n_slots: int,
     backend = open_backend(path, choice, n_ctx=settings.context_length,
                            n_threads=settings.threads or default_threads(),
                            architecture=gguf.architecture or "", n_slots=n_slots,
-                           block_cache_bytes=settings.kv_cache_mb << 20)
+                           block_cache_bytes=settings.kv_cache_mb << 20, gguf=gguf)
     return backend, choice
 
 

@@ -91,10 +91,12 @@ def open_backend(
     architecture: str = "",
     n_slots: int = 1,
     block_cache_bytes: int = 0,
+    gguf: GGUFFile | None = None,
 ) -> Backend:
     """Load the model at `path` on the chosen backend; `n_slots` sequences of KV cache where the
     backend decodes several together (native), else one, and up to `block_cache_bytes` of KV
-    kept from earlier prompts (native: blocks; llama.cpp: whole sequences' states)."""
+    kept from earlier prompts (native: blocks; llama.cpp: whole sequences' states). `gguf`: the
+    file's header where the caller has read it already (the native engine reads it otherwise)."""
     if choice.name == "llama":
         from engine.llama import LlamaBackend
 
@@ -104,7 +106,7 @@ def open_backend(
         from engine.native import NativeBackend
 
         native = NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture, n_slots=n_slots,
-                               block_cache_bytes=block_cache_bytes)
+                               block_cache_bytes=block_cache_bytes, gguf=gguf)
         native.warm_up()  # the kernels loaded now, not in the first request
         return native
     raise EngineError(f"unknown backend '{choice.name}'")
