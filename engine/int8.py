@@ -812,7 +812,7 @@ def load_kernels(layouts: tuple = _LAYOUTS, compile_missing: bool = True) -> Non
     known to the code that calls them. Each Numba function that reaches the intrinsics is compiled
     with what it calls, and when the kernels were in their IR every such function (`matmul_i8`,
     `matmul_i8_serial`, the experts', `layer_one_token`) optimised and compiled all of them again,
-    ~30 s each here: a first run of SmolLM2 on this engine took 194 s, 111 s with this. Called
+    ~30 s each here: a first run of SmolLM2 on this engine took 194 s, 95 s with this. Called
     before any code that calls a kernel is linked or loaded: by the intrinsic when it is compiled
     (its layout), as a reload hook of the functions that inline it when Numba loads them from its
     cache (all), and at import for the layouts whose machine code is on disk (`compile_missing`

@@ -244,25 +244,21 @@ def _pack_rows_of(qtype: int):
                     s[r, bi] = tab[_u16(b, 0)]
                     for j in range(32):
                         qi[base + j] = (np.int64(b[2 + j]) + 128) & 0xFF
-                elif qtype == Q4_0 or qtype == Q4_1:
+                elif qtype == Q4_0 or qtype == Q4_1 or qtype == Q5_0 or qtype == Q5_1:
                     s[r, bi] = tab[_u16(b, 0)]
                     o = 2
-                    if qtype == Q4_1:
+                    if qtype == Q4_1 or qtype == Q5_1:
                         m[r, bi] = tab[_u16(b, 2)]
                         o = 4
-                    for j in range(16):
-                        qi[base + j] = b[o + j] & 0xF
-                        qi[base + j + 16] = b[o + j] >> 4
-                elif qtype == Q5_0 or qtype == Q5_1:
-                    s[r, bi] = tab[_u16(b, 0)]
-                    o = 2
-                    if qtype == Q5_1:
-                        m[r, bi] = tab[_u16(b, 2)]
-                        o = 4
-                    h = _u16(b, o) | (_u16(b, o + 2) << 16)
-                    for j in range(16):
-                        qi[base + j] = (b[o + 4 + j] & 0xF) | (((h >> j) & 1) << 4)
-                        qi[base + j + 16] = (b[o + 4 + j] >> 4) | (((h >> (j + 16)) & 1) << 4)
+                    if qtype == Q4_0 or qtype == Q4_1:
+                        for j in range(16):
+                            qi[base + j] = b[o + j] & 0xF
+                            qi[base + j + 16] = b[o + j] >> 4
+                    else:  # the fifth bits, a 32-bit mask before the nibbles
+                        h = _u16(b, o) | (_u16(b, o + 2) << 16)
+                        for j in range(16):
+                            qi[base + j] = (b[o + 4 + j] & 0xF) | (((h >> j) & 1) << 4)
+                            qi[base + j + 16] = (b[o + 4 + j] >> 4) | (((h >> (j + 16)) & 1) << 4)
                 elif qtype == Q4_K or qtype == Q5_K:
                     d = tab[_u16(b, 0)]
                     dmin = tab[_u16(b, 2)]
