@@ -94,6 +94,7 @@ once, so users never meet a stale caller).
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 
@@ -298,6 +299,11 @@ _VARIANTS = tuple((r, t, layout, order) for r, t in _SHAPES for layout in _LAYOU
 
 def _kernel_name(n_rows: int, n_tok: int, layout: int, order: int) -> str:
     return f"assistant_i8dot_{n_rows}x{n_tok}_l{layout}_o{order}"
+
+
+def _variants_of(layout: int) -> tuple:
+    """The kernels (`_VARIANTS`) of one layout: the contents of its library."""
+    return tuple(v for v in _VARIANTS if v[2] == layout)
 
 
 def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
@@ -740,14 +746,12 @@ def _portable(n_rows: int, n_tok: int, layout: int):
 #: code with it)
 _libraries: dict = {}
 _SOURCES = ("int8.py", "llvm_ir.py", "quants.py")  # what the kernels' IR is made from
-_key: list = []  # `_cache_key`, once made
 
 
+@functools.cache
 def _cache_key(codegen) -> str:
     """What the kernels' machine code depends on: their sources, the paths they take here (VNNI,
     GFNI), the CPU Numba compiles for, and the compilers' versions."""
-    if _key:
-        return _key[0]
     import hashlib
 
     import llvmlite
@@ -761,8 +765,7 @@ def _cache_key(codegen) -> str:
     cpu = getattr(codegen, "_get_host_cpu_name", llvm_binding.get_host_cpu_name)()
     h.update(repr((VNNI, _GFNI, cpu, getattr(codegen, "_tm_features", ""), numba.__version__,
                    llvmlite.__version__)).encode())
-    _key.append(h.hexdigest()[:20])
-    return _key[0]
+    return h.hexdigest()[:20]
 
 
 def _cache_path(key: str, layout: int):
@@ -792,9 +795,8 @@ def _kernel_library(codegen, path, layout: int, compile_missing: bool):
     library = codegen.create_library(f"assistant_int8_l{layout}")
     library.enable_object_caching()
     mod = library.create_ir_module(f"assistant_int8_l{layout}")
-    for variant in _VARIANTS:
-        if variant[2] == layout:
-            _kernel(mod, *variant)
+    for variant in _variants_of(layout):
+        _kernel(mod, *variant)
     library.add_ir_module(mod)
     library.finalize()
     if path:
@@ -831,10 +833,9 @@ def load_kernels(layouts: tuple = _LAYOUTS, compile_missing: bool = True) -> Non
             library = _kernel_library(codegen, _cache_path(_cache_key(codegen), layout), layout, compile_missing)
             if library is None:
                 continue
-            for variant in _VARIANTS:
-                if variant[2] == layout:
-                    name = _kernel_name(*variant)
-                    llvm_binding.add_symbol(name, library.get_pointer_to_function(name))
+            for variant in _variants_of(layout):
+                name = _kernel_name(*variant)
+                llvm_binding.add_symbol(name, library.get_pointer_to_function(name))
             _libraries[layout] = library
 
 
