@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import psutil
 from gguf import constants as gguf_constants
 
@@ -148,6 +149,11 @@ def daemon_gone(model: Any) -> bool:
     return info is None or info.pid != model.backend.info.pid
 
 
+def packed_weights_dir() -> Path:
+    """Where the native engine keeps repacked weights between runs (engine.packcache)."""
+    return Path(platformdirs.user_cache_dir("assistant")) / "packed"
+
+
 def runs_on(model: Any) -> str:
     """Where a loaded model runs, for a status line: 'daemon :8765', 'remote gpu-box:8000', or the
     name of the engine in this process ('llama', 'native')."""
@@ -176,7 +182,8 @@ def _open(settings: Settings, path: Path, gguf: GGUFFile, *, n_slots: int,
     backend = open_backend(path, choice, n_ctx=settings.context_length,
                            n_threads=settings.threads or default_threads(),
                            architecture=gguf.architecture or "", n_slots=n_slots,
-                           block_cache_bytes=settings.kv_cache_mb << 20, gguf=gguf)
+                           block_cache_bytes=settings.kv_cache_mb << 20, gguf=gguf,
+                           packed_dir=packed_weights_dir() if settings.packed_weights else None)
     return backend, choice
 
 

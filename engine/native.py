@@ -124,6 +124,7 @@ class NativeBackend(VocabText):
         block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
         kv_type: str = "f16",
         gguf: GGUFFile | None = None,
+        packed_dir: Path | None = None,
     ) -> None:
         """Load `path`; `device` None runs on the GPU when numba.cuda finds one, else on the CPU.
         `n_slots` sequences can be generated together (`generate_batch`), each with its own KV cache;
@@ -133,7 +134,8 @@ class NativeBackend(VocabText):
         (llama.cpp's `type_k`/`type_v`): twice the memory, and keys, values, queries and softmax
         weights are not rounded to float16 (the layer-by-layer parity checks use it on both sides).
         `gguf`: the file's header where the caller has read it already (Qwen2.5's, with its 151,936
-        token strings, takes 0.2-0.3 s to read)."""
+        token strings, takes 0.2-0.3 s to read). `packed_dir`: where the repacked weights are kept
+        between runs (engine.packcache; None repacks every time)."""
         if kv_type not in _KV_DTYPES:
             raise EngineError(f"unknown KV cache type {kv_type!r}: one of {', '.join(_KV_DTYPES)}")
         self.path = Path(path)
@@ -149,7 +151,8 @@ class NativeBackend(VocabText):
             self.vocab = VocabFile(self.path)
             # one sequence at a time: decode is bound by bytes, so 5- and 6-bit matrices take the
             # smaller layout; batching several, the integer kernels are bound by arithmetic instead
-            self.weights = self._engine.run(T.load_weights, self.gguf, self.cfg, planes=n_slots == 1)
+            self.weights = self._engine.run(T.load_weights, self.gguf, self.cfg, planes=n_slots == 1,
+                                            packed_dir=packed_dir)
         except BaseException:
             self._engine.close()
             raise

@@ -92,11 +92,13 @@ def open_backend(
     n_slots: int = 1,
     block_cache_bytes: int = 0,
     gguf: GGUFFile | None = None,
+    packed_dir: Path | None = None,
 ) -> Backend:
     """Load the model at `path` on the chosen backend; `n_slots` sequences of KV cache where the
     backend decodes several together (native), else one, and up to `block_cache_bytes` of KV
     kept from earlier prompts (native: blocks; llama.cpp: whole sequences' states). `gguf`: the
-    file's header where the caller has read it already (the native engine reads it otherwise)."""
+    file's header where the caller has read it already (the native engine reads it otherwise).
+    `packed_dir`: where the native engine keeps repacked weights between runs (None: nowhere)."""
     if choice.name == "llama":
         from engine.llama import LlamaBackend
 
@@ -106,7 +108,7 @@ def open_backend(
         from engine.native import NativeBackend
 
         native = NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture, n_slots=n_slots,
-                               block_cache_bytes=block_cache_bytes, gguf=gguf)
+                               block_cache_bytes=block_cache_bytes, gguf=gguf, packed_dir=packed_dir)
         native.warm_up()  # the kernels loaded now, not in the first request
         return native
     raise EngineError(f"unknown backend '{choice.name}'")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -22,7 +23,7 @@ import numpy as np
 from engine import fused as F
 from engine import kernels as K
 from engine import matmul as M
-from engine import quants
+from engine import packcache, quants
 from engine.matmul import matmul_packed
 from engine.quants import Packed
 from models import arch as A
@@ -103,35 +104,42 @@ def _matrix(gguf: GGUFFile, name: str, planes: bool) -> Packed:
     info = gguf.tensors[name]
     k = info.shape[0]
     rows = info.n_elements // k  # experts stack: (n_expert * n_out) rows
-    planes = planes and M.INT8
     # as each step of rows is packed, the file's copy of them leaves resident memory (a looked-up
     # row faults back in from the page cache)
     return quants.pack(gguf.tensor_bytes(name).reshape(rows, -1), info.ggml_type, k, planes=planes,
                        compact=M.INT8, done=lambda r0, r1: gguf.release(name, (r0, r1)))
 
 
-def load_weights(gguf: GGUFFile, cfg: Config, planes: bool = False) -> Weights:
+def load_weights(gguf: GGUFFile, cfg: Config, planes: bool = False, packed_dir: Path | None = None) -> Weights:
     """Repack every matrix of `gguf` once; vectors stay views into its memory map. `planes`: the 5-
     and 6-bit matrices as nibbles and bit planes where the integer kernels run (engine.quants
     PLANES: a third fewer bytes per decoded token; 10-15% more arithmetic when many tokens share
     each row, as in prefill and batched decode). Where they run, the K-quants' scales are kept
-    compact as well (engine.quants `compact_byte`)."""
-    layers = []
+    compact as well (engine.quants `compact_byte`). `packed_dir`: where the repacked matrices are
+    kept between runs (engine.packcache): mapped from there when a file made from this model and
+    this code is found, else repacked and written there."""
+    planes = planes and M.INT8
+    fields: list[dict[str, str]] = []  # per layer: field -> tensor name
+    vectors: set[str] = set()
     for i in range(cfg.n_layer):
-        fields: dict[str, object] = {}
-        for field, (name, _required) in A.layer_tensors(cfg, i).items():
-            if name not in gguf.tensors:
-                continue
-            is_vector = len(gguf.tensors[name].shape) == 1
-            fields[field] = _vector(gguf, name) if is_vector else _matrix(gguf, name, planes)
-        layers.append(LayerWeights(**fields))
-    emb = gguf.tensors["token_embd.weight"]
+        named = {field: name for field, (name, _required) in A.layer_tensors(cfg, i).items() if name in gguf.tensors}
+        vectors.update(n for n in named.values() if len(gguf.tensors[n].shape) == 1)
+        fields.append(named)
     out_name = "token_embd.weight" if cfg.tied_output else "output.weight"
+    names = [n for named in fields for n in named.values() if n not in vectors] + [out_name]
+    mats = packcache.load(packed_dir, gguf, planes, M.INT8, names) if packed_dir is not None else None
+    if mats is None:
+        mats = {name: _matrix(gguf, name, planes) for name in names}
+        if packed_dir is not None:
+            packcache.save(packed_dir, gguf, planes, M.INT8, mats)
+    layers = [LayerWeights(**{f: _vector(gguf, n) if n in vectors else mats[n] for f, n in named.items()})
+              for named in fields]
+    emb = gguf.tensors["token_embd.weight"]
     return Weights(
         token_embd=gguf.tensor_bytes("token_embd.weight").reshape(emb.shape[1], -1),
         token_embd_type=emb.ggml_type,
         output_norm=_vector(gguf, "output_norm.weight"),
-        output=_matrix(gguf, out_name, planes),
+        output=mats[out_name],
         rope_freqs=_vector(gguf, "rope_freqs.weight") if "rope_freqs.weight" in gguf.tensors
         else np.empty(0, np.float32),
         layers=tuple(layers),
