@@ -147,14 +147,20 @@ class NativeBackend(VocabText):
         self.cfg = A.config_from_gguf(self.gguf)
         self.n_threads = max(1, min(n_threads, numba.config.NUMBA_NUM_THREADS))
         self._engine = _EngineThread(self.n_threads)
+        # llama.cpp reads the vocabulary in C, without the GIL: on a thread of its own while the
+        # weights load and the kernels warm up (0.6 s of Qwen2.5's 151,936 tokens here)
+        reader = ThreadPoolExecutor(1, thread_name_prefix="vocab")
+        self._vocab_job = reader.submit(VocabFile, self.path)
+        reader.shutdown(wait=False)
+        self._vocab: VocabFile | None = None
         try:
-            self.vocab = VocabFile(self.path)
             # one sequence at a time: decode is bound by bytes, so 5- and 6-bit matrices take the
             # smaller layout; batching several, the integer kernels are bound by arithmetic instead
             self.weights = self._engine.run(T.load_weights, self.gguf, self.cfg, planes=n_slots == 1,
                                             packed_dir=packed_dir)
         except BaseException:
             self._engine.close()
+            self._close_vocab()
             raise
         self.device: Device = device or ("cuda" if cuda_present() else "cpu")
         self.state = T.RunState(self.cfg, n_ctx, max(min(n_batch, n_ctx), n_slots), self.device, n_slots,
@@ -165,15 +171,35 @@ class NativeBackend(VocabText):
         windowed = any(self.cfg.window(layer) for layer in range(self.cfg.n_layer))
         self.pool = None if windowed or block_cache_bytes <= 0 else BlockPool(
             self.cfg.n_layer, self.cfg.n_head_kv, self.cfg.head_dim, block_cache_bytes, self.state.kv_dtype)
-        self.summary = ModelSummary(
-            path=self.path,
-            architecture=architecture or self.cfg.arch,
-            n_ctx=n_ctx,
-            n_ctx_train=self.cfg.n_ctx_train,
-            n_vocab=self.cfg.n_vocab,
-            eog_tokens=self.vocab.eog_tokens,
-        )
-        self._eog = frozenset(self.vocab.eog_tokens)
+        self._summary_of = (architecture or self.cfg.arch, n_ctx)
+
+    @property
+    def vocab(self) -> VocabFile:
+        return self._read_vocab()
+
+    def _read_vocab(self) -> VocabFile:
+        """The file's vocabulary, waited for the first time it is asked for (EngineError where
+        llama.cpp could not read it)."""
+        if self._vocab is None:
+            if self._vocab_job is None:
+                raise EngineError(f"{self.path.name} was closed")
+            self._vocab = self._vocab_job.result()
+        return self._vocab
+
+    def _close_vocab(self) -> None:
+        job, self._vocab_job, self._vocab = getattr(self, "_vocab_job", None), None, None
+        if job is not None and job.exception() is None:  # (waits for a read still under way)
+            job.result().close()
+
+    @functools.cached_property
+    def summary(self) -> ModelSummary:
+        architecture, n_ctx = self._summary_of
+        return ModelSummary(path=self.path, architecture=architecture, n_ctx=n_ctx, n_ctx_train=self.cfg.n_ctx_train,
+                            n_vocab=self.cfg.n_vocab, eog_tokens=self.vocab.eog_tokens)
+
+    @functools.cached_property
+    def _eog(self) -> frozenset[int]:
+        return frozenset(self.vocab.eog_tokens)
 
     def warm_up(self) -> None:
         """Evaluate three tokens and forget them, so that Numba loads the kernels a prompt and a
@@ -195,6 +221,7 @@ class NativeBackend(VocabText):
             if self.cfg.is_moe:
                 self.state.routed[:] = 0
             self._engine.run(self.state.touch_scratch)
+        self._read_vocab()  # read by now, beside the above: its errors are the loading's
 
     def decode_bytes_per_token(self) -> int:
         """Bytes of weights one decoded token reads (for the bandwidth bound of `assistant bench`)."""
@@ -449,9 +476,7 @@ class NativeBackend(VocabText):
     def close(self) -> None:
         if getattr(self, "_engine", None) is not None:
             self._engine.close()
-        if getattr(self, "vocab", None) is not None:
-            self.vocab.close()
-            self.vocab = None
+        self._close_vocab()
         if getattr(self, "gguf", None) is not None:
             self.gguf.close()
 

@@ -109,6 +109,10 @@ def open_backend(
 
         native = NativeBackend(path, n_ctx=n_ctx, n_threads=n_threads, architecture=architecture, n_slots=n_slots,
                                block_cache_bytes=block_cache_bytes, gguf=gguf, packed_dir=packed_dir)
-        native.warm_up()  # the kernels loaded now, not in the first request
+        try:
+            native.warm_up()  # the kernels loaded now, not in the first request
+        except BaseException:
+            native.close()
+            raise
         return native
     raise EngineError(f"unknown backend '{choice.name}'")

@@ -310,3 +310,21 @@ def test_kv_cache_type_float32_follows_llama_cpps_float32_cache(synthetic) -> No
     finally:
         f16.close()
         f32.close()
+
+
+def test_a_vocabulary_llama_cpp_cannot_read_is_a_clear_error_of_the_loading(synthetic, tmp_path) -> None:
+    """The vocabulary is read on a thread of its own while the weights load; llama.cpp refusing it
+    (here: a tokenizer model it does not know) is still the loading's EngineError, and the engine
+    opened for it is closed."""
+    from engine.backend import EngineError
+    from engine.select import BackendChoice, open_backend
+
+    path = tmp_path / "bad-vocab.gguf"
+    path.write_bytes(synthetic("llama").read_bytes().replace(b"no_vocab", b"bad_name", 1))
+    engines = {t for t in threading.enumerate() if t.name.startswith("native-engine")}
+    with pytest.raises(EngineError, match="could not read the vocabulary of .*bad-vocab.gguf"):
+        open_backend(path, BackendChoice("native", "asked for"), n_ctx=64, n_threads=1)
+    for t in threading.enumerate():
+        if t.name.startswith("native-engine") and t not in engines:
+            t.join(timeout=10)
+            assert not t.is_alive()
