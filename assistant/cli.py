@@ -386,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--workloads", default="decode", metavar="LIST",
                    help="comma-separated: decode (always), prefill-2048, batch-8, switch")
     c.add_argument("--cold-start", action="store_true",
-                   help="also time the first token with Numba's on-disk cache empty and warm")
+                   help="also time the first token with Numba's on-disk cache and the kept packed weights "
+                        "empty, warm, and the weights alone packed again")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_bench)
 
