@@ -111,7 +111,7 @@ def load(directory: Path, gguf: GGUFFile, planes: bool, compact: bool,
             mats = meta.get("matrices", {})
             if any(n not in mats for n in names):
                 return None
-            buf = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # MAP_PRIVATE, readable and writeable
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
