@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 from llvmlite import ir
+from llvmlite import binding as llvm_binding
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -61,24 +62,36 @@ def _kv_value(typingctx, v, cache):  # noqa: ANN001, ANN202 - a Numba intrinsic
     return types.float32(types.float32, cache), lambda context, builder, sig, args: args[0]
 
 
-#: keys whose scores `_scores16` computes at once
-SCORE_KEYS = 16
+def _score_lanes() -> int:
+    """Lanes of `_score_keys`' vectors: 16 where the CPU has 512-bit vectors (AVX-512F), else 8.
+    Its accumulators are one vector per key, as many keys as lanes: 16 of 16 lanes fill 32 of
+    AVX-512's registers but are 32 of AVX2's 16 (each a pair of 8-lane halves), whose spills
+    to the stack cost more than the products; 8 of 8 lanes fit."""
+    try:
+        return 16 if llvm_binding.get_host_cpu_features().get("avx512f", False) else 8
+    except Exception:  # pragma: no cover - llvmlite cannot say
+        return 8
+
+
+#: keys whose scores `_score_keys` computes at once (also its vectors' lanes)
+SCORE_KEYS = _score_lanes()
 
 
 @intrinsic
-def _scores16(typingctx, scores, at, qv, cache, slot, g, sc):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """scores[at:at+16] = sc * (qv . cache[slot + u, g]) for u < 16: sixteen keys' scores of one
-    head (cache (cap, n_kv, d) float16 bits or float32, d a multiple of 16, slot + 16 <= cap).
+def _score_keys(typingctx, scores, at, qv, cache, slot, g, sc):  # noqa: ANN001, ANN202 - a Numba intrinsic
+    """scores[at:at+L] = sc * (qv . cache[slot + u, g]) for u < L = SCORE_KEYS: L keys' scores of one
+    head (cache (cap, n_kv, d) float16 bits or float32, d a multiple of L, slot + L <= cap).
 
-    Each key's products go into a 16-lane accumulator of its own over d in 16-wide chunks, and
-    the sixteen accumulators are then summed across their lanes together, by four rounds of two
-    shuffles and an add that halve the vectors each round (45 instructions, one 16-lane vector of
-    the 16 sums at the end), where one key at a time each dot product ended in a horizontal sum
-    of its own (~8 dependent instructions a key)."""
-    if not all(a.layout == "C" for a in (scores, qv, cache)):  # rows read as contiguous 16-lane vectors
+    Each key's products go into an L-lane accumulator of its own over d in L-wide chunks, and the
+    L accumulators are then summed across their lanes together, by log2(L) rounds of two shuffles
+    and an add that halve the vectors each round (one L-lane vector of the L sums at the end:
+    45 instructions for 16), where one key at a time each dot product ended in a horizontal sum of
+    its own (~8 dependent instructions a key)."""
+    if not all(a.layout == "C" for a in (scores, qv, cache)):  # rows read as contiguous L-lane vectors
         return None
+    lanes = SCORE_KEYS
     f32, i64 = ir.FloatType(), ir.IntType(64)
-    v16 = ir.VectorType(f32, 16)
+    vl = ir.VectorType(f32, lanes)
     half = cache.dtype == types.uint16
 
     def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
@@ -91,30 +104,30 @@ def _scores16(typingctx, scores, at, qv, cache, slot, g, sc):  # noqa: ANN001, A
         base = builder.ptrtoint(c_arr.data, i64)
         base = builder.add(base, builder.add(builder.mul(slot_val, strides[0]), builder.mul(g_val, strides[1])))
         elem = 2 if half else 4
-        ety = ir.VectorType(ir.IntType(16), 16) if half else v16
+        ety = ir.VectorType(ir.IntType(16), lanes) if half else vl
         q_ptr = builder.ptrtoint(q_arr.data, i64)
         fast = ("fast",)
 
-        def chunk(i, accs):  # elements 16i..16i+15 of q and of each key
-            c = builder.mul(i, ir.Constant(i64, 16))
+        def chunk(i, accs):  # elements L*i..L*i+L-1 of q and of each key
+            c = builder.mul(i, ir.Constant(i64, lanes))
             q = builder.load(builder.inttoptr(builder.add(q_ptr, builder.mul(c, ir.Constant(i64, 4))),
-                                              v16.as_pointer()), align=4)
+                                              vl.as_pointer()), align=4)
             new = []
-            for u in range(16):
+            for u in range(lanes):
                 row = builder.add(base, builder.mul(ir.Constant(i64, u), strides[0]))
                 at_ptr = builder.inttoptr(builder.add(row, builder.mul(c, ir.Constant(i64, elem))), ety.as_pointer())
                 k = builder.load(at_ptr, align=elem)
                 if half:
-                    k = builder.fpext(builder.bitcast(k, ir.VectorType(ir.HalfType(), 16)), v16)
+                    k = builder.fpext(builder.bitcast(k, ir.VectorType(ir.HalfType(), lanes)), vl)
                 new.append(builder.fadd(accs[u], builder.fmul(q, k, flags=fast), flags=fast))
             return new
 
-        accs = vector_loop(builder, builder.udiv(d, ir.Constant(i64, 16)), 16, v16, chunk, "scores16")
+        accs = vector_loop(builder, builder.udiv(d, ir.Constant(i64, lanes)), lanes, vl, chunk, "score_keys")
 
         def mask(m):
-            return ir.Constant(ir.VectorType(ir.IntType(32), 16), m)
+            return ir.Constant(ir.VectorType(ir.IntType(32), lanes), m)
 
-        # four rounds, each folding pairs of vectors into one: the partial sums of the keys of both
+        # log2(L) rounds, each folding pairs of vectors into one: the partial sums of the keys of both
         vs = list(accs)
         width = 1  # lanes each key holds together in a block, doubling each round
         while len(vs) > 1:
@@ -122,19 +135,19 @@ def _scores16(typingctx, scores, at, qv, cache, slot, g, sc):  # noqa: ANN001, A
             for a, b in zip(vs[0::2], vs[1::2]):
                 # lanes in blocks of `width`: the even blocks of a and b interleaved, then the odd ones
                 even, odd = [], []
-                for blk in range(0, 16, 2 * width):
-                    even += [blk + i for i in range(width)] + [16 + blk + i for i in range(width)]
-                    odd += [blk + width + i for i in range(width)] + [16 + blk + width + i for i in range(width)]
+                for blk in range(0, lanes, 2 * width):
+                    even += [blk + i for i in range(width)] + [lanes + blk + i for i in range(width)]
+                    odd += [blk + width + i for i in range(width)] + [lanes + blk + width + i for i in range(width)]
                 e = builder.shuffle_vector(a, b, mask(even))
                 o = builder.shuffle_vector(a, b, mask(odd))
                 nxt_vs.append(builder.fadd(e, o, flags=fast))
             vs = nxt_vs
             width *= 2
-        scv = builder.insert_element(ir.Constant(v16, None), sc_val, ir.Constant(ir.IntType(32), 0))
-        scv = builder.shuffle_vector(scv, ir.Constant(v16, None), mask([0] * 16))
+        scv = builder.insert_element(ir.Constant(vl, None), sc_val, ir.Constant(ir.IntType(32), 0))
+        scv = builder.shuffle_vector(scv, ir.Constant(vl, None), mask([0] * lanes))
         out = builder.fmul(vs[0], scv, flags=fast)
         s_ptr = builder.add(builder.ptrtoint(s_arr.data, i64), builder.mul(at_val, ir.Constant(i64, 4)))
-        builder.store(out, builder.inttoptr(s_ptr, v16.as_pointer()), align=4)
+        builder.store(out, builder.inttoptr(s_ptr, vl.as_pointer()), align=4)
         return context.get_dummy_value()
 
     sig = types.void(scores, types.int64, qv, cache, types.int64, types.int64, types.float32)
@@ -365,8 +378,8 @@ def _attend(o: np.ndarray, qv: np.ndarray, k_cache: np.ndarray, v_cache: np.ndar
     first = lo % cap
     slot = first
     j = 0
-    while j + SCORE_KEYS <= n and slot + SCORE_KEYS <= cap and d % 16 == 0:  # sixteen keys at once
-        _scores16(scores, j, qv, k_cache, slot, g, sc)
+    while j + SCORE_KEYS <= n and slot + SCORE_KEYS <= cap and d % SCORE_KEYS == 0:  # L keys at once
+        _score_keys(scores, j, qv, k_cache, slot, g, sc)
         for u in range(j, j + SCORE_KEYS):
             best = max(best, scores[u])
         j += SCORE_KEYS
