@@ -20,6 +20,10 @@ import math
 import numpy as np
 from numba import cuda, float32, float64, int64
 
+from engine import jitcache
+
+jitcache.check()  # Numba's cache of the engine's modules consistent with all of their sources
+
 MAX_EXPERTS = 512
 THREADS = 128  # the most threads per block of the attention kernels (a power of two)
 

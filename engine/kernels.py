@@ -20,7 +20,10 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from engine import jitcache
 from engine.llvm_ir import vector_loop
+
+jitcache.check()  # Numba's cache of the engine's modules consistent with all of their sources
 
 # fastmath without 'nnan'/'ninf': masks and overflowing exponentials must keep their meaning
 FAST = {"reassoc", "contract", "nsz", "arcp", "afn"}

@@ -33,6 +33,10 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
+from engine import jitcache
+
+jitcache.check()  # Numba's cache of the engine's modules consistent with all of their sources
+
 # GGML type ids (ggml.h)
 F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 = 0, 1, 2, 3, 6, 7, 8
 Q4_K, Q5_K, Q6_K = 12, 13, 14
