@@ -114,7 +114,7 @@ def load(directory: Path, gguf: GGUFFile, planes: bool, compact: bool,
             buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # MAP_PRIVATE, readable and writeable
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:  # (TypeError: a header whose sizes are not numbers)
         log.info("packed weights %s unreadable (%s); repacking", path, e)
         return None
     if hasattr(mmap, "MADV_WILLNEED"):

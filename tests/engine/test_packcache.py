@@ -4,6 +4,7 @@ repacking, never to wrong weights."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -93,6 +94,10 @@ def test_a_changed_model_or_a_damaged_file_is_repacked_and_written_again(model: 
     assert packcache.load(*args) is None
     check()
     kept.write_bytes(b"not a file of packed weights")
+    assert packcache.load(*args) is None
+    check()
+    meta = json.dumps({"key": packcache.cache_key(gguf, INT8, INT8), "data_bytes": {}}).encode()
+    kept.write_bytes(packcache._HEAD.pack(packcache._MAGIC, len(meta)) + meta)  # the right key, a size not a number
     assert packcache.load(*args) is None
     check()
     st = model.stat()
