@@ -105,6 +105,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from engine import jitcache
 from engine.llvm_ir import vector_loop
 from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, ROW_NIBK, ROW_PLANE, ROW_PLANEK, ROW_Q6K,
                            compact_scale, int8_order, int8_position, row_steps, scale_bytes, stored_value)
@@ -769,17 +770,10 @@ def _cache_key(codegen) -> str:
 
 
 def _cache_path(key: str, layout: int):
-    """The file of a layout's kernels' object code, in the directory Numba caches this module's
-    functions in (NUMBA_CACHE_DIR, the package's __pycache__ or the user's cache); None where none
-    is writable."""
-    from numba.core.caching import CompileResultCacheImpl
-
-    try:
-        locator = CompileResultCacheImpl(load_kernels).locator
-        locator.ensure_cache_path()
-        return os.path.join(locator.get_cache_path(), f"int8-kernels-l{layout}-{key}.nbk")
-    except (RuntimeError, OSError):
-        return None
+    """The file of a layout's kernels' object code, in the directory Numba caches this package's
+    functions in (`jitcache.cache_dir`); None where none is writable."""
+    directory = jitcache.cache_dir()
+    return None if directory is None else os.path.join(directory, f"int8-kernels-l{layout}-{key}.nbk")
 
 
 def _kernel_library(codegen, path, layout: int, compile_missing: bool):
@@ -801,7 +795,7 @@ def _kernel_library(codegen, path, layout: int, compile_missing: bool):
     library.finalize()
     if path:
         name, kind, (object_code, _shared) = library.serialize_using_object_code()
-        _write_atomically(path, pickle.dumps((name, kind, (object_code, _names_only(layout)))))
+        jitcache.write_atomically(path, pickle.dumps((name, kind, (object_code, _names_only(layout)))))
         for old in glob.glob(os.path.join(os.path.dirname(path), f"int8-kernels-l{layout}-*.nbk")):
             if old != path:  # an earlier version's or CPU's: never read again here
                 with contextlib.suppress(OSError):
@@ -851,19 +845,6 @@ def load_kernels(layouts: tuple = _LAYOUTS, compile_missing: bool = True) -> Non
                 name = _kernel_name(*variant)
                 llvm_binding.add_symbol(name, library.get_pointer_to_function(name))
             _libraries[layout] = library
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write the file whole or not at all (another process may read it meanwhile); a cache that
-    cannot be written is only a slower next start."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def _make(n_rows: int, n_tok: int, layout: int):

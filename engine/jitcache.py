@@ -62,11 +62,17 @@ def check() -> None:
         for path in glob.glob(os.path.join(directory, f"{module}.*.nb[ic]")):
             with contextlib.suppress(OSError):
                 os.unlink(path)
-    tmp = f"{stamp}.{os.getpid()}.tmp"
+    write_atomically(stamp, (want + "\n").encode())
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write the file whole or not at all (another process may read it meanwhile); a cache file
+    that cannot be written is only a slower next start (or, the stamp, checked again)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
-            f.write(want + "\n")
-        os.replace(tmp, stamp)
-    except OSError:  # a cache that cannot be written is checked again next time
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
