@@ -217,9 +217,9 @@ def test_rows_stored_by_groups_are_their_groups_one_after_the_other(qtype: int, 
 def test_q6k_fields_without_gfni_give_the_same_products(tmp_path: Path) -> None:
     """Where the CPU lacks GFNI, the integer kernels move Q6_K's 2-bit fields into place with
     shifts instead of GF2P8AFFINEQB: the same weight bytes, so the same sums. Each way is compiled
-    in a process of its own (ASSISTANT_GFNI picks it when the module loads, with an empty Numba
-    cache), for one row and token at a time and for a pair of rows and four tokens, K = 768
-    (groups of 4 and 2 steps) and 1024."""
+    in a process of its own (ASSISTANT_GFNI picks it when the module loads; the kernels' file in
+    Numba's cache is keyed by it, so the two share the rest of that cache), for one row and token
+    at a time and for a pair of rows and four tokens, K = 768 (groups of 4 and 2 steps) and 1024."""
     import subprocess
     import sys
 
@@ -257,7 +257,7 @@ print(I8._GFNI)
 """
     outs = {}
     for flag in ("0", "1"):
-        env = {**__import__("os").environ, "ASSISTANT_GFNI": flag, "NUMBA_CACHE_DIR": str(tmp_path / f"nb{flag}")}
+        env = {**__import__("os").environ, "ASSISTANT_GFNI": flag}
         run = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"gfni{flag}.npy")], env=env,
                              capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
