@@ -158,6 +158,13 @@ def _one_at_a_time(n_tok: int, q: np.ndarray) -> bool:
     return n_tok < 4 or q.shape[0] < 2
 
 
+@njit(cache=True, inline="always")
+def _row_alone(out, layout, q, s, xq, xd, oi, r):
+    """out[t, r] for every token of xq, row r on its own (the one-row kernel, `off` as an int64)."""
+    for t in range(xq.shape[0]):
+        out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
+
+
 @njit(fastmath=FAST, cache=True)
 def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
     """out[t, r] for rows r0..r1-1 and every token: rows in pairs, tokens in groups of 8 and 4
@@ -173,8 +180,7 @@ def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
     oi = np.int64(off)
     if _one_at_a_time(n_tok, q):  # a token or three (decode): one row at a time, as fast as memory brings it
         for r in range(r0, r1):
-            for t in range(n_tok):
-                out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
+            _row_alone(out, layout, q, s, xq, xd, oi, r)
         return
     r = r0
     while r < r1:
@@ -231,13 +237,12 @@ def _matmul_rows_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np
     if m.shape[0] and _one_at_a_time(xq.shape[0], q):
         # decode: each row's min term right after its dot products, while the rows after it stream
         # in; in a pass after all of them the memory stood idle (the same sums in the same order).
-        # The rows' kernels are called from this loop, as `_rows_i8` calls them: a call of
-        # `_rows_i8` per row cost ~80 ns, more than a 576-wide Q4_1 row's products (~30 ns)
+        # The row's kernel is inlined here as in `_rows_i8`: a call of `_rows_i8` per row cost
+        # ~80 ns, more than a 576-wide Q4_1 row's products (~30 ns)
         mins = np.empty(nb if compact else 0, np.float32)
         oi = np.int64(off)
         for r in range(r0, r1):
-            for t in range(xq.shape[0]):
-                out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
+            _row_alone(out, layout, q, s, xq, xd, oi, r)
             if compact:
                 I8.compact_mins(mins, q[r], m[r])
             mr = mins if compact else m[r]
