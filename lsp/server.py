@@ -144,7 +144,12 @@ class AssistantServer(LanguageServer):
             except OSError as e:
                 loop.call_soon_threadsafe(self.notify_problem, f"indexing stopped: {e}")
             finally:
-                self.indexing_done.set()
+                # set on the event loop, after the progress end queued above has gone out: whoever
+                # sees "indexed" (the stats command) has been sent the end of the progress first
+                try:
+                    loop.call_soon_threadsafe(self.indexing_done.set)
+                except RuntimeError:  # the loop is closed (shutting down)
+                    self.indexing_done.set()
 
         try:
             self.work_done_progress.create(token)
