@@ -59,7 +59,7 @@ def main() -> int:
         return _batch_parts(a, cfg, weights)
     n_ctx = a.prompt + 12 + a.tokens * a.rounds * (2 if a.ab_fused else 1)
     st = T.RunState(cfg, n_ctx, a.prompt, "cpu", 1)
-    tokens = (np.arange(n_ctx, dtype=np.int64) * 7919 % min(cfg.n_vocab, 30000)) + 100
+    tokens = _tokens(cfg, n_ctx)
     T.forward(cfg, weights, st, tokens[:a.prompt], 0, False)
     pos = a.prompt
     for _ in range(8):  # warm: every one-token kernel loaded and its buffers mapped
@@ -100,6 +100,11 @@ def _ab_fused(a: argparse.Namespace, cfg, weights, st, tokens: np.ndarray, pos: 
         print(f"{label}: median {np.median(times[fused]):.2f} ms per token, best {min(times[fused]):.2f} "
               f"({a.rounds} x {a.tokens} tokens after {a.prompt})")
     return 0
+
+
+def _tokens(cfg, n: int) -> np.ndarray:
+    """n token ids spread over the vocabulary (which ones does not matter to the timing)."""
+    return (np.arange(n, dtype=np.int64) * 7919 % min(cfg.n_vocab, 30000)) + 100
 
 
 def _median_us(fn, n: int) -> float:
@@ -165,7 +170,7 @@ def _batch_parts(a: argparse.Namespace, cfg, weights) -> int:
 
     n = a.batch
     st = T.RunState(cfg, a.prompt + a.tokens + 8, max(64, n), "cpu", n)
-    tokens = (np.arange(a.prompt + a.tokens + n, dtype=np.int64) * 7919 % min(cfg.n_vocab, 30000)) + 100
+    tokens = _tokens(cfg, a.prompt + a.tokens + n)
     for slot in range(n):  # every slot's cache filled with the same prompt (only the timing matters)
         for p0 in range(0, a.prompt, 64):
             T.forward(cfg, weights, st, tokens[p0:min(a.prompt, p0 + 64)], p0, False, slot=slot)
