@@ -138,6 +138,15 @@ _STORED_GROUPED = tuple(_STEP_BYTES)
 #: layouts whose K is always a multiple of 128, whose activation is never in its own order: those
 #: and the planes (whole 128-weight steps, engine.quants `pack`)
 _GROUPED_ONLY = (*_SUPERBLOCKS, NIB5)
+#: layouts whose kernels for two rows run on AVX2 one row after the other, each row's steps over
+#: its tokens from registers: two rows side by side take more than AVX2's 16 registers (a row's
+#: group of steps is 8 of them, unpacked), and the spills cost more than loading each token's
+#: activation bytes once per row (a 2 x 8 Q4_K kernel body: 375 of its 1241 instructions moved
+#: registers to and from the stack; one row: 67 of 454). Measured one thread, 8 and 64 tokens,
+#: rows in tiles of 64 (`engine.matmul._rows_i8`): Q4_K (NIBK) 38-51 -> 53-72 GMAC/s, SmolLM2's
+#: Q4_1 (NIB) 19-31 -> 22-40; not kept for BYTE32 (Q5_0's bytes 27-29 -> 22-24; Q8_0's 16-19 ->
+#: 18-21) nor the planes (NIB5 27 -> 23; NIB6 the same)
+_ROW_BY_ROW = (NIB, NIBK)
 
 
 def _host_has(*names: str) -> bool:
@@ -641,13 +650,26 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     def offset_is(value):
         return builder.icmp_signed("==", off_val, ir.Constant(_I64, value))
 
+    def rows(signed):
+        """`row` for all the rows at once, or (`_ROW_BY_ROW` on AVX2) for each row in turn, its
+        sums in the same order: the same arithmetic per row and token either way."""
+        nonlocal n_rows, q_rows, s_rows
+        if VNNI or n_rows == 1 or layout not in _ROW_BY_ROW:
+            return row(signed)
+        every, sums = (n_rows, q_rows, s_rows), []
+        for j in range(every[0]):
+            n_rows, q_rows, s_rows = 1, [every[1][j]], [every[2][j]]
+            sums += row(signed)
+        n_rows, q_rows, s_rows = every
+        return sums
+
     if layout in _OFFSET_KNOWN:  # its weights' offset is known
-        sums = row(OFFSET if _OFFSET_KNOWN[layout] else PLAIN)
+        sums = rows(OFFSET if _OFFSET_KNOWN[layout] else PLAIN)
     elif layout == BYTE32 and not VNNI:  # Q8_0's bytes (+128) would pass vpmaddubsw's int16
-        sums = either(offset_is(0), lambda: row(PLAIN),
-                      lambda: either(offset_is(128), lambda: row(SIGN_TRICK), lambda: row(OFFSET)))
+        sums = either(offset_is(0), lambda: rows(PLAIN),
+                      lambda: either(offset_is(128), lambda: rows(SIGN_TRICK), lambda: rows(OFFSET)))
     else:
-        sums = either(offset_is(0), lambda: row(PLAIN), lambda: row(OFFSET))
+        sums = either(offset_is(0), lambda: rows(PLAIN), lambda: rows(OFFSET))
     for j, v in enumerate(sums):
         builder.store(v, builder.gep(out, [ir.Constant(_I64, j)]))
     builder.ret_void()

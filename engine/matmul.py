@@ -165,56 +165,63 @@ def _row_alone(out, layout, q, s, xq, xd, oi, r):
         out[t, r] = I8.dot1x1(layout, q, s, r, xq, xd, oi, t)
 
 
+#: rows per tile of `_rows_i8`: each group of tokens goes over a tile's rows before the next
+#: group, so that the group's int8 activation stays in the first-level cache (8 tokens of K = 2048:
+#: 16 KB) and the tile's weights in the second (64 Q4_K rows of 2048: 72 KB)
+ROW_TILE = 64
+
+
 @njit(fastmath=FAST, cache=True)
 def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
     """out[t, r] for rows r0..r1-1 and every token: rows in pairs, tokens in groups of 8 and 4
     (the per-token arithmetic is the same in each, engine.int8); `off` the weights' stored offset.
-    The last one to seven tokens of four or more go through one more group that ends at the last
-    token and overlaps the one before: the overlapped tokens come out the same, and a group of 4
-    or 8 costs less than its tokens one by one (an expert's 13 tokens took 19% longer per token
-    than 16). An odd row left at the end is paired with the row before it (or after, read but not
-    written), so that one-row kernels for 8 and 4 tokens are not compiled too (a first run's
-    compiling, SmolLM2 opened and warmed up with an empty Numba cache: 71 s with them, 46-48 s
-    without, 45 s before the grouped kernels)."""
+    The rows go in tiles of `ROW_TILE`, each group of tokens over a whole tile: a pair of rows
+    taking every group before the next pair read all the tokens' activation again for each pair,
+    from the second-level cache for 64 tokens (Q4_K experts of 1024 x 2048, one thread, one row at
+    a time as on AVX2: 44 GMAC/s against 72 in tiles). The last one to seven tokens of four or
+    more go through one more group that ends at the last token and overlaps the one before: the
+    overlapped tokens come out the same, and a group of 4 or 8 costs less than its tokens one by
+    one (an expert's 13 tokens took 19% longer per token than 16). An odd row left at the end is
+    paired with the row before it (or after, read but not written), so that one-row kernels for 8
+    and 4 tokens are not compiled too (a first run's compiling, SmolLM2 opened and warmed up with
+    an empty Numba cache: 71 s with them, 46-48 s without, 45 s before the grouped kernels)."""
     n_tok = xq.shape[0]
     oi = np.int64(off)
     if _one_at_a_time(n_tok, q):  # a token or three (decode): one row at a time, as fast as memory brings it
         for r in range(r0, r1):
             _row_alone(out, layout, q, s, xq, xd, oi, r)
         return
-    r = r0
-    while r < r1:
-        # rows (a, a + 1) written from `first` on: a pair, or the last row with a neighbour
-        a = r if r + 2 <= r1 else (r - 1 if r > 0 else r)
-        first = r - a
-        both = first == 0 and a + 1 < r1
+    for a0 in range(r0, r1, ROW_TILE):
+        b0 = min(r1, a0 + ROW_TILE)
         t = 0
-        # the common case first, a pair of rows and whole groups of 8, with plain stores
-        while t + 8 <= n_tok and both:
-            o = I8.dot2x8(layout, q, s, a, xq, xd, oi, t)
-            for u in range(8):
-                out[t + u, a] = o[u]
-                out[t + u, a + 1] = o[8 + u]
-            t += 8
         while t < n_tok:
             left = n_tok - t
-            if left >= 8 or (left > 4 and n_tok >= 8):
-                t0 = min(t, n_tok - 8)
-                o = I8.dot2x8(layout, q, s, a, xq, xd, oi, t0)
-                for u in range(t - t0, 8):
-                    for j in range(first, 2):
-                        if a + j < r1:
-                            out[t0 + u, a + j] = o[8 * j + u]
-                t = t0 + 8
-            else:
-                t0 = min(t, n_tok - 4)
-                o4 = I8.dot2x4(layout, q, s, a, xq, xd, oi, t0)
-                for u in range(t - t0, 4):
-                    for j in range(first, 2):
-                        if a + j < r1:
-                            out[t0 + u, a + j] = o4[4 * j + u]
-                t = t0 + 4
-        r += 2 if both else 1
+            wide = left >= 8 or (left > 4 and n_tok >= 8)
+            t0 = min(t, n_tok - (8 if wide else 4))
+            r = a0
+            while r < b0:
+                # rows (a, a + 1) written from `first` on: a pair, or the last row with a neighbour
+                a = r if r + 2 <= b0 else (r - 1 if r > 0 else r)
+                first = r - a
+                if wide:
+                    o = I8.dot2x8(layout, q, s, a, xq, xd, oi, t0)
+                    if first == 0 and t == t0 and a + 1 < b0:  # the common case: plain stores
+                        for u in range(8):
+                            out[t0 + u, a] = o[u]
+                            out[t0 + u, a + 1] = o[8 + u]
+                    else:
+                        for u in range(t - t0, 8):
+                            for j in range(first, 2):
+                                if a + j < b0:
+                                    out[t0 + u, a + j] = o[8 * j + u]
+                else:
+                    o4 = I8.dot2x4(layout, q, s, a, xq, xd, oi, t0)
+                    for u in range(t - t0, 4):
+                        for j in range(first, 2):
+                            if a + j < b0:
+                                out[t0 + u, a + j] = o4[4 * j + u]
+                r = a + 2
+            t = t0 + (8 if wide else 4)
 
 
 @njit(fastmath=FAST, cache=True)
