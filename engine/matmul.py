@@ -288,14 +288,12 @@ def _min_dot(mr: np.ndarray, xt: np.ndarray) -> np.float32:
 @njit(parallel=True, fastmath=FAST, cache=True)
 def matmul_i8(out: np.ndarray, kind: int, off: float, q: np.ndarray, s: np.ndarray, m: np.ndarray,
               xq: np.ndarray, xd: np.ndarray, xs: np.ndarray, chunk: int) -> None:
-    """out (T, rows) = W . x_t for every token, rows in work items of `chunk`; tokens in blocks of
-    64 so that a block's int8 activations stay in the first-level cache while a row is reused."""
+    """out (T, rows) = W . x_t for every token, rows in work items of `chunk` (all the tokens at
+    once: `_rows_i8` keeps a group of them in the first-level cache over a tile of rows)."""
     n_tok, rows = out.shape
     for c in prange((rows + chunk - 1) // chunk):
         r0, r1 = c * chunk, min(rows, (c + 1) * chunk)
-        for t0 in range(0, n_tok, 64):
-            t1 = min(n_tok, t0 + 64)
-            _matmul_rows_i8(out[t0:t1], kind, off, q, s, m, xq[t0:t1], xd[t0:t1], xs[t0:t1], r0, r1)
+        _matmul_rows_i8(out, kind, off, q, s, m, xq, xd, xs, r0, r1)
 
 
 @njit(fastmath=FAST, cache=True)
@@ -315,18 +313,15 @@ def _expert_rows(out: np.ndarray, j0: int, j1: int, e: int, w: Packed, x: tuple,
                  b: int) -> None:
     """out[j0:j1, a:b] = rows a..b-1 of expert e of the stack w (out.shape[1] rows each) . the
     inputs x = (xh, xs, xq, xd), each (n, K) with the row for out[j] at j or, if n is 1, at 0 (one
-    token through several experts); through the integer dot products when `ints` (tokens in blocks
-    of 64, whose int8 rows stay in the first-level cache while a weight row is reused)."""
+    token through several experts); through the integer dot products when `ints` (all the tokens
+    at once: in blocks of 64, an expert's 65-85 tokens of a prefill ran as 64 and a few one by one)."""
     xh, xs, xq, xd = x
     e0, e1 = e * out.shape[1], (e + 1) * out.shape[1]
     if ints:
-        one = xq.shape[0] == 1
         m = w.m[e0:e1] if w.m.shape[0] else w.m
-        for t0 in range(j0, j1, 64):
-            t1 = min(j1, t0 + 64)
-            i0, i1 = (0, 1) if one else (t0, t1)
-            _matmul_rows_i8(out[t0:t1], w.kind, w.off, w.q[e0:e1], w.s[e0:e1], m, xq[i0:i1], xd[i0:i1],
-                            xs[i0:i1], a, b)
+        i0, i1 = (0, 1) if xq.shape[0] == 1 else (j0, j1)
+        _matmul_rows_i8(out[j0:j1], w.kind, w.off, w.q[e0:e1], w.s[e0:e1], m, xq[i0:i1], xd[i0:i1], xs[i0:i1],
+                        a, b)
     else:
         one = xh.shape[0] == 1
         for j in range(j0, j1):
