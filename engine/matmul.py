@@ -196,32 +196,35 @@ def _rows_i8(out, layout, q, s, xq, xd, off, r0, r1):
         t = 0
         while t < n_tok:
             left = n_tok - t
-            wide = left >= 8 or (left > 4 and n_tok >= 8)
-            t0 = min(t, n_tok - (8 if wide else 4))
+            width = 8 if left >= 8 or (left > 4 and n_tok >= 8) else 4
+            t0 = min(t, n_tok - width)
             r = a0
             while r < b0:
                 # rows (a, a + 1) written from `first` on: a pair, or the last row with a neighbour
                 a = r if r + 2 <= b0 else (r - 1 if r > 0 else r)
                 first = r - a
-                if wide:
+                if width == 4:
+                    _put_pair(out, I8.dot2x4(layout, q, s, a, xq, xd, oi, t0), 4, t0, t - t0, a, first, b0)
+                else:
                     o = I8.dot2x8(layout, q, s, a, xq, xd, oi, t0)
                     if first == 0 and t == t0 and a + 1 < b0:  # the common case: plain stores
                         for u in range(8):
                             out[t0 + u, a] = o[u]
                             out[t0 + u, a + 1] = o[8 + u]
                     else:
-                        for u in range(t - t0, 8):
-                            for j in range(first, 2):
-                                if a + j < b0:
-                                    out[t0 + u, a + j] = o[8 * j + u]
-                else:
-                    o4 = I8.dot2x4(layout, q, s, a, xq, xd, oi, t0)
-                    for u in range(t - t0, 4):
-                        for j in range(first, 2):
-                            if a + j < b0:
-                                out[t0 + u, a + j] = o4[4 * j + u]
+                        _put_pair(out, o, 8, t0, t - t0, a, first, b0)
                 r = a + 2
-            t = t0 + (8 if wide else 4)
+            t = t0 + width
+
+
+@njit(cache=True, inline="always")
+def _put_pair(out, o, width, t0, skip, a, first, b0):
+    """out[t0 + u, a + j] = o[width * j + u]: a pair kernel's sums (row by row, `width` tokens each)
+    for its tokens from `skip` on and its rows from `first` on that lie below b0."""
+    for u in range(skip, width):
+        for j in range(first, 2):
+            if a + j < b0:
+                out[t0 + u, a + j] = o[width * j + u]
 
 
 @njit(fastmath=FAST, cache=True)
