@@ -31,7 +31,9 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from engine import jitcache
 
@@ -570,16 +572,31 @@ def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False, compact: boo
 # --- activation quantisation (ggml-cpu's from_float for each vec_dot_type) ------------------
 
 
+@intrinsic
+def _float_of_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
+    """The float32 whose bit pattern is the int32 `bits`."""
+    return types.float32(types.int32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
+
+
+@intrinsic
+def _bits_of_float(typingctx, x):  # noqa: ANN001, ANN202 - a Numba intrinsic
+    """The int32 bit pattern of the float32 x."""
+    return types.int32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
+
+
 @njit(cache=True)
 def round_f16(x: float) -> np.float32:
-    """x rounded to the nearest float16 (ties to even, as F16C does), returned as float32."""
+    """x (a float32: every caller's) rounded to the nearest float16 (ties to even, as F16C does),
+    returned as float32."""
     a = abs(x)
     if not a < 65520.0:  # past 65504 rounds to infinity; inf and nan stay
         return np.float32(x) if (a != a or a == np.inf) else np.float32(math.copysign(np.inf, x))
     if a < 6.103515625e-05:  # float16 subnormals: a grid of 2**-24
         return np.float32(np.rint(x * 16777216.0) * 5.9604644775390625e-08)
-    m, e = math.frexp(x)  # x = m * 2**e, 0.5 <= |m| < 1: keep 11 significant bits
-    return np.float32(math.ldexp(np.rint(math.ldexp(m, 11)), e - 11))
+    # keep 11 significant bits of the float32: its 13 lowest bits rounded off, ties to even (a carry
+    # moves into the exponent as it should), with no libm call (frexp/ldexp were)
+    bits = _bits_of_float(np.float32(x))
+    return _float_of_bits((bits + np.int32(0xFFF) + ((bits >> 13) & np.int32(1))) & np.int32(-0x2000))
 
 
 @njit(cache=True)
@@ -592,7 +609,15 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
                    xd: np.ndarray) -> None:
     """x quantized for `act`: xh the values the dot product sees, xs their sums per 32; for the int8
     families also, where xq is not empty, the int8 values xq (in the order of `int8_position`) and
-    their scale per 32 xd (engine.int8's integer dot products)."""
+    their scale per 32 xd (engine.int8's integer dot products).
+
+    Block by block, each step a loop over the block's elements that LLVM vectorizes (the largest
+    magnitude as integers, the rounding, the int8 values into a block of their own), then the
+    int8 values stored 4 at a time (`_store_int8`), and float16 rounding on the bits
+    (`round_f16`). Element by element, with libm's frexp/ldexp per block and each element's int8
+    position worked out on its own, it took 4.0-4.5 ns per element on one thread, 2.0-2.2 now
+    (64 rows of 2048 or 4864, Q8_0/Q8_1/Q8_K); on two threads, before, 4.7 ms of a step of 8
+    Qwen2.5 sequences decoded together."""
     k = x.shape[0]
     ints = xq.shape[0] > 0
     if act == ACT_F32:
@@ -611,52 +636,100 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
                                   << np.uint64(16))
     elif act == ACT_Q8_0 or act == ACT_Q8_1:
         # quantize_row_q8_0/q8_1 (x86): d = amax/127, q = round-to-even(x * 127/amax)
+        qb = np.empty(32, np.int8)
+        xq4 = xq.view(np.uint32)
         for b in range(k // 32):
-            amax = np.float32(0.0)
-            for j in range(32):
-                amax = max(amax, abs(x[b * 32 + j]))
+            xb = x[b * 32:(b + 1) * 32]
+            amax = _abs_max(xb)
             d = amax / np.float32(127.0)
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             dh = round_f16(d)
-            total = 0
-            for j in range(32):
-                qv = np.rint(x[b * 32 + j] * inv)
-                total += np.int64(qv)
-                xh[b * 32 + j] = np.float32(qv) * dh
-                if ints:
-                    xq[int8_position(b * 32 + j, k)] = np.int8(qv)
-            xs[b] = round_f16(d * np.float32(total)) if act == ACT_Q8_1 else dh * np.float32(total)
+            total = _rounded(qb, xb, inv, xh[b * 32:(b + 1) * 32], dh)
+            xs[b] = round_f16(d * total) if act == ACT_Q8_1 else dh * total
             if ints:
+                _store_int8(xq4, qb, b * 32, k)
                 xd[b] = dh
     else:  # ACT_Q8_K, quantize_row_q8_K_ref: iscale = -127/max with max the signed largest |x|
+        qb = np.empty(32, np.int8)
+        xq4 = xq.view(np.uint32)
         for b in range(k // QK_K):
-            amax, vmax = np.float32(0.0), np.float32(0.0)
-            for j in range(QK_K):
-                ax = abs(x[b * QK_K + j])
-                if ax > amax:
-                    amax, vmax = ax, x[b * QK_K + j]
+            xb = x[b * QK_K:(b + 1) * QK_K]
+            amax = _abs_max(xb)
             if amax == 0:
                 xh[b * QK_K:(b + 1) * QK_K] = 0.0
                 xs[b * 8:(b + 1) * 8] = 0.0
                 if ints:  # (a superblock's int8 values need not be stored in its own 256 places)
-                    for i in range(b * QK_K, (b + 1) * QK_K):
-                        xq[int8_position(i, k)] = 0
+                    qb[:] = 0
+                    for sb in range(8):
+                        _store_int8(xq4, qb, b * QK_K + sb * 32, k)
                     xd[b * 8:(b + 1) * 8] = 0.0
                 continue
+            vmax = np.float32(0.0)
+            for j in range(QK_K):  # the first element of the largest magnitude, with its sign
+                if abs(xb[j]) == amax:
+                    vmax = xb[j]
+                    break
             iscale = np.float32(-127.0) / vmax
             d = np.float32(1.0) / iscale
             for sb in range(8):
-                total = 0
-                for j in range(32):
-                    i = b * QK_K + sb * 32 + j
-                    qv = min(np.int64(np.rint(iscale * x[i])), 127)
-                    total += qv
-                    xh[i] = d * np.float32(qv)
-                    if ints:
-                        xq[int8_position(i, k)] = np.int8(qv)
-                xs[b * 8 + sb] = d * np.float32(total)
+                at = b * QK_K + sb * 32
+                total = _rounded_k(qb, x[at:at + 32], iscale, xh[at:at + 32], d)
+                xs[b * 8 + sb] = d * total
                 if ints:
+                    _store_int8(xq4, qb, at, k)
                     xd[b * 8 + sb] = d
+
+
+@njit(cache=True)
+def _abs_max(xb: np.ndarray) -> np.float32:
+    """The largest |x| of a block, as the largest of the bit patterns without the sign (those of
+    floats >= 0 order as the floats do): integers, so in SIMD lanes (a float max loop stayed
+    scalar without fastmath's no-NaN)."""
+    bits = xb.view(np.int32)
+    top = np.int32(0)
+    for j in range(bits.shape[0]):
+        top = max(top, bits[j] & np.int32(0x7FFFFFFF))
+    return _float_of_bits(top)
+
+
+@njit(cache=True)
+def _rounded(qb: np.ndarray, xb: np.ndarray, inv: np.float32, hb: np.ndarray, dh: np.float32) -> np.float32:
+    """qb = round-to-even(xb * inv) as int8 (Q8_0/Q8_1), hb = those values * dh; the sum of qb,
+    added as integers (so in SIMD lanes without fastmath)."""
+    total = np.int32(0)
+    for j in range(32):
+        qv = np.float32(np.rint(xb[j] * inv))
+        qb[j] = np.int8(qv)
+        hb[j] = qv * dh
+        total += np.int32(qv)
+    return np.float32(total)
+
+
+@njit(cache=True)
+def _rounded_k(qb: np.ndarray, xb: np.ndarray, iscale: np.float32, hb: np.ndarray, d: np.float32) -> np.float32:
+    """`_rounded` for Q8_K: min(round-to-even(iscale * x), 127) (no -128: the largest magnitude's
+    own sign maps it to -127)."""
+    total = np.int32(0)
+    for j in range(32):
+        qv = min(np.float32(np.rint(iscale * xb[j])), np.float32(127.0)) + np.float32(0.0)  # (-0 -> +0: xh as from an integer)
+        qb[j] = np.int8(qv)
+        hb[j] = d * qv
+        total += np.int32(qv)
+    return np.float32(total)
+
+
+@njit(cache=True, inline="always")
+def _store_int8(xq4: np.ndarray, qb: np.ndarray, i0: int, k: int) -> None:
+    """The int8 form's bytes (xq4: its uint32 view) at the `int8_position`s of elements
+    i0..i0+31 (i0 a multiple of 32) = the block's int8 values qb, in the elements' order. Four
+    neighbours i, i+1, i+2, i+3 (i a multiple of 4) always stay together, so they move as one
+    uint32, to a position worked out per 4."""
+    q4 = qb.view(np.uint32)
+    if k % 128:
+        xq4[i0 >> 2:(i0 >> 2) + 8] = q4
+        return
+    for r in range(8):
+        xq4[int8_position(i0 + 4 * r, k) >> 2] = q4[r]
 
 
 @njit(parallel=True, cache=True)

@@ -504,3 +504,26 @@ def test_integer_expert_kernels_match_the_float_ones(planes: bool, grouped: bool
         outs.append((mid, y))
     assert np.allclose(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5 * np.abs(outs[0][0]).max())
     assert np.allclose(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-3 * np.abs(outs[0][1]).max())
+
+
+def test_round_f16_rounds_as_a_float16_conversion() -> None:
+    """`quants.round_f16` (the activation scales' float16 rounding, done on the float32's bits)
+    gives what a float16 conversion gives, ties to even, for normal and subnormal float16 values,
+    the largest ones, the carries into the exponent and the signs."""
+    from numba import njit
+
+    @njit
+    def rounded(x, out):
+        for i in range(x.shape[0]):
+            out[i] = Q.round_f16(x[i])
+
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 2**32, 4_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = bits[np.isfinite(bits) & (np.abs(bits) < 65520)]
+    edges = [65504, 65519.99, 6.103515625e-05, 6.1e-05, 2.0**-24, 2.0**-25, 0.0, -0.0, 2047.5, 1024.5,
+             1 + 2.0**-11, 1 + 3 * 2.0**-11, -(1 + 2.0**-11), 0.099975586]
+    x = np.concatenate([x, rng.standard_normal(100_000).astype(np.float32), np.float32(edges)])
+    assert x.shape[0] > 1_000_000
+    out = np.empty_like(x)
+    rounded(x, out)
+    assert np.array_equal(out.view(np.uint32), x.astype(np.float16).astype(np.float32).view(np.uint32))
