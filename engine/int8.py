@@ -9,8 +9,9 @@ intrinsic that walks R weight rows in 64-byte steps with that instruction and, p
 the int32 lanes to float and multiplies each by its block's scale product (weight scale ×
 activation scale) into 16 float32 accumulators per row and token, reduced once at the end of the
 rows. Where the activation's int8 form is stored in groups (`engine.quants.int8_position`: K a
-multiple of 128, each half of K in groups of 4 steps, then one of 2 and a single step where the
-half does not divide), that work is done once per group of 4 (or 2) steps: the weight
+multiple of 64, every K the kernels take; each half of K in groups of 4 steps, then one of 2, a
+single step and 32 elements where the half does not divide), that work is done once per group of
+4 (or 2) steps: the weight
 rows' bytes, loaded in their own order, are transposed in registers to the activation's grouped
 order (8 or 2 two-source permutes per group and row, shared by the tokens; the rows stored by
 groups, below, are in that order already and skip them), so that each int32
@@ -76,9 +77,16 @@ one `vphaddd` and turned to float, scaled and accumulated as 8: one register per
 one conversion and multiply where there were two (Qwen2.5's prefill of 512 went from 0.75-0.85 to
 0.96-1.00 of llama.cpp's speed, docs/benchmarks.md). The sums differ from the 16-lane ones in
 float rounding only (each pair's integers added before the scale, as llama.cpp adds a block's),
-and are the same for a token alone and in a group. In the activation's own order (K not a multiple
-of 128) it measured slower (SmolLM2's 576-wide matrices: vphaddd for every step, not every group),
-and those kernels keep 16 lanes.
+and are the same for a token alone and in a group.
+
+A half of 64k + 32 elements (SmolLM2's K = 576: halves of 288) ends, after its groups, with 32
+elements in their own order; the two halves' 32 are one more step, their bytes side by side (a NIB
+row's last 32 bytes as low and high nibbles, a BYTE32 row's last 32 of each half), added into the
+accumulators as any step (`tail`). Until 2026-12-08 such a K kept the activation in its own order,
+every 64-byte step converted and scaled on its own: one thread, Q4_1 rows of 576 for 8 / 64 tokens
+42.7 / 45.1 GMAC/s in that order, 71.3 / 70.6 grouped, Q8_0 64.9 / 60.8 against 78.9 / 81.7 (best
+of five alternating processes, `int8_order` 0 against 2). The tail as a step of its own with its
+own reduction per row and token had cost about as much as the eight blocks before it.
 Without either (`AVAILABLE` false) the engine keeps its float32 kernels and the intrinsic is never
 called; a portable Numba loop stands in for it so that code referring to it still compiles.
 
@@ -107,7 +115,7 @@ from numba.extending import intrinsic
 
 from engine import jitcache
 from engine.llvm_ir import vector_loop
-from engine.quants import (INT8_MIXED, INT8_NATURAL, INT8_UNIFORM, QK_K, ROW_NIBK, ROW_PLANE, ROW_PLANEK, ROW_Q6K,
+from engine.quants import (INT8_MIXED, INT8_UNIFORM, QK_K, ROW_NIBK, ROW_PLANE, ROW_PLANEK, ROW_Q6K,
                            compact_scale, int8_order, int8_position, row_steps, scale_bytes, stored_value)
 
 BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K = 0, 1, 2, 3, 4, 5, 6
@@ -135,7 +143,7 @@ _SUPERBLOCKS = (*_COMPACT, BYTE16)
 #: `nibble_byte`) and go to `vpdpbusd` as loaded, without the transposes the others take
 _STEP_BYTES = {NIBK: ROW_NIBK, NIB5: ROW_PLANE, NIB5K: ROW_PLANEK, NIB6: ROW_Q6K}
 _STORED_GROUPED = tuple(_STEP_BYTES)
-#: layouts whose K is always a multiple of 128, whose activation is never in its own order: those
+#: layouts whose K is always a multiple of 128, whose halves never end in 32 elements (`tail`): those
 #: and the planes (whole 128-weight steps, engine.quants `pack`)
 _GROUPED_ONLY = (*_SUPERBLOCKS, NIB5)
 #: layouts whose kernels for two rows run on AVX2 one row after the other, each row's steps over
@@ -298,8 +306,9 @@ _SHAPES = ((2, 8), (2, 4), (1, 1))
 
 
 def _orders(layout: int) -> tuple:
-    """The activation orders a layout's kernels are made for (`_GROUPED_ONLY`: never its own)."""
-    return (INT8_UNIFORM, INT8_MIXED) if layout in _GROUPED_ONLY else (INT8_UNIFORM, INT8_MIXED, INT8_NATURAL)
+    """The activation orders a layout's kernels are made for: every K they take is a multiple of
+    64 (engine.matmul `int8_activation`), so never the elements' own (`engine.quants.int8_order`)."""
+    return (INT8_UNIFORM, INT8_MIXED)
 
 
 _LAYOUTS = (BYTE32, BYTE16, NIB, NIB5, NIB6, NIBK, NIB5K)
@@ -327,7 +336,7 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     # AVX2, activation in groups (not Q6_K's scales per 16): each pair of int32 lanes shares one
     # scale, so a group's 16 lanes are added in pairs (vphaddd) and scaled as 8 floats: half the
     # accumulators, conversions and multiplies per row and token (see the module's notes)
-    narrow = not VNNI and layout not in _SUB16 and order != INT8_NATURAL
+    narrow = not VNNI and layout not in _SUB16
     n_acc = 8 if narrow else 16
     v_acc = ir.VectorType(_F32, n_acc)
     reduce = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, v_acc]),
@@ -346,7 +355,6 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
     d_rows = [builder.bitcast(p, _F32.as_pointer()) for p in rows_of(d_base, d_stride, t0, n_tok)]
     half = builder.udiv(k, ir.Constant(_I64, 2))
     nibbles, n_planes, sub16 = layout in _NIBBLES, _PLANES.get(layout, 0), layout in _SUB16
-    n_steps = builder.udiv(k, ir.Constant(_I64, 128 if nibbles else 64))
     d_half = builder.udiv(k, ir.Constant(_I64, 64))  # nibbles: activation-block index of the high half
     s_half = builder.udiv(k, ir.Constant(_I64, 32)) if sub16 else d_half  # its weight-scale index
 
@@ -405,40 +413,50 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
             out.append(phi)
         return out
 
-    def nib_tail(sums, signed):
-        """A half-row of 64k + 32 bytes (K = 576, say) ends with one 32-byte step, 8 lanes wide."""
-        v32i8, v8i32, v8f32 = ir.VectorType(_I8, 32), ir.VectorType(_I32, 8), ir.VectorType(_F32, 8)
-        reduce8 = cgutils.get_or_insert_function(mod, ir.FunctionType(_F32, [_F32, v8f32]),
-                                                 "llvm.vector.reduce.fadd.v8f32")
-        offv32 = builder.shuffle_vector(offv, ir.Constant(_V64I8, None),
-                                        ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
-        has_tail = builder.icmp_unsigned("!=", builder.urem(half, ir.Constant(_I64, 64)), ir.Constant(_I64, 0))
-        before = builder.block
-        with builder.if_then(has_tail):
-            byte = builder.mul(n_steps, ir.Constant(_I64, 64))
-            blk = builder.mul(n_steps, ir.Constant(_I64, 2))
-            parts = ((byte, blk), (builder.add(byte, half), builder.add(blk, d_half)))
-            tails = list(sums)
+    def tail(accs, signed):
+        """A half of 64k + 32 elements (K = 576, say: SmolLM2's) ends with 32 of them in their own
+        order: a NIB row's last 32 bytes (their low and high nibbles), or a BYTE32 row's last 32
+        bytes of each half, one step of the two halves' 32 bytes side by side, into the
+        accumulators as any step (each token's lanes 0-7 the low half's block, 8-15 the high's);
+        the new accumulators. (Summed on their own, 8 lanes and a reduction per row and token, the
+        two blocks cost about as much as the eight before them.)"""
+        v32i8 = ir.VectorType(_I8, 32)
+        byte = builder.sub(half, ir.Constant(_I64, 32))  # the low half's last 32 elements
+        blk = builder.udiv(byte, ir.Constant(_I64, 32))
+        blocks = (blk, builder.add(blk, d_half))
+
+        def load32(ptr, at):
+            return builder.load(builder.bitcast(builder.gep(ptr, [at]), v32i8.as_pointer()), align=1)
+
+        def both(ptr, at_lo, at_hi):
+            return _joined(builder, [load32(ptr, at_lo), load32(ptr, at_hi)])
+
+        def pair_lanes(ptr):
+            """ptr's floats of the two blocks, spread as `lanes` does (each over 8 lanes)."""
+            v = ir.Constant(ir.VectorType(_F32, 2), None)
+            for h, b in enumerate(blocks):
+                v = builder.insert_element(v, builder.load(builder.gep(ptr, [b])), ir.Constant(_I32, h))
+            return spread(v, 2)
+
+        new = list(accs)
+        weights = []
+        for j in range(n_rows):
+            if nibbles:
+                qv = load32(q_rows[j], byte)
+                wv = _joined(builder, [builder.and_(qv, ir.Constant(v32i8, [0x0F] * 32)),
+                                       builder.lshr(qv, ir.Constant(v32i8, [4] * 32))])
+            else:
+                wv = both(q_rows[j], byte, builder.add(byte, half))
+            weights.append((wv, pair_lanes(s_rows[j])))
+        for t in range(n_tok):
+            xv = both(x_rows[t], byte, builder.add(byte, half))
+            start = offset_start([xv]) if signed == OFFSET else zero_acc
+            dl = pair_lanes(d_rows[t])
             for j in range(n_rows):
-                qv = builder.load(builder.bitcast(builder.gep(q_rows[j], [byte]), v32i8.as_pointer()), align=1)
-                nibs = (builder.and_(qv, ir.Constant(v32i8, [0x0F] * 32)), builder.lshr(qv, ir.Constant(v32i8, [4] * 32)))
-                for t in range(n_tok):
-                    acc = ir.Constant(v8f32, None)
-                    for nib, (off, bk) in zip(nibs, parts):
-                        xv = builder.load(builder.bitcast(builder.gep(x_rows[t], [off]), v32i8.as_pointer()), align=1)
-                        dot = _dpbusd(builder, ir.Constant(v8i32, None), nib, xv)
-                        if signed == OFFSET:
-                            dot = builder.sub(dot, _dpbusd(builder, ir.Constant(v8i32, None), offv32, xv))
-                        sc = builder.fmul(builder.load(builder.gep(s_rows[j], [bk])),
-                                          builder.load(builder.gep(d_rows[t], [bk])), flags=fast)
-                        scv = builder.insert_element(ir.Constant(v8f32, None), sc, ir.Constant(_I32, 0))
-                        scv = builder.shuffle_vector(scv, ir.Constant(v8f32, None), ir.Constant(v8i32, [0] * 8))
-                        acc = builder.fadd(acc, builder.fmul(builder.sitofp(dot, v8f32), scv, flags=fast), flags=fast)
-                    u = j * n_tok + t
-                    tails[u] = builder.fadd(sums[u], builder.call(reduce8, [ir.Constant(_F32, -0.0), acc],
-                                                                  fastmath=("reassoc",)))
-            inside = builder.block
-        return merge(sums, before, tails, inside)
+                wv, sl = weights[j]
+                u = j * n_tok + t
+                new[u] = accumulate(new[u], dot_lanes(start, [(wv, xv)], signed, 1), sl, dl)
+        return new
 
     def paired(v):
         """16 int32 lanes as the accumulators hold them: narrow, each pair's sum (vphaddd of the
@@ -615,12 +633,9 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
         return [builder.call(reduce, [ir.Constant(_F32, -0.0), acc], fastmath=("reassoc",)) for acc in accs]
 
     def row(signed):
-        """The loop over the rows' 64-byte steps (or their groups of 4; MIXED: each half's groups of
-        4 steps, then the group of 2 and the step that end it where it has them) and the
+        """The loop over the rows' groups of 4 steps (MIXED: each half's groups of 4 steps, then the
+        group of 2, the step and the 32 elements that end it where it has them) and the
         per-(row, token) sums."""
-        if order == INT8_NATURAL:
-            sums = reduced(loop(n_steps, step, signed))
-            return nib_tail(sums, signed) if layout == NIB else sums  # planes: whole 128-weight steps only
         four, two = grouped_at(4), grouped_at(2)
         if order == INT8_UNIFORM:
             count = builder.udiv(k, ir.Constant(_I64, 512 if nibbles else 256))
@@ -633,9 +648,12 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
         accs = when(has2, lambda a: two(at, a, signed), accs)
         if layout not in _SUPERBLOCKS:  # (K whole superblocks: no half ends with a single step)
             last = builder.select(has2, builder.add(at, ir.Constant(_I64, 2)), at)
-            has1 = builder.icmp_unsigned("!=", builder.urem(left, ir.Constant(_I64, 128)), ir.Constant(_I64, 0))
+            has1 = builder.icmp_unsigned(">=", builder.urem(left, ir.Constant(_I64, 128)), ir.Constant(_I64, 64))
             single = grouped_at(1) if layout in _STORED_GROUPED else step
             accs = when(has1, lambda a: single(last, a, signed), accs)
+        if layout not in _GROUPED_ONLY:  # (K a multiple of 128 there)
+            has_tail = builder.icmp_unsigned("!=", builder.urem(half, ir.Constant(_I64, 64)), ir.Constant(_I64, 0))
+            accs = when(has_tail, lambda a: tail(a, signed), accs)
         return reduced(accs)
 
     def either(pred, if_true, if_false):
@@ -711,16 +729,8 @@ def _codegen(n_rows: int, n_tok: int, layout: int):
         with builder.if_else(uniform) as (by_fours, other):
             with by_fours:
                 builder.call(kernel(INT8_UNIFORM), call_args)
-            with other:
-                if layout in _GROUPED_ONLY:  # K a multiple of 128: never in the elements' own order
-                    builder.call(kernel(INT8_MIXED), call_args)
-                else:
-                    mixed = builder.icmp_signed("==", order, ir.Constant(_I64, INT8_MIXED))
-                    with builder.if_else(mixed) as (by_mixed, natural):
-                        with by_mixed:
-                            builder.call(kernel(INT8_MIXED), call_args)
-                        with natural:
-                            builder.call(kernel(INT8_NATURAL), call_args)
+            with other:  # (K a multiple of 64: never in the elements' own order)
+                builder.call(kernel(INT8_MIXED), call_args)
         return _result(context, builder, sig, out, n)
 
     return codegen

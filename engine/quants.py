@@ -469,20 +469,21 @@ def stored_value(qr: np.ndarray, i: int, half: int, sb: int) -> int:
 
 
 #: the orders an activation's int8 form is stored in (`int8_order`): the elements' own; groups of
-#: 4 steps throughout (K a multiple of 512); groups of 4, 2 and 1 steps in each half of K
+#: 4 steps throughout (K a multiple of 512); groups of 4, 2 and 1 steps (and 32 elements) in each
+#: half of K
 INT8_NATURAL, INT8_UNIFORM, INT8_MIXED = 0, 1, 2
 
 
 @njit(cache=True, inline="always")
 def int8_position(i: int, k: int) -> int:
-    """Where element i of a K-wide activation's int8 form is stored. Where K is a multiple of 128
+    """Where element i of a K-wide activation's int8 form is stored. Where K is a multiple of 64
     (`int8_order`), each half of K (the elements a nibble layout's bytes pair) is stored from its
     start in groups of 256 elements as 4 64-byte steps, then, where 128 or more are left, 128 as 2
-    steps, then the last 64 (if any) in their own order; in a group of G steps the 4-byte lane j
-    of step s holds elements 4Gj + 4s .. 4Gj + 4s + 3 of the group. Over the G steps a lane of
-    engine.int8's integer dot product then sums 4G elements of one scale block, so the scales are
-    applied once per G steps instead of each step. Elsewhere the order is the elements' own."""
-    if k % 128:
+    steps, then the last 64 and 32 (if any) in their own order; in a group of G steps the 4-byte
+    lane j of step s holds elements 4Gj + 4s .. 4Gj + 4s + 3 of the group. Over the G steps a lane
+    of engine.int8's integer dot product then sums 4G elements of one scale block, so the scales
+    are applied once per G steps instead of each step. Elsewhere the order is the elements' own."""
+    if k % 64:
         return i
     half = k >> 1
     base = half if i >= half else 0
@@ -501,12 +502,13 @@ def int8_position(i: int, k: int) -> int:
 def int8_order(k: int) -> int:
     """The order a K-wide activation's int8 form is stored in (`int8_position`): INT8_UNIFORM
     where each half of K is whole groups of 4 steps (K a multiple of 512: the same as groups of 4
-    along the whole row), INT8_MIXED where the halves end in a group of 2 or a step (K a multiple
-    of 128), else INT8_NATURAL; the one rule that the storing and engine.int8's choice of kernel
+    along the whole row), INT8_MIXED where the halves end in a group of 2, a step or 32 elements (K
+    a multiple of 64: every K the integer kernels take, SmolLM2's 576 included, whose halves of 288
+    end in 32), else INT8_NATURAL; the one rule that the storing and engine.int8's choice of kernel
     both follow."""
     if k % 512 == 0:
         return INT8_UNIFORM
-    return INT8_MIXED if k % 128 == 0 else INT8_NATURAL
+    return INT8_MIXED if k % 64 == 0 else INT8_NATURAL
 
 
 def packable(qtype: int, k: int) -> str | None:
@@ -725,7 +727,7 @@ def _store_int8(xq4: np.ndarray, qb: np.ndarray, i0: int, k: int) -> None:
     neighbours i, i+1, i+2, i+3 (i a multiple of 4) always stay together, so they move as one
     uint32, to a position worked out per 4."""
     q4 = qb.view(np.uint32)
-    if k % 128:
+    if k % 64:
         xq4[i0 >> 2:(i0 >> 2) + 8] = q4
         return
     for r in range(8):

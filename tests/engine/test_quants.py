@@ -116,29 +116,35 @@ _INT8_CASES = [(t, k, p, False) for t, k, p in _INT8_CASES] + [(Q.Q4_K, k, False
 
 
 def test_int8_groups_give_each_lane_the_elements_of_one_block() -> None:
-    """Where the activation's int8 form is stored in groups (K a multiple of 128), the positions
-    are a permutation; each half of K is stored from its start as groups of 4 64-byte steps, then
-    one of 2 where 128 or more are left, then its last 64 in their own order; and the 4-byte lane
-    j of a group of G steps holds its elements 4Gj..4Gj+4G-1 (within one scale block of 16 or 32).
-    Elsewhere the order is the elements' own."""
-    def groups(half: int) -> list[tuple[int, int]]:  # (first element, steps) of one half's groups
+    """Where the activation's int8 form is stored in groups (K a multiple of 64, every K the
+    integer kernels take), the positions are a permutation; each half of K is stored from its start
+    as groups of 4 64-byte steps, then one of 2 where 128 or more are left, then its last 64 and 32
+    in their own order; and the 4-byte lane j of a group of G steps holds its elements
+    4Gj..4Gj+4G-1 (within one scale block of 16 or 32). Elsewhere the order is the elements' own."""
+    def groups(half: int) -> list[tuple[int, int]]:  # (first element, steps; 0: 32 in their own order)
         out, e = [], 0
         while half - e >= 256:
             out, e = out + [(e, 4)], e + 256
         if half - e >= 128:
             out, e = out + [(e, 2)], e + 128
-        return out + ([(e, 1)] if half - e else [])
+        if half - e >= 64:
+            out, e = out + [(e, 1)], e + 64
+        return out + ([(e, 0)] if half - e else [])
 
-    assert groups(448) == [(0, 4), (256, 2), (384, 1)]
-    for k in (1024, 768, 896, 640, 4864, 384, 576):
+    assert groups(448) == [(0, 4), (256, 2), (384, 1)] and groups(288) == [(0, 4), (256, 0)]
+    assert Q.int8_order(576) == Q.INT8_MIXED and Q.int8_order(608) == Q.INT8_NATURAL
+    for k in (1024, 768, 896, 640, 4864, 384, 576, 320, 608):
         where = np.array([Q.int8_position(i, k) for i in range(k)])
         assert sorted(where) == list(range(k))
-        if k % 128:
+        if k % 64:
             assert list(where) == list(range(k))
             continue
         for h in (0, k // 2):
             for first, n_g in groups(k // 2):
                 start = h + first
+                if n_g == 0:
+                    assert list(where[start:start + 32]) == list(range(start, start + 32))
+                    continue
                 for j in range(16):
                     held = sorted(i for i in range(start, start + 64 * n_g) if where[i] - start in
                                   [64 * s + 4 * j + b for s in range(n_g) for b in range(4)])
