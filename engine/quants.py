@@ -617,9 +617,8 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
     magnitude as integers, the rounding, the int8 values into a block of their own), then the
     int8 values stored 4 at a time (`_store_int8`), and float16 rounding on the bits
     (`round_f16`). Element by element, with libm's frexp/ldexp per block and each element's int8
-    position worked out on its own, it took 4.0-4.5 ns per element on one thread, 2.0-2.2 now
-    (64 rows of 2048 or 4864, Q8_0/Q8_1/Q8_K); on two threads, before, 4.7 ms of a step of 8
-    Qwen2.5 sequences decoded together."""
+    position worked out on its own, it took 4.0-4.5 ns per element on one thread, 2.0-2.3 now
+    (64 rows of 2048 or 4864, Q8_0/Q8_1/Q8_K; docs/benchmarks.md)."""
     k = x.shape[0]
     ints = xq.shape[0] > 0
     if act == ACT_F32:
