@@ -494,26 +494,23 @@ def _kernel(mod, n_rows: int, n_tok: int, layout: int, order: int):
                                 ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
 
     def step(i, accs, signed):
-        """One 64-byte step of every row for every token: step i of each half of the row where the
-        layout has halves or the order is MIXED (the step a half ends with), else of the row; the
-        new accumulators."""
+        """One 64-byte step of every row for every token: step i of each half of the row (the step
+        a half of the MIXED order ends with); the new accumulators."""
         byte = builder.mul(i, ir.Constant(_I64, 64))
         blk = builder.mul(i, ir.Constant(_I64, 4 if sub16 else 2))
         d_blk = builder.mul(i, ir.Constant(_I64, 2))
-        if nibbles or order == INT8_MIXED:  # (activation byte offset, weight-scale block, activation block) per half
-            halves = [((byte, blk, d_blk), (builder.add(byte, half), builder.add(blk, s_half), builder.add(d_blk, d_half)))]
-        else:
-            halves = [((byte, blk, d_blk),)]
+        # (activation byte offset, weight-scale block, activation block) per half
+        parts = ((byte, blk, d_blk), (builder.add(byte, half), builder.add(blk, s_half), builder.add(d_blk, d_half)))
         n_s = 4 if sub16 else 2
         packed = []  # per row: the step's 64 bytes of nibbles
         for j in range(n_rows):
-            for x_off, _, _ in (halves[0][:1] if nibbles else halves[0]):
+            for x_off, _, _ in (parts[:1] if nibbles else parts):
                 fetch_ahead(j, x_off)
             packed.append(load64(q_rows[j], byte) if nibbles else None)
         new = list(accs)
         # part by part (a half-row each where the layout has them), so that only one part's weight
         # vectors are live across the tokens; each sum still adds the low half first
-        for p, (x_off, s_blk, d_blk) in enumerate(halves[0]):
+        for p, (x_off, s_blk, d_blk) in enumerate(parts):
             weights = []  # per row: (int8 vector, weight-scale lanes)
             for j in range(n_rows):
                 if nibbles:

@@ -21,21 +21,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from engine import jitcache
-from engine.llvm_ir import vector_loop
+from engine.llvm_ir import float_of_bits, vector_loop
 
 jitcache.check()  # Numba's cache of the engine's modules consistent with all of their sources
 
 # fastmath without 'nnan'/'ninf': masks and overflowing exponentials must keep their meaning
 FAST = {"reassoc", "contract", "nsz", "arcp", "afn"}
-
-
-@intrinsic
-def _f32_from_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """The float32 whose bit pattern is the int32 `bits`."""
-    def codegen(context, builder, sig, args):  # noqa: ANN001, ANN202
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
 
 
 @intrinsic
@@ -220,7 +211,7 @@ def exp_f32(x: np.float32) -> np.float32:
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     p = p * (r * r) + r + np.float32(1.0)
-    return p * _f32_from_bits(np.int32((np.int32(n) + 127) << 23))
+    return p * float_of_bits(np.int32((np.int32(n) + 127) << 23))
 
 
 @njit(cache=True)

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 _I64 = ir.IntType(64)
+
+
+@intrinsic
+def float_of_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
+    """The float32 whose bit pattern is the int32 `bits`."""
+    return types.float32(types.int32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
+
+
+@intrinsic
+def bits_of_float(typingctx, x):  # noqa: ANN001, ANN202 - a Numba intrinsic
+    """The int32 bit pattern of the float32 x."""
+    return types.int32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
 
 
 def vector_loop(builder: ir.IRBuilder, count: ir.Value, n: int, vtype: ir.Type, body, name: str) -> list:

@@ -31,11 +31,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from engine import jitcache
+from engine.llvm_ir import bits_of_float, float_of_bits
 
 jitcache.check()  # Numba's cache of the engine's modules consistent with all of their sources
 
@@ -574,18 +573,6 @@ def pack(raw: np.ndarray, qtype: int, k: int, planes: bool = False, compact: boo
 # --- activation quantisation (ggml-cpu's from_float for each vec_dot_type) ------------------
 
 
-@intrinsic
-def _float_of_bits(typingctx, bits):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """The float32 whose bit pattern is the int32 `bits`."""
-    return types.float32(types.int32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
-
-
-@intrinsic
-def _bits_of_float(typingctx, x):  # noqa: ANN001, ANN202 - a Numba intrinsic
-    """The int32 bit pattern of the float32 x."""
-    return types.int32(types.float32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.IntType(32))
-
-
 @njit(cache=True)
 def round_f16(x: float) -> np.float32:
     """x (a float32: every caller's) rounded to the nearest float16 (ties to even, as F16C does),
@@ -597,8 +584,8 @@ def round_f16(x: float) -> np.float32:
         return np.float32(np.rint(x * 16777216.0) * 5.9604644775390625e-08)
     # keep 11 significant bits of the float32: its 13 lowest bits rounded off, ties to even (a carry
     # moves into the exponent as it should), with no libm call (frexp/ldexp were)
-    bits = _bits_of_float(np.float32(x))
-    return _float_of_bits((bits + np.int32(0xFFF) + ((bits >> 13) & np.int32(1))) & np.int32(-0x2000))
+    bits = bits_of_float(np.float32(x))
+    return float_of_bits((bits + np.int32(0xFFF) + ((bits >> 13) & np.int32(1))) & np.int32(-0x2000))
 
 
 @njit(cache=True)
@@ -645,7 +632,7 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
             d = amax / np.float32(127.0)
             inv = np.float32(127.0) / amax if amax != 0 else np.float32(0.0)
             dh = round_f16(d)
-            total = _rounded(qb, xb, inv, xh[b * 32:(b + 1) * 32], dh)
+            total = _rounded(qb, xb, inv, xh[b * 32:(b + 1) * 32], dh, False)
             xs[b] = round_f16(d * total) if act == ACT_Q8_1 else dh * total
             if ints:
                 _store_int8(xq4, qb, b * 32, k)
@@ -674,7 +661,7 @@ def _quantize_row8(act: int, x: np.ndarray, xh: np.ndarray, xs: np.ndarray, xq: 
             d = np.float32(1.0) / iscale
             for sb in range(8):
                 at = b * QK_K + sb * 32
-                total = _rounded_k(qb, x[at:at + 32], iscale, xh[at:at + 32], d)
+                total = _rounded(qb, x[at:at + 32], iscale, xh[at:at + 32], d, True)
                 xs[b * 8 + sb] = d * total
                 if ints:
                     _store_int8(xq4, qb, at, k)
@@ -690,31 +677,23 @@ def _abs_max(xb: np.ndarray) -> np.float32:
     top = np.int32(0)
     for j in range(bits.shape[0]):
         top = max(top, bits[j] & np.int32(0x7FFFFFFF))
-    return _float_of_bits(top)
+    return float_of_bits(top)
 
 
 @njit(cache=True)
-def _rounded(qb: np.ndarray, xb: np.ndarray, inv: np.float32, hb: np.ndarray, dh: np.float32) -> np.float32:
-    """qb = round-to-even(xb * inv) as int8 (Q8_0/Q8_1), hb = those values * dh; the sum of qb,
-    added as integers (so in SIMD lanes without fastmath)."""
+def _rounded(qb: np.ndarray, xb: np.ndarray, scale: np.float32, hb: np.ndarray, d: np.float32,
+             q8k: bool) -> np.float32:
+    """qb = round-to-even(xb * scale) as int8, for Q8_K (`q8k`) at most 127 (no -128: the largest
+    magnitude's own sign maps it to -127) and -0 as +0 (its xh as from an integer, as ggml's
+    reference gives it); hb = those values * d; the sum of qb, added as integers (so in SIMD lanes
+    without fastmath)."""
     total = np.int32(0)
     for j in range(32):
-        qv = np.float32(np.rint(xb[j] * inv))
+        qv = np.float32(np.rint(xb[j] * scale))
+        if q8k:
+            qv = min(qv, np.float32(127.0)) + np.float32(0.0)
         qb[j] = np.int8(qv)
-        hb[j] = qv * dh
-        total += np.int32(qv)
-    return np.float32(total)
-
-
-@njit(cache=True)
-def _rounded_k(qb: np.ndarray, xb: np.ndarray, iscale: np.float32, hb: np.ndarray, d: np.float32) -> np.float32:
-    """`_rounded` for Q8_K: min(round-to-even(iscale * x), 127) (no -128: the largest magnitude's
-    own sign maps it to -127)."""
-    total = np.int32(0)
-    for j in range(32):
-        qv = min(np.float32(np.rint(iscale * xb[j])), np.float32(127.0)) + np.float32(0.0)  # (-0 -> +0: xh as from an integer)
-        qb[j] = np.int8(qv)
-        hb[j] = d * qv
+        hb[j] = qv * d
         total += np.int32(qv)
     return np.float32(total)
 
